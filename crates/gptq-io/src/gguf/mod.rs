@@ -1,9 +1,24 @@
-//! GGUF (placeholder; being written).
+//! GGUF: the llama.cpp model format, read into this crate's HF-style model.
+//!
+//! Spec: <https://github.com/ggml-org/ggml/blob/master/docs/gguf.md>.
+//!
+//! - [`reader`]: the validating, memory-mapped GGUF v1/v2/v3 parser.
+//! - [`dequant`]: ggml types, block geometry and dequantization to f32.
+//! - [`names`]: llama.cpp → HF tensor names, q/k un-permutation, `config.json`.
+//! - [`tokenizer`]: `tokenizer.json` / `tokenizer_config.json` from GGUF metadata.
+//! - [`model`]: [`GgufSource`] (a [`crate::WeightSource`]) and [`open_model`].
+//! - [`convert`](mod@convert): a GGUF file to an HF folder on disk.
+//! - [`build`]: an in-memory GGUF writer for tests and fixtures.
 
-use crate::{Error, ModelFiles, Result};
-use std::path::Path;
+pub mod build;
+pub mod convert;
+pub mod dequant;
+pub mod model;
+pub mod names;
+pub mod reader;
+pub mod tokenizer;
 
-/// Opens a `.gguf` file as an HF-style model (names, config, tokenizer).
-pub fn open_model(path: &Path) -> Result<ModelFiles> {
-    Err(Error::Gguf { path: path.to_path_buf(), msg: "not implemented yet".into() })
-}
+pub use convert::{convert, ConvertDType};
+pub use dequant::GgmlType;
+pub use model::{open_model, GgufSource};
+pub use reader::{parse_header, GgufFile, Header, MetaValue, TensorInfo};

@@ -1,0 +1,83 @@
+//! Typed access to `config.json` fields with errors that name the field.
+
+use crate::{Error, Result};
+use serde_json::Value;
+
+/// A view of `config.json` for one architecture.
+pub(crate) struct Cfg<'a> {
+    pub v: &'a Value,
+}
+
+impl<'a> Cfg<'a> {
+    pub fn new(v: &'a Value) -> Self {
+        Self { v }
+    }
+
+    fn get(&self, key: &str) -> Option<&'a Value> {
+        self.v.get(key).filter(|x| !x.is_null())
+    }
+
+    pub fn usize(&self, key: &str) -> Result<usize> {
+        match self.get(key) {
+            None => Err(Error::Config(format!("missing `{key}`"))),
+            Some(x) => x
+                .as_u64()
+                .and_then(|u| usize::try_from(u).ok())
+                .ok_or_else(|| Error::Config(format!("`{key}` must be a non-negative integer, found {x}"))),
+        }
+    }
+
+    pub fn usize_or(&self, key: &str, default: usize) -> Result<usize> {
+        if self.get(key).is_none() {
+            Ok(default)
+        } else {
+            self.usize(key)
+        }
+    }
+
+    pub fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
+        if self.get(key).is_none() {
+            Ok(None)
+        } else {
+            self.usize(key).map(Some)
+        }
+    }
+
+    pub fn f64_or(&self, key: &str, default: f64) -> Result<f64> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(x) => x.as_f64().ok_or_else(|| Error::Config(format!("`{key}` must be a number, found {x}"))),
+        }
+    }
+
+    pub fn bool_or(&self, key: &str, default: bool) -> Result<bool> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(x) => x.as_bool().ok_or_else(|| Error::Config(format!("`{key}` must be true or false, found {x}"))),
+        }
+    }
+
+    pub fn str_or(&self, key: &str, default: &'a str) -> Result<&'a str> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(x) => x.as_str().ok_or_else(|| Error::Config(format!("`{key}` must be a string, found {x}"))),
+        }
+    }
+
+    /// A token id field that may be a number or a list of numbers.
+    pub fn token_ids(&self, key: &str) -> Vec<u32> {
+        match self.get(key) {
+            Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
+            Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect(),
+            _ => vec![],
+        }
+    }
+
+    /// Checks that `a` is a positive multiple of `b`.
+    pub fn divides(&self, a: (&str, usize), b: (&str, usize)) -> Result<()> {
+        if b.1 == 0 || a.1 == 0 || a.1 % b.1 != 0 {
+            return Err(Error::Config(format!("`{}` ({}) must be a positive multiple of `{}` ({})", a.0, a.1, b.0, b.1)));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,285 @@
+//! The Llama family: Llama 1–3, Mistral, Qwen2 and SmolLM (`model_type`
+//! `llama`, `mistral`, `qwen2`). Pre-norm blocks with RMSNorm, rotary
+//! positions, grouped-query attention (q/k/v biases when the checkpoint has
+//! them, as Qwen2 does), a SwiGLU MLP, and optionally tied embeddings.
+//!
+//! Tensor names: `model.embed_tokens`, `model.layers.N.{input_layernorm,
+//! self_attn.{q,k,v,o}_proj, post_attention_layernorm, mlp.{gate,up,down}_proj}`,
+//! `model.norm`, `lm_head`.
+
+use crate::attention::{positions, SelfAttention};
+use crate::config::Cfg;
+use crate::rope::Rope;
+use crate::{ArchSpec, Batch, CausalLm, Error, KvCache, Linear, ModelInfo, Result, Weights};
+use gptq_kernels::cpu;
+use serde_json::Value;
+use std::sync::Arc;
+
+/// Structure of a Llama-family block for GPTQ. True-sequential order follows
+/// the GPTQ reference: attention inputs (k, v, q), then the output
+/// projection, then the MLP inputs (up, gate), then `down_proj`.
+pub static ARCH: ArchSpec = ArchSpec {
+    name: "llama",
+    block_prefix: |i| format!("model.layers.{i}."),
+    sequential_groups: &[
+        &["self_attn.k_proj", "self_attn.v_proj", "self_attn.q_proj"],
+        &["self_attn.o_proj"],
+        &["mlp.up_proj", "mlp.gate_proj"],
+        &["mlp.down_proj"],
+    ],
+};
+
+/// The fields of `config.json` this file uses.
+#[derive(Debug, Clone)]
+pub struct LlamaConfig {
+    /// Residual width.
+    pub hidden_size: usize,
+    /// MLP width.
+    pub intermediate_size: usize,
+    /// Blocks.
+    pub num_hidden_layers: usize,
+    /// Query heads.
+    pub num_attention_heads: usize,
+    /// Key/value heads.
+    pub num_key_value_heads: usize,
+    /// Head dimension (`head_dim`, else hidden / heads).
+    pub head_dim: usize,
+    /// Vocabulary.
+    pub vocab_size: usize,
+    /// RMSNorm epsilon.
+    pub rms_norm_eps: f64,
+    /// Longest sequence.
+    pub max_position_embeddings: usize,
+    /// Output layer shares the embedding matrix.
+    pub tie_word_embeddings: bool,
+    /// Mistral's sliding window, when enabled.
+    pub sliding_window: Option<usize>,
+}
+
+impl LlamaConfig {
+    /// Parses and checks the config.
+    pub fn from_json(v: &Value) -> Result<Self> {
+        let c = Cfg::new(v);
+        let hidden_size = c.usize("hidden_size")?;
+        let heads = c.usize("num_attention_heads")?;
+        c.divides(("hidden_size", hidden_size), ("num_attention_heads", heads))?;
+        let kv = c.usize_or("num_key_value_heads", heads)?;
+        c.divides(("num_attention_heads", heads), ("num_key_value_heads", kv))?;
+        let head_dim = c.usize_or("head_dim", hidden_size / heads)?;
+        if head_dim % 2 != 0 || head_dim == 0 {
+            return Err(Error::Config(format!("`head_dim` ({head_dim}) must be even for rotary embeddings")));
+        }
+        let act = c.str_or("hidden_act", "silu")?;
+        if act != "silu" {
+            return Err(Error::Config(format!("hidden_act `{act}` is not supported for Llama-family models (only silu)")));
+        }
+        let model_type = c.str_or("model_type", "llama")?;
+        // Qwen2 keeps `sliding_window` in the config but uses it only when
+        // `use_sliding_window` is true; Mistral uses it whenever it is set.
+        let sliding_window = match model_type {
+            "mistral" => c.opt_usize("sliding_window")?,
+            "qwen2" if c.bool_or("use_sliding_window", false)? => {
+                return Err(Error::Config("qwen2 `use_sliding_window: true` is not supported".into()))
+            }
+            _ => None,
+        };
+        let cfg = Self {
+            hidden_size,
+            intermediate_size: c.usize("intermediate_size")?,
+            num_hidden_layers: c.usize("num_hidden_layers")?,
+            num_attention_heads: heads,
+            num_key_value_heads: kv,
+            head_dim,
+            vocab_size: c.usize("vocab_size")?,
+            rms_norm_eps: c.f64_or("rms_norm_eps", 1e-6)?,
+            max_position_embeddings: c.usize_or("max_position_embeddings", 2048)?,
+            tie_word_embeddings: c.bool_or("tie_word_embeddings", false)?,
+            sliding_window,
+        };
+        if cfg.vocab_size == 0 || cfg.num_hidden_layers == 0 || cfg.intermediate_size == 0 {
+            return Err(Error::Config("vocab_size, num_hidden_layers and intermediate_size must be positive".into()));
+        }
+        Ok(cfg)
+    }
+}
+
+/// One decoder block.
+#[derive(Debug, Clone)]
+pub struct Block {
+    /// RMSNorm before attention.
+    pub input_layernorm: Vec<f32>,
+    /// Attention.
+    pub attn: SelfAttention,
+    /// RMSNorm before the MLP.
+    pub post_attention_layernorm: Vec<f32>,
+    /// MLP gate.
+    pub gate: Linear,
+    /// MLP up.
+    pub up: Linear,
+    /// MLP down.
+    pub down: Linear,
+}
+
+/// A Llama-family model.
+pub struct Llama {
+    /// Parsed config.
+    pub cfg: LlamaConfig,
+    info: ModelInfo,
+    embed: Arc<gptq_core::Tensor>,
+    /// Blocks.
+    pub blocks: Vec<Block>,
+    norm: Vec<f32>,
+    lm_head: Linear,
+    rope: Rope,
+}
+
+impl Block {
+    fn load(cfg: &LlamaConfig, w: &Weights<'_>, i: usize) -> Result<Self> {
+        let p = (ARCH.block_prefix)(i);
+        let (h, d) = (cfg.hidden_size, cfg.head_dim);
+        let lin = |n: &str, i, o| Linear::load(w, &format!("{p}{n}"), i, o);
+        Ok(Self {
+            input_layernorm: w.get(&format!("{p}input_layernorm.weight"), &[h])?.into_data(),
+            attn: SelfAttention {
+                q: lin("self_attn.q_proj", h, cfg.num_attention_heads * d)?,
+                k: lin("self_attn.k_proj", h, cfg.num_key_value_heads * d)?,
+                v: lin("self_attn.v_proj", h, cfg.num_key_value_heads * d)?,
+                o: lin("self_attn.o_proj", cfg.num_attention_heads * d, h)?,
+                n_heads: cfg.num_attention_heads,
+                n_kv: cfg.num_key_value_heads,
+                head_dim: d,
+                window: cfg.sliding_window,
+            },
+            post_attention_layernorm: w.get(&format!("{p}post_attention_layernorm.weight"), &[h])?.into_data(),
+            gate: lin("mlp.gate_proj", h, cfg.intermediate_size)?,
+            up: lin("mlp.up_proj", h, cfg.intermediate_size)?,
+            down: lin("mlp.down_proj", cfg.intermediate_size, h)?,
+        })
+    }
+
+    /// Runs the block on the residual stream `x` `[batch·seq, hidden]` in place.
+    pub fn forward(
+        &self,
+        x: &mut [f32],
+        batch: &Batch<'_>,
+        pos: &[usize],
+        rope: &Rope,
+        eps: f32,
+        cache: &mut [crate::kv_cache::SeqCache],
+        past: &[usize],
+    ) {
+        let rows = batch.batch * batch.seq;
+        let mut hn = vec![0.0f32; x.len()];
+        cpu::rms_norm(x, &self.input_layernorm, eps, &mut hn);
+        let a = self.attn.forward(&hn, batch, pos, Some(rope), cache, past);
+        cpu::add_in_place(x, &a);
+        cpu::rms_norm(x, &self.post_attention_layernorm, eps, &mut hn);
+        let mut g = self.gate.forward(&hn, rows);
+        let u = self.up.forward(&hn, rows);
+        cpu::silu_mul(&mut g, &u);
+        let m = self.down.forward(&g, rows);
+        cpu::add_in_place(x, &m);
+    }
+}
+
+impl Llama {
+    /// Loads the model from a parsed config and its weights.
+    pub fn load(config: &Value, w: &Weights<'_>) -> Result<Self> {
+        let cfg = LlamaConfig::from_json(config)?;
+        let rope = Rope::from_config(config, cfg.head_dim)?;
+        let embed = Arc::new(w.get("model.embed_tokens.weight", &[cfg.vocab_size, cfg.hidden_size])?);
+        let blocks = (0..cfg.num_hidden_layers).map(|i| Block::load(&cfg, w, i)).collect::<Result<Vec<_>>>()?;
+        let norm = w.get("model.norm.weight", &[cfg.hidden_size])?.into_data();
+        // Tied models usually omit lm_head; an untied one must have it.
+        let lm_head = if !cfg.tie_word_embeddings && w.contains("lm_head.weight") {
+            Linear::load(w, "lm_head", cfg.hidden_size, cfg.vocab_size)?
+        } else {
+            if !cfg.tie_word_embeddings {
+                tracing::warn!("lm_head.weight is missing; using the tied embedding matrix");
+            }
+            Linear { weight: embed.clone(), bias: None }
+        };
+        let c = Cfg::new(config);
+        let num_params = embed.len()
+            + blocks
+                .iter()
+                .map(|b| {
+                    2 * cfg.hidden_size
+                        + [&b.attn.q, &b.attn.k, &b.attn.v, &b.attn.o, &b.gate, &b.up, &b.down]
+                            .iter()
+                            .map(|l| l.num_params())
+                            .sum::<usize>()
+                })
+                .sum::<usize>()
+            + norm.len()
+            + if Arc::ptr_eq(&lm_head.weight, &embed) { 0 } else { lm_head.num_params() };
+        let info = ModelInfo {
+            model_type: c.str_or("model_type", "llama")?.to_string(),
+            vocab_size: cfg.vocab_size,
+            max_position_embeddings: cfg.max_position_embeddings,
+            num_layers: cfg.num_hidden_layers,
+            hidden_size: cfg.hidden_size,
+            bos_token_id: c.token_ids("bos_token_id").first().copied(),
+            eos_token_ids: c.token_ids("eos_token_id"),
+            num_params,
+        };
+        Ok(Self { cfg, info, embed, blocks, norm, lm_head, rope })
+    }
+
+    /// Embeds a batch: `[batch·seq, hidden]` (padding rows are zero).
+    pub fn embed(&self, batch: &Batch<'_>) -> Vec<f32> {
+        let h = self.cfg.hidden_size;
+        let mut x = vec![0.0f32; batch.batch * batch.seq * h];
+        for b in 0..batch.batch {
+            for t in 0..batch.lengths[b] {
+                let id = batch.tokens[b * batch.seq + t] as usize;
+                let r = b * batch.seq + t;
+                x[r * h..(r + 1) * h].copy_from_slice(self.embed.row(id));
+            }
+        }
+        x
+    }
+
+    /// The rotary tables' source.
+    pub fn rope(&self) -> &Rope {
+        &self.rope
+    }
+}
+
+impl CausalLm for Llama {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn arch(&self) -> &'static ArchSpec {
+        &ARCH
+    }
+
+    fn new_cache(&self, batch: usize) -> KvCache {
+        KvCache::new(self.cfg.num_hidden_layers, batch)
+    }
+
+    fn forward_hidden(&self, batch: &Batch<'_>, cache: &mut KvCache) -> Result<Vec<f32>> {
+        batch.validate(self.cfg.vocab_size)?;
+        if cache.batch() != batch.batch {
+            return Err(Error::Input("the KV cache was made for another batch size".into()));
+        }
+        let past = cache.lens.clone();
+        let pos = positions(batch, &past);
+        let mut x = self.embed(batch);
+        let eps = self.cfg.rms_norm_eps as f32;
+        for (l, block) in self.blocks.iter().enumerate() {
+            block.forward(&mut x, batch, &pos, &self.rope, eps, &mut cache.layers[l], &past);
+        }
+        for (b, len) in batch.lengths.iter().enumerate() {
+            cache.lens[b] += len;
+        }
+        let mut out = vec![0.0f32; x.len()];
+        cpu::rms_norm(&x, &self.norm, eps, &mut out);
+        Ok(out)
+    }
+
+    fn logits(&self, hidden: &[f32], rows: usize) -> Vec<f32> {
+        self.lm_head.forward(hidden, rows)
+    }
+}

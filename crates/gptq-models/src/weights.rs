@@ -1,0 +1,51 @@
+//! Named, shape-checked weight loading under a prefix (the role of candle's
+//! `VarBuilder::pp`).
+
+use crate::{Error, Result};
+use gptq_core::Tensor;
+use gptq_io::WeightSource;
+
+/// A view of a checkpoint under a name prefix.
+#[derive(Clone, Copy)]
+pub struct Weights<'a> {
+    src: &'a dyn WeightSource,
+}
+
+impl<'a> Weights<'a> {
+    /// Wraps a source.
+    pub fn new(src: &'a dyn WeightSource) -> Self {
+        Self { src }
+    }
+
+    /// The underlying source.
+    pub fn source(&self) -> &'a dyn WeightSource {
+        self.src
+    }
+
+    /// True when `name` exists.
+    pub fn contains(&self, name: &str) -> bool {
+        self.src.contains(name)
+    }
+
+    /// Loads `name` and checks its shape.
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let got = self.src.shape(name).ok_or_else(|| gptq_io::Error::MissingTensor { name: name.to_string() })?;
+        if got != shape {
+            return Err(Error::Shape { name: name.to_string(), got, expected: shape.to_vec() });
+        }
+        let t = self.src.load_f32(name)?;
+        if let Some(i) = t.data().iter().position(|x| !x.is_finite()) {
+            return Err(Error::Input(format!("tensor `{name}` holds a non-finite value at index {i}")));
+        }
+        Ok(t)
+    }
+
+    /// Loads `name` if present.
+    pub fn get_opt(&self, name: &str, shape: &[usize]) -> Result<Option<Tensor>> {
+        if self.contains(name) {
+            self.get(name, shape).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+}

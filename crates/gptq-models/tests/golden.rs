@@ -1,0 +1,124 @@
+//! Forward pass against golden logits made with transformers 5.17 (see
+//! `tests/data/README.md` and `scripts/fixtures/make_golden.py`).
+//!
+//! Tolerance: the goldens are float64 runs of the same weights; an f32
+//! forward differs by accumulated rounding. The script measured transformers'
+//! own f32-vs-f64 difference at 2.3e-6..1.1e-5 on these models (logit std
+//! ≈ 1.5), so 1e-4 absolute (10× that) catches any real mistake — a wrong
+//! bias, scale or rotary layout moves logits by > 0.01.
+
+use gptq_io::safetensors::SafetensorsSource;
+use gptq_io::WeightSource;
+use gptq_models::{load, Batch, CausalLm};
+use std::path::PathBuf;
+
+const TOL: f32 = 1e-4;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn ids(src: &SafetensorsSource, name: &str) -> (Vec<usize>, Vec<u32>) {
+    let raw = src.load_raw(name).unwrap();
+    let v = raw.bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32).collect();
+    (raw.shape, v)
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// Runs `[batch, seq]` ids through the model (no padding) and returns logits.
+fn run(model: &dyn CausalLm, shape: &[usize], tokens: &[u32]) -> Vec<f32> {
+    let (b, t) = (shape[0], shape[1]);
+    let lengths = vec![t; b];
+    let batch = Batch { tokens, batch: b, seq: t, lengths: &lengths };
+    let mut cache = model.new_cache(b);
+    let h = model.forward_hidden(&batch, &mut cache).unwrap();
+    model.logits(&h, b * t)
+}
+
+fn check_model_dir(dir: PathBuf) {
+    let files = gptq_io::source::open_dir(&dir).unwrap();
+    let model = load(&files).unwrap();
+    let golden = SafetensorsSource::open(&[dir.join("golden.safetensors")]).unwrap();
+    let (shape, tokens) = ids(&golden, "input_ids");
+    let want = golden.load_f32("logits").unwrap();
+    let got = run(model.as_ref(), &shape, &tokens);
+    let d = max_diff(&got, want.data());
+    assert!(d < TOL, "{}: max |Δlogit| = {d}", dir.display());
+
+    // Padding: the short sequence, batched with row 0 and right-padded,
+    // must give its own golden logits and leave row 0 unchanged.
+    let (sshape, short) = ids(&golden, "input_ids_short");
+    let want_short = golden.load_f32("logits_short").unwrap();
+    let (t, ts, v) = (shape[1], sshape[1], model.info().vocab_size);
+    let mut tokens2 = tokens[..t].to_vec();
+    tokens2.extend(&short);
+    tokens2.extend(std::iter::repeat_n(0u32, t - ts));
+    let lengths = [t, ts];
+    let batch = Batch { tokens: &tokens2, batch: 2, seq: t, lengths: &lengths };
+    let mut cache = model.new_cache(2);
+    let h = model.forward_hidden(&batch, &mut cache).unwrap();
+    let l = model.logits(&h, 2 * t);
+    assert!(max_diff(&l[..t * v], &want.data()[..t * v]) < TOL, "padded batch changed row 0");
+    assert!(max_diff(&l[t * v..(t + ts) * v], want_short.data()) < TOL, "padded row differs");
+
+    // KV cache: feeding row 0 token by token gives the same logits.
+    let mut cache = model.new_cache(1);
+    for i in 0..t {
+        let one = [tokens[i]];
+        let h = model.forward_hidden(&Batch::single(&one, &[1]), &mut cache).unwrap();
+        let l = model.logits(&h, 1);
+        let d = max_diff(&l, &want.data()[i * v..(i + 1) * v]);
+        assert!(d < TOL, "{}: step {i} with cache: {d}", dir.display());
+    }
+}
+
+macro_rules! golden_model {
+    ($name:ident, $dir:literal) => {
+        #[test]
+        fn $name() {
+            check_model_dir(repo().join("tests/data/models").join($dir));
+        }
+    };
+}
+
+golden_model!(opt_pre_ln, "opt-preln");
+golden_model!(opt_post_ln_with_projections, "opt-postln-proj");
+golden_model!(qwen2_with_qkv_bias, "qwen2-bias");
+golden_model!(mistral, "mistral");
+golden_model!(llama3_rope_scaling, "llama3-rope");
+golden_model!(llama_linear_rope_tied, "llama-linear-rope");
+
+#[test]
+fn stories260k_matches_transformers() {
+    let dir = repo().join("../shared/data/models/stories260K");
+    let files = gptq_io::source::open_dir(&dir).unwrap();
+    let model = load(&files).unwrap();
+    let golden = SafetensorsSource::open(&[repo().join("tests/data/stories260k/golden.safetensors")]).unwrap();
+    let (shape, tokens) = ids(&golden, "input_ids");
+    let want = golden.load_f32("logits").unwrap();
+    let got = run(model.as_ref(), &shape, &tokens);
+    let d = max_diff(&got, want.data());
+    assert!(d < TOL, "max |Δlogit| = {d}");
+}
+
+#[test]
+fn unsupported_model_type_lists_the_supported_ones() {
+    let dir = repo().join("tests/data/models/mistral");
+    let mut files = gptq_io::source::open_dir(&dir).unwrap();
+    files.config["model_type"] = "gpt_neox".into();
+    let e = load(&files).err().unwrap().to_string();
+    assert!(e.contains("gpt_neox") && e.contains("llama") && e.contains("opt"), "{e}");
+}
+
+#[test]
+fn missing_config_field_is_named() {
+    let dir = repo().join("tests/data/models/mistral");
+    let mut files = gptq_io::source::open_dir(&dir).unwrap();
+    files.config.as_object_mut().unwrap().remove("hidden_size");
+    let e = load(&files).err().unwrap().to_string();
+    assert!(e.contains("hidden_size"), "{e}");
+}
