@@ -44,7 +44,12 @@ fn type_id(v: &MetaValue) -> u32 {
 impl Builder {
     /// A builder for GGUF `version` (1 writes u32 counts, later versions u64).
     pub fn new(version: u32) -> Self {
-        Self { version, alignment: DEFAULT_ALIGNMENT, meta: Vec::new(), tensors: Vec::new() }
+        Self {
+            version,
+            alignment: DEFAULT_ALIGNMENT,
+            meta: Vec::new(),
+            tensors: Vec::new(),
+        }
     }
 
     /// Sets `general.alignment` (and aligns the data accordingly).
@@ -63,19 +68,43 @@ impl Builder {
     /// Adds a tensor with dims `ne` (innermost first) and its stored bytes,
     /// placed at the next aligned offset.
     pub fn tensor(&mut self, name: &str, ne: &[u64], ty: GgmlType, bytes: Vec<u8>) -> &mut Self {
-        self.tensors.push(TensorSpec { name: name.into(), ne: ne.to_vec(), ty, offset: None, bytes });
+        self.tensors.push(TensorSpec {
+            name: name.into(),
+            ne: ne.to_vec(),
+            ty,
+            offset: None,
+            bytes,
+        });
         self
     }
 
     /// Adds an F32 tensor.
     pub fn tensor_f32(&mut self, name: &str, ne: &[u64], data: &[f32]) -> &mut Self {
-        self.tensor(name, ne, GgmlType::F32, data.iter().flat_map(|x| x.to_le_bytes()).collect())
+        self.tensor(
+            name,
+            ne,
+            GgmlType::F32,
+            data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        )
     }
 
     /// Adds a tensor whose info records `offset` whatever its bytes' real
     /// place (the bytes are still appended to the data section).
-    pub fn raw_tensor(&mut self, name: &str, ne: &[u64], ty: GgmlType, offset: u64, bytes: Vec<u8>) -> &mut Self {
-        self.tensors.push(TensorSpec { name: name.into(), ne: ne.to_vec(), ty, offset: Some(offset), bytes });
+    pub fn raw_tensor(
+        &mut self,
+        name: &str,
+        ne: &[u64],
+        ty: GgmlType,
+        offset: u64,
+        bytes: Vec<u8>,
+    ) -> &mut Self {
+        self.tensors.push(TensorSpec {
+            name: name.into(),
+            ne: ne.to_vec(),
+            ty,
+            offset: Some(offset),
+            bytes,
+        });
         self
     }
 

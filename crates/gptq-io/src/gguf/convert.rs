@@ -54,14 +54,26 @@ pub fn convert(gguf: &Path, out_dir: &Path, dtype: ConvertDType, overwrite: bool
     header.insert("__metadata__".into(), json!({"format": "pt"}));
     let mut off = 0usize;
     for name in m.weights.names() {
-        let shape = m.weights.shape(&name).ok_or_else(|| Error::MissingTensor { name: name.clone() })?;
-        let dt = if dtype == ConvertDType::F16 && shape.len() >= 2 { DType::F16 } else { DType::F32 };
+        let shape = m
+            .weights
+            .shape(&name)
+            .ok_or_else(|| Error::MissingTensor { name: name.clone() })?;
+        let dt = if dtype == ConvertDType::F16 && shape.len() >= 2 {
+            DType::F16
+        } else {
+            DType::F32
+        };
         let n = shape.iter().try_fold(dt.size(), |a, &d| a.checked_mul(d));
-        let end = n.and_then(|n| off.checked_add(n)).ok_or_else(|| Error::Gguf {
-            path: gguf.to_path_buf(),
-            msg: format!("tensor `{name}` is too large"),
-        })?;
-        header.insert(name.clone(), json!({"dtype": dt.as_str(), "shape": shape, "data_offsets": [off, end]}));
+        let end = n
+            .and_then(|n| off.checked_add(n))
+            .ok_or_else(|| Error::Gguf {
+                path: gguf.to_path_buf(),
+                msg: format!("tensor `{name}` is too large"),
+            })?;
+        header.insert(
+            name.clone(),
+            json!({"dtype": dt.as_str(), "shape": shape, "data_offsets": [off, end]}),
+        );
         plan.push((name, dt, end - off));
         off = end;
     }
@@ -84,13 +96,27 @@ pub fn convert(gguf: &Path, out_dir: &Path, dtype: ConvertDType, overwrite: bool
                 }
             };
             let bytes: Vec<u8> = match dt {
-                DType::F16 => t.data().iter().flat_map(|&x| f16::from_f32(x).to_le_bytes()).collect(),
+                DType::F16 => {
+                    let h: Vec<f16> = t.data().iter().map(|&x| f16::from_f32(x)).collect();
+                    let overflow = h
+                        .iter()
+                        .zip(t.data())
+                        .filter(|(h, x)| h.is_infinite() && x.is_finite())
+                        .count();
+                    if overflow > 0 {
+                        tracing::warn!("tensor `{name}`: {overflow} values overflow float16 and become infinite");
+                    }
+                    h.iter().flat_map(|x| x.to_le_bytes()).collect()
+                }
                 _ => t.data().iter().flat_map(|&x| x.to_le_bytes()).collect(),
             };
             if bytes.len() != *nbytes {
                 failure = Some(Error::Gguf {
                     path: gguf.to_path_buf(),
-                    msg: format!("tensor `{name}` produced {} bytes, expected {nbytes}", bytes.len()),
+                    msg: format!(
+                        "tensor `{name}` produced {} bytes, expected {nbytes}",
+                        bytes.len()
+                    ),
                 });
                 return Err(std::io::Error::other("tensor size mismatch"));
             }

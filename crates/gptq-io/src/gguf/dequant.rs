@@ -90,7 +90,10 @@ impl GgmlType {
 
     /// True when [`dequantize`] can read this type.
     pub fn is_supported(self) -> bool {
-        matches!(self, Self::F32 | Self::F16 | Self::BF16 | Self::Q8_0 | Self::Q4_0 | Self::Q4_1)
+        matches!(
+            self,
+            Self::F32 | Self::F16 | Self::BF16 | Self::Q8_0 | Self::Q4_0 | Self::Q4_1
+        )
     }
 
     /// The safetensors dtype with the same storage, for unquantized floats.
@@ -107,7 +110,9 @@ impl GgmlType {
     /// Errors when the type is unknown, the row length is not a whole number
     /// of blocks, or the size overflows.
     pub fn nbytes(self, ne: &[u64]) -> Result<usize, String> {
-        let (bs, ts) = self.block().ok_or_else(|| format!("unknown ggml type id {}", self.0))?;
+        let (bs, ts) = self
+            .block()
+            .ok_or_else(|| format!("unknown ggml type id {}", self.0))?;
         let numel = ne
             .iter()
             .try_fold(1u64, |a, &d| a.checked_mul(d))
@@ -115,9 +120,13 @@ impl GgmlType {
             .ok_or_else(|| format!("dims {ne:?} overflow"))?;
         let row = ne.first().copied().unwrap_or(1);
         if row % bs as u64 != 0 {
-            return Err(format!("row length {row} is not a multiple of the {self} block size {bs}"));
+            return Err(format!(
+                "row length {row} is not a multiple of the {self} block size {bs}"
+            ));
         }
-        (numel / bs).checked_mul(ts).ok_or_else(|| format!("dims {ne:?} overflow"))
+        (numel / bs)
+            .checked_mul(ts)
+            .ok_or_else(|| format!("dims {ne:?} overflow"))
     }
 }
 
@@ -141,23 +150,44 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
 /// tensor's bytes) to f32, in storage order.
 pub fn dequantize(ty: GgmlType, bytes: &[u8], n: usize) -> Result<Vec<f32>, String> {
     if !ty.is_supported() {
-        return Err(format!("tensor type {ty} is not supported (supported: {SUPPORTED})"));
+        return Err(format!(
+            "tensor type {ty} is not supported (supported: {SUPPORTED})"
+        ));
     }
-    let (bs, ts) = ty.block().ok_or_else(|| format!("unknown ggml type id {}", ty.0))?;
+    let (bs, ts) = ty
+        .block()
+        .ok_or_else(|| format!("unknown ggml type id {}", ty.0))?;
     if n % bs != 0 {
-        return Err(format!("{n} elements is not a whole number of {ty} blocks of {bs}"));
+        return Err(format!(
+            "{n} elements is not a whole number of {ty} blocks of {bs}"
+        ));
     }
-    let want = (n / bs).checked_mul(ts).ok_or_else(|| format!("{n} elements overflow"))?;
+    let want = (n / bs)
+        .checked_mul(ts)
+        .ok_or_else(|| format!("{n} elements overflow"))?;
     if bytes.len() != want {
-        return Err(format!("{n} {ty} elements need {want} bytes but {} were given", bytes.len()));
+        return Err(format!(
+            "{n} {ty} elements need {want} bytes but {} were given",
+            bytes.len()
+        ));
     }
     let mut out = Vec::with_capacity(n);
     match ty {
-        GgmlType::F32 => {
-            out.extend(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])))
-        }
-        GgmlType::F16 => out.extend(bytes.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())),
-        GgmlType::BF16 => out.extend(bytes.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())),
+        GgmlType::F32 => out.extend(
+            bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+        ),
+        GgmlType::F16 => out.extend(
+            bytes
+                .chunks_exact(2)
+                .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()),
+        ),
+        GgmlType::BF16 => out.extend(
+            bytes
+                .chunks_exact(2)
+                .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()),
+        ),
         GgmlType::Q8_0 => {
             for b in bytes.chunks_exact(34) {
                 let d = f16_at(b, 0);
@@ -181,7 +211,11 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], n: usize) -> Result<Vec<f32>, Stri
                 out.extend(qs.iter().map(|&q| f32::from(q >> 4) * d + m));
             }
         }
-        _ => return Err(format!("tensor type {ty} is not supported (supported: {SUPPORTED})")),
+        _ => {
+            return Err(format!(
+                "tensor type {ty} is not supported (supported: {SUPPORTED})"
+            ))
+        }
     }
     Ok(out)
 }
@@ -242,11 +276,17 @@ mod tests {
 
     #[test]
     fn plain_floats_decode() {
-        let b: Vec<u8> = [1.5f32, -2.0].iter().flat_map(|x| x.to_le_bytes()).collect();
+        let b: Vec<u8> = [1.5f32, -2.0]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
         assert_eq!(dequantize(GgmlType::F32, &b, 2).unwrap(), [1.5, -2.0]);
         let b: Vec<u8> = [h(1.5), h(-2.0)].concat();
         assert_eq!(dequantize(GgmlType::F16, &b, 2).unwrap(), [1.5, -2.0]);
-        let b: Vec<u8> = [1.5f32, -2.0].iter().flat_map(|x| bf16::from_f32(*x).to_le_bytes()).collect();
+        let b: Vec<u8> = [1.5f32, -2.0]
+            .iter()
+            .flat_map(|x| bf16::from_f32(*x).to_le_bytes())
+            .collect();
         assert_eq!(dequantize(GgmlType::BF16, &b, 2).unwrap(), [1.5, -2.0]);
     }
 
@@ -254,12 +294,23 @@ mod tests {
     fn sizes_and_errors() {
         assert_eq!(GgmlType::Q4_0.nbytes(&[64, 3]).unwrap(), 2 * 3 * 18);
         assert_eq!(GgmlType(12).nbytes(&[256, 2]).unwrap(), 2 * 144);
-        assert!(GgmlType::Q4_0.nbytes(&[48]).unwrap_err().contains("multiple"));
-        assert!(GgmlType(99).nbytes(&[1]).unwrap_err().contains("unknown ggml type id 99"));
-        assert!(GgmlType::F32.nbytes(&[u64::MAX, 2]).unwrap_err().contains("overflow"));
+        assert!(GgmlType::Q4_0
+            .nbytes(&[48])
+            .unwrap_err()
+            .contains("multiple"));
+        assert!(GgmlType(99)
+            .nbytes(&[1])
+            .unwrap_err()
+            .contains("unknown ggml type id 99"));
+        assert!(GgmlType::F32
+            .nbytes(&[u64::MAX, 2])
+            .unwrap_err()
+            .contains("overflow"));
         let e = dequantize(GgmlType(12), &[0; 144], 256).unwrap_err();
         assert!(e.contains("Q4_K") && e.contains("not supported"), "{e}");
-        assert!(dequantize(GgmlType::Q8_0, &[0; 33], 32).unwrap_err().contains("need 34 bytes"));
+        assert!(dequantize(GgmlType::Q8_0, &[0; 33], 32)
+            .unwrap_err()
+            .contains("need 34 bytes"));
         assert!(dequantize(GgmlType::Q8_0, &[0; 34], 31).is_err());
     }
 }

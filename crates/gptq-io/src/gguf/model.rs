@@ -36,8 +36,17 @@ impl GgufSource {
         let h = file.header();
         let map = tensor_map(h, p).map_err(|m| file.err(m))?;
         let mut entries = BTreeMap::new();
-        for Mapped { hf, gguf, unpermute_heads } in map {
-            let idx = h.tensors.iter().position(|t| t.name == gguf).ok_or_else(|| file.err("tensor map is inconsistent"))?;
+        for Mapped {
+            hf,
+            gguf,
+            unpermute_heads,
+        } in map
+        {
+            let idx = h
+                .tensors
+                .iter()
+                .position(|t| t.name == gguf)
+                .ok_or_else(|| file.err("tensor map is inconsistent"))?;
             let t = &h.tensors[idx];
             if !t.ggml_type.is_supported() {
                 return Err(file.err(format!(
@@ -56,7 +65,9 @@ impl GgufSource {
     }
 
     fn get(&self, name: &str) -> Result<(&TensorInfo, Option<usize>)> {
-        let (i, heads) = self.entries.get(name).ok_or_else(|| Error::MissingTensor { name: name.to_string() })?;
+        let (i, heads) = self.entries.get(name).ok_or_else(|| Error::MissingTensor {
+            name: name.to_string(),
+        })?;
         Ok((&self.file.header().tensors[*i], *heads))
     }
 
@@ -77,11 +88,12 @@ impl WeightSource for GgufSource {
 
     fn load_f32(&self, name: &str) -> Result<Tensor> {
         let (t, heads) = self.get(name)?;
-        let mut data = self.file.dequantize(&t.name)?;
+        let mut data = self.file.dequantize_tensor(t)?;
         let shape = t.shape();
         if let Some(n) = heads {
             let rows = shape.first().copied().unwrap_or(1);
-            data = unpermute_rows(&data, rows, n).map_err(|m| self.file.err(format!("tensor `{}`: {m}", t.name)))?;
+            data = unpermute_rows(&data, rows, n)
+                .map_err(|m| self.file.err(format!("tensor `{}`: {m}", t.name)))?;
         }
         Ok(Tensor::new(shape, data)?)
     }
@@ -97,9 +109,14 @@ impl WeightSource for GgufSource {
         let mut bytes = self.file.bytes(t).to_vec();
         if let Some(n) = heads {
             let rows = shape.first().copied().unwrap_or(1);
-            bytes = unpermute_rows(&bytes, rows, n).map_err(|m| self.file.err(format!("tensor `{}`: {m}", t.name)))?;
+            bytes = unpermute_rows(&bytes, rows, n)
+                .map_err(|m| self.file.err(format!("tensor `{}`: {m}", t.name)))?;
         }
-        Ok(RawTensor { dtype, shape, bytes })
+        Ok(RawTensor {
+            dtype,
+            shape,
+            bytes,
+        })
     }
 }
 
@@ -111,9 +128,15 @@ pub fn open_model(path: &Path) -> Result<ModelFiles> {
     let config = llama_config(&file, &p);
     let vocab = Vocab::from_header(h).map_err(|m| file.err(m))?;
     let tokenizer_json = vocab.as_ref().map(|v| v.tokenizer_json(h));
-    let tokenizer_config = vocab.as_ref().map(|v| v.tokenizer_config(h, p.context_length));
+    let tokenizer_config = vocab
+        .as_ref()
+        .map(|v| v.tokenizer_config(h, p.context_length));
     let gen = generation_config(h);
-    let generation_config = if gen.as_object().is_some_and(|o| o.is_empty()) { None } else { Some(gen) };
+    let generation_config = if gen.as_object().is_some_and(|o| o.is_empty()) {
+        None
+    } else {
+        Some(gen)
+    };
     let file = Arc::new(file);
     let weights = GgufSource::new(file, &p)?;
     Ok(ModelFiles {

@@ -58,7 +58,10 @@ pub fn hf_name(gguf: &str) -> Option<(String, Heads)> {
     }
     let rest = gguf.strip_prefix("blk.")?;
     let (layer, rest) = rest.split_once('.')?;
-    if layer.is_empty() || !layer.bytes().all(|b| b.is_ascii_digit()) || (layer.len() > 1 && layer.starts_with('0')) {
+    if layer.is_empty()
+        || !layer.bytes().all(|b| b.is_ascii_digit())
+        || (layer.len() > 1 && layer.starts_with('0'))
+    {
         return None;
     }
     let (part, kind) = rest.rsplit_once('.')?;
@@ -137,10 +140,15 @@ fn meta_u64(h: &Header, key: &str) -> Result<Option<u64>, String> {
             let vals: Option<Vec<u64>> = a.iter().map(MetaValue::as_u64).collect();
             match vals.as_deref() {
                 Some([first, rest @ ..]) if rest.iter().all(|v| v == first) => Ok(Some(*first)),
-                _ => Err(format!("metadata `{key}` varies per layer, which is not supported")),
+                _ => Err(format!(
+                    "metadata `{key}` varies per layer, which is not supported"
+                )),
             }
         }
-        Some(v) => v.as_u64().map(Some).ok_or_else(|| format!("metadata `{key}` is not a non-negative integer")),
+        Some(v) => v
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| format!("metadata `{key}` is not a non-negative integer")),
     }
 }
 
@@ -176,15 +184,26 @@ impl LlamaParams {
         let num_heads = required(h, &k("attention.head_count"))?;
         let num_kv_heads = meta_u64(h, &k("attention.head_count_kv"))?.unwrap_or(num_heads);
         if num_kv_heads == 0 || num_heads % num_kv_heads != 0 {
-            return Err(format!("{num_heads} attention heads are not a multiple of {num_kv_heads} key/value heads"));
+            return Err(format!(
+                "{num_heads} attention heads are not a multiple of {num_kv_heads} key/value heads"
+            ));
         }
         let head_dim = match meta_u64(h, &k("attention.key_length"))? {
             Some(d) if d > 0 => d,
             _ if hidden_size % num_heads == 0 => hidden_size / num_heads,
-            _ => return Err(format!("hidden size {hidden_size} is not a multiple of {num_heads} heads")),
+            _ => {
+                return Err(format!(
+                    "hidden size {hidden_size} is not a multiple of {num_heads} heads"
+                ))
+            }
         };
         let f = |key: String| -> Result<Option<f64>, String> {
-            h.get(&key).map(|v| v.as_f64().ok_or(format!("metadata `{key}` is not a number"))).transpose()
+            h.get(&key)
+                .map(|v| {
+                    v.as_f64()
+                        .ok_or(format!("metadata `{key}` is not a number"))
+                })
+                .transpose()
         };
         Ok(Self {
             hidden_size,
@@ -211,11 +230,21 @@ pub fn tensor_map(h: &Header, p: &LlamaParams) -> Result<Vec<Mapped>, String> {
             continue;
         }
         let (hf, heads) = hf_name(&t.name).ok_or_else(|| {
-            format!("tensor `{}` has no Hugging Face {} equivalent", t.name, p.arch)
+            format!(
+                "tensor `{}` has no Hugging Face {} equivalent",
+                t.name, p.arch
+            )
         })?;
-        if let Some(layer) = t.name.strip_prefix("blk.").and_then(|r| r.split('.').next()) {
+        if let Some(layer) = t
+            .name
+            .strip_prefix("blk.")
+            .and_then(|r| r.split('.').next())
+        {
             if layer.parse::<u64>().map_or(true, |l| l >= p.num_layers) {
-                return Err(format!("tensor `{}` is past the {} layers of the model", t.name, p.num_layers));
+                return Err(format!(
+                    "tensor `{}` is past the {} layers of the model",
+                    t.name, p.num_layers
+                ));
             }
         }
         let unpermute_heads = match heads {
@@ -226,10 +255,18 @@ pub fn tensor_map(h: &Header, p: &LlamaParams) -> Result<Vec<Mapped>, String> {
         if let Some(n) = unpermute_heads {
             let rows = t.shape().first().copied().unwrap_or(0);
             if t.ne.len() > 2 || rows % (2 * n) != 0 {
-                return Err(format!("tensor `{}` with shape {:?} does not split into {n} heads of an even size", t.name, t.shape()));
+                return Err(format!(
+                    "tensor `{}` with shape {:?} does not split into {n} heads of an even size",
+                    t.name,
+                    t.shape()
+                ));
             }
         }
-        out.push(Mapped { hf, gguf: t.name.clone(), unpermute_heads });
+        out.push(Mapped {
+            hf,
+            gguf: t.name.clone(),
+            unpermute_heads,
+        });
     }
     if !out.iter().any(|m| m.gguf == "token_embd.weight") {
         return Err("missing tensor `token_embd.weight`".into());
@@ -256,7 +293,11 @@ fn token_id(h: &Header, key: &str) -> Option<u64> {
 pub fn vocab_size(h: &Header) -> Option<u64> {
     h.tensor("token_embd.weight")
         .and_then(|t| t.ne.get(1).copied())
-        .or_else(|| h.get("tokenizer.ggml.tokens").and_then(MetaValue::as_array).map(|a| a.len() as u64))
+        .or_else(|| {
+            h.get("tokenizer.ggml.tokens")
+                .and_then(MetaValue::as_array)
+                .map(|a| a.len() as u64)
+        })
 }
 
 /// The HF `config.json` of a llama-architecture GGUF.
@@ -299,10 +340,16 @@ pub fn llama_config(f: &GgufFile, p: &LlamaParams) -> Value {
 }
 
 fn rope_scaling(h: &Header, arch: &str) -> Value {
-    let kind = h.get(&format!("{arch}.rope.scaling.type")).and_then(MetaValue::as_str);
-    let factor = h.get(&format!("{arch}.rope.scaling.factor")).and_then(MetaValue::as_f64);
+    let kind = h
+        .get(&format!("{arch}.rope.scaling.type"))
+        .and_then(MetaValue::as_str);
+    let factor = h
+        .get(&format!("{arch}.rope.scaling.factor"))
+        .and_then(MetaValue::as_f64);
     match (kind, factor) {
-        (Some("linear"), Some(f)) if f != 1.0 => json!({"type": "linear", "rope_type": "linear", "factor": f}),
+        (Some("linear"), Some(f)) if f != 1.0 => {
+            json!({"type": "linear", "rope_type": "linear", "factor": f})
+        }
         (Some("none") | None, _) => Value::Null,
         (Some(k), _) => {
             tracing::warn!("GGUF rope scaling `{k}` is not carried into config.json");
@@ -317,16 +364,46 @@ mod tests {
 
     #[test]
     fn names_map_to_hf() {
-        let n = |s: &str| hf_name(s).map(|(h, k)| (h, k));
-        assert_eq!(n("token_embd.weight"), Some(("model.embed_tokens.weight".into(), Heads::None)));
-        assert_eq!(n("blk.12.attn_q.weight"), Some(("model.layers.12.self_attn.q_proj.weight".into(), Heads::Query)));
-        assert_eq!(n("blk.0.attn_k.bias"), Some(("model.layers.0.self_attn.k_proj.bias".into(), Heads::Key)));
-        assert_eq!(n("blk.3.ffn_norm.weight").unwrap().0, "model.layers.3.post_attention_layernorm.weight");
-        assert_eq!(n("blk.3.attn_norm.weight").unwrap().0, "model.layers.3.input_layernorm.weight");
-        assert_eq!(n("blk.3.attn_output.weight").unwrap().0, "model.layers.3.self_attn.o_proj.weight");
-        assert_eq!(n("blk.3.ffn_down.weight").unwrap().0, "model.layers.3.mlp.down_proj.weight");
+        let n = |s: &str| hf_name(s);
+        assert_eq!(
+            n("token_embd.weight"),
+            Some(("model.embed_tokens.weight".into(), Heads::None))
+        );
+        assert_eq!(
+            n("blk.12.attn_q.weight"),
+            Some((
+                "model.layers.12.self_attn.q_proj.weight".into(),
+                Heads::Query
+            ))
+        );
+        assert_eq!(
+            n("blk.0.attn_k.bias"),
+            Some(("model.layers.0.self_attn.k_proj.bias".into(), Heads::Key))
+        );
+        assert_eq!(
+            n("blk.3.ffn_norm.weight").unwrap().0,
+            "model.layers.3.post_attention_layernorm.weight"
+        );
+        assert_eq!(
+            n("blk.3.attn_norm.weight").unwrap().0,
+            "model.layers.3.input_layernorm.weight"
+        );
+        assert_eq!(
+            n("blk.3.attn_output.weight").unwrap().0,
+            "model.layers.3.self_attn.o_proj.weight"
+        );
+        assert_eq!(
+            n("blk.3.ffn_down.weight").unwrap().0,
+            "model.layers.3.mlp.down_proj.weight"
+        );
         assert_eq!(n("output.weight").unwrap().0, "lm_head.weight");
-        for bad in ["blk.x.attn_q.weight", "blk.01.attn_q.weight", "blk.0.attn_q.scale", "blk.0.ffn_gate_exps.weight", "foo"] {
+        for bad in [
+            "blk.x.attn_q.weight",
+            "blk.01.attn_q.weight",
+            "blk.0.attn_q.scale",
+            "blk.0.ffn_gate_exps.weight",
+            "foo",
+        ] {
             assert_eq!(n(bad), None, "{bad}");
         }
     }
@@ -350,7 +427,10 @@ mod tests {
         assert_eq!(unpermute_rows(&permuted, rows, n_head).unwrap(), hf);
         // A bias is one value per row.
         let b: Vec<u32> = (0..8).collect();
-        assert_eq!(unpermute_rows(&b, 8, 2).unwrap(), vec![0, 2, 1, 3, 4, 6, 5, 7]);
+        assert_eq!(
+            unpermute_rows(&b, 8, 2).unwrap(),
+            vec![0, 2, 1, 3, 4, 6, 5, 7]
+        );
         assert!(unpermute_rows(&b, 8, 3).is_err());
         assert!(unpermute_rows(&b, 0, 1).is_err());
     }

@@ -284,7 +284,9 @@ impl<'a> Cursor<'a> {
             8 => MetaValue::Str(self.string("metadata string")?),
             9 => {
                 if depth >= MAX_ARRAY_DEPTH {
-                    return Err(format!("metadata arrays nested deeper than {MAX_ARRAY_DEPTH} levels"));
+                    return Err(format!(
+                        "metadata arrays nested deeper than {MAX_ARRAY_DEPTH} levels"
+                    ));
                 }
                 let at = self.pos;
                 let et = self.u32("array element type")?;
@@ -296,7 +298,11 @@ impl<'a> Cursor<'a> {
                     10..=12 => 8,
                     8 => self.count_width(),
                     9 => 4 + self.count_width(),
-                    t => return Err(format!("unknown metadata value type {t} in array at offset {at}")),
+                    t => {
+                        return Err(format!(
+                            "unknown metadata value type {t} in array at offset {at}"
+                        ))
+                    }
                 };
                 if n > (self.left() / min) as u64 {
                     return Err(format!(
@@ -313,7 +319,12 @@ impl<'a> Cursor<'a> {
             10 => MetaValue::U64(self.u64(what)?),
             11 => MetaValue::I64(i64::from_le_bytes(self.arr(what)?)),
             12 => MetaValue::F64(f64::from_le_bytes(self.arr(what)?)),
-            t => return Err(format!("unknown metadata value type {t} at offset {}", self.pos - 4)),
+            t => {
+                return Err(format!(
+                    "unknown metadata value type {t} at offset {}",
+                    self.pos - 4
+                ))
+            }
         })
     }
 }
@@ -322,32 +333,49 @@ impl<'a> Cursor<'a> {
 /// are `file`. Errors are plain lowercase messages; callers attach the path.
 pub fn parse_header(file: &[u8]) -> Result<Header, String> {
     if file.len() < 8 {
-        return Err(format!("file is {} bytes, too short for a GGUF header", file.len()));
+        return Err(format!(
+            "file is {} bytes, too short for a GGUF header",
+            file.len()
+        ));
     }
     if &file[..4] != MAGIC {
         return Err(format!("bad magic {:02x?}, expected \"GGUF\"", &file[..4]));
     }
-    let mut c = Cursor { buf: file, pos: 4, wide: true };
+    let mut c = Cursor {
+        buf: file,
+        pos: 4,
+        wide: true,
+    };
     let version = c.u32("version")?;
     match version {
         1 => c.wide = false,
         2 | 3 => {}
         v if v.swap_bytes() <= 3 && v.swap_bytes() >= 1 => {
-            return Err(format!("big-endian GGUF (version {}) is not supported", v.swap_bytes()))
+            return Err(format!(
+                "big-endian GGUF (version {}) is not supported",
+                v.swap_bytes()
+            ))
         }
         v => return Err(format!("unsupported GGUF version {v} (supported: 1, 2, 3)")),
     }
     let n_tensors = c.count("tensor count")?;
     let n_kv = c.count("metadata count")?;
     if n_tensors > MAX_TENSORS {
-        return Err(format!("tensor count {n_tensors} exceeds the limit of {MAX_TENSORS}"));
+        return Err(format!(
+            "tensor count {n_tensors} exceeds the limit of {MAX_TENSORS}"
+        ));
     }
     if n_kv > MAX_METADATA {
-        return Err(format!("metadata count {n_kv} exceeds the limit of {MAX_METADATA}"));
+        return Err(format!(
+            "metadata count {n_kv} exceeds the limit of {MAX_METADATA}"
+        ));
     }
     // Each entry needs at least a length-prefixed key and a type.
     if n_kv > (c.left() / (c.count_width() + 4)) as u64 {
-        return Err(format!("metadata count {n_kv} runs past the end of the {}-byte file", file.len()));
+        return Err(format!(
+            "metadata count {n_kv} runs past the end of the {}-byte file",
+            file.len()
+        ));
     }
     let mut metadata = BTreeMap::new();
     for _ in 0..n_kv {
@@ -357,19 +385,27 @@ pub fn parse_header(file: &[u8]) -> Result<Header, String> {
             .map_err(|_| format!("metadata key at offset {at} is not valid utf-8"))?
             .to_string();
         let ty = c.u32("metadata value type")?;
-        let v = c.value(ty, 0).map_err(|e| format!("metadata `{key}`: {e}"))?;
+        let v = c
+            .value(ty, 0)
+            .map_err(|e| format!("metadata `{key}`: {e}"))?;
         if metadata.insert(key.clone(), v).is_some() {
             return Err(format!("metadata key `{key}` appears twice"));
         }
     }
     let alignment = match metadata.get("general.alignment") {
         None => DEFAULT_ALIGNMENT,
-        Some(MetaValue::U32(a)) if a.is_power_of_two() => *a as usize,
-        Some(v) => return Err(format!("general.alignment {v:?} is not a power-of-two u32")),
+        // The spec says u32; other integer types are accepted too.
+        Some(v) => match v.as_u64() {
+            Some(a) if a.is_power_of_two() && a <= 1 << 30 => a as usize,
+            _ => return Err(format!("general.alignment {v:?} is not a power of two")),
+        },
     };
     // Each tensor info needs a name length, n_dims, type and offset.
     if n_tensors > (c.left() / (c.count_width() + 16)) as u64 {
-        return Err(format!("tensor count {n_tensors} runs past the end of the {}-byte file", file.len()));
+        return Err(format!(
+            "tensor count {n_tensors} runs past the end of the {}-byte file",
+            file.len()
+        ));
     }
     let mut raw = Vec::with_capacity(n_tensors as usize);
     let mut seen = HashSet::new();
@@ -378,7 +414,9 @@ pub fn parse_header(file: &[u8]) -> Result<Header, String> {
         let ctx = |e: String| format!("tensor {i} `{name}`: {e}");
         let n_dims = c.u32("tensor dim count").map_err(ctx)?;
         if n_dims > MAX_DIMS {
-            return Err(ctx(format!("{n_dims} dims, more than the {MAX_DIMS} ggml allows")));
+            return Err(ctx(format!(
+                "{n_dims} dims, more than the {MAX_DIMS} ggml allows"
+            )));
         }
         let mut ne = Vec::with_capacity(n_dims as usize);
         for _ in 0..n_dims {
@@ -404,7 +442,9 @@ pub fn parse_header(file: &[u8]) -> Result<Header, String> {
     let mut tensors = Vec::with_capacity(raw.len());
     for (name, ne, ggml_type, offset, nbytes) in raw {
         if offset % alignment as u64 != 0 {
-            return Err(format!("tensor `{name}`: offset {offset} is not a multiple of the alignment {alignment}"));
+            return Err(format!(
+                "tensor `{name}`: offset {offset} is not a multiple of the alignment {alignment}"
+            ));
         }
         let end = offset.checked_add(nbytes as u64);
         if end.is_none_or(|e| e > data_len as u64) {
@@ -412,17 +452,32 @@ pub fn parse_header(file: &[u8]) -> Result<Header, String> {
                 "tensor `{name}`: data [{offset}, {offset} + {nbytes}) is outside the {data_len}-byte data section (tensor offset out of range)"
             ));
         }
-        tensors.push(TensorInfo { name, ne, ggml_type, start: data_start + offset as usize, nbytes });
+        tensors.push(TensorInfo {
+            name,
+            ne,
+            ggml_type,
+            start: data_start + offset as usize,
+            nbytes,
+        });
     }
-    let mut spans: Vec<(usize, usize, &str)> =
-        tensors.iter().filter(|t| t.nbytes > 0).map(|t| (t.start, t.start + t.nbytes, t.name.as_str())).collect();
+    let mut spans: Vec<(usize, usize, &str)> = tensors
+        .iter()
+        .filter(|t| t.nbytes > 0)
+        .map(|t| (t.start, t.start + t.nbytes, t.name.as_str()))
+        .collect();
     spans.sort();
     for w in spans.windows(2) {
         if w[1].0 < w[0].1 {
             return Err(format!("tensors `{}` and `{}` overlap", w[0].2, w[1].2));
         }
     }
-    Ok(Header { version, metadata, tensors, alignment, data_start })
+    Ok(Header {
+        version,
+        metadata,
+        tensors,
+        alignment,
+        data_start,
+    })
 }
 
 /// A memory-mapped, validated GGUF file.
@@ -439,8 +494,15 @@ impl GgufFile {
         // SAFETY: the map is read-only; a file truncated underneath us would
         // fault, which every mmap-based loader accepts.
         let map = unsafe { Mmap::map(&f) }.map_err(|e| Error::io(path, e))?;
-        let header = parse_header(&map).map_err(|msg| Error::Gguf { path: path.to_path_buf(), msg })?;
-        Ok(Self { path: path.to_path_buf(), map, header })
+        let header = parse_header(&map).map_err(|msg| Error::Gguf {
+            path: path.to_path_buf(),
+            msg,
+        })?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            map,
+            header,
+        })
     }
 
     /// The path.
@@ -455,7 +517,10 @@ impl GgufFile {
 
     /// An error about this file.
     pub fn err(&self, msg: impl Into<String>) -> Error {
-        Error::Gguf { path: self.path.clone(), msg: msg.into() }
+        Error::Gguf {
+            path: self.path.clone(),
+            msg: msg.into(),
+        }
     }
 
     /// The stored bytes of a tensor of this file's header.
@@ -466,8 +531,19 @@ impl GgufFile {
 
     /// Dequantizes tensor `name` to f32 in storage (row-major) order.
     pub fn dequantize(&self, name: &str) -> Result<Vec<f32>> {
-        let t = self.header.tensor(name).ok_or_else(|| Error::MissingTensor { name: name.to_string() })?;
-        dequantize(t.ggml_type, self.bytes(t), t.numel()).map_err(|e| self.err(format!("tensor `{name}`: {e}")))
+        let t = self
+            .header
+            .tensor(name)
+            .ok_or_else(|| Error::MissingTensor {
+                name: name.to_string(),
+            })?;
+        self.dequantize_tensor(t)
+    }
+
+    /// Dequantizes a tensor of this file's header to f32 in storage order.
+    pub fn dequantize_tensor(&self, t: &TensorInfo) -> Result<Vec<f32>> {
+        dequantize(t.ggml_type, self.bytes(t), t.numel())
+            .map_err(|e| self.err(format!("tensor `{}`: {e}", t.name)))
     }
 }
 
@@ -491,8 +567,20 @@ mod tests {
         b.meta("a.u64", MetaValue::U64(1 << 40));
         b.meta("a.i64", MetaValue::I64(-(1 << 40)));
         b.meta("a.f64", MetaValue::F64(0.25));
-        b.meta("a.strs", MetaValue::Array(vec![MetaValue::Str("x".into()), MetaValue::Str("yz".into())]));
-        b.meta("a.nested", MetaValue::Array(vec![MetaValue::Array(vec![MetaValue::I32(1), MetaValue::I32(2)]), MetaValue::Array(vec![])]));
+        b.meta(
+            "a.strs",
+            MetaValue::Array(vec![
+                MetaValue::Str("x".into()),
+                MetaValue::Str("yz".into()),
+            ]),
+        );
+        b.meta(
+            "a.nested",
+            MetaValue::Array(vec![
+                MetaValue::Array(vec![MetaValue::I32(1), MetaValue::I32(2)]),
+                MetaValue::Array(vec![]),
+            ]),
+        );
         b.tensor_f32("w", &[3, 2], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
         b.tensor_f32("n", &[3], &[7.0, 8.0, 9.0]);
         b.build()
@@ -521,7 +609,10 @@ mod tests {
             assert_eq!(g("a.f64").as_f64(), Some(0.25));
             assert_eq!(g("a.strs").as_array().unwrap()[1].as_str(), Some("yz"));
             let nested = g("a.nested").as_array().unwrap();
-            assert_eq!(nested[0], MetaValue::Array(vec![MetaValue::I32(1), MetaValue::I32(2)]));
+            assert_eq!(
+                nested[0],
+                MetaValue::Array(vec![MetaValue::I32(1), MetaValue::I32(2)])
+            );
             assert_eq!(nested[1], MetaValue::Array(vec![]));
             let w = h.tensor("w").unwrap();
             assert_eq!(w.ne, vec![3, 2]);
@@ -530,7 +621,10 @@ mod tests {
             let data = dequantize(w.ggml_type, &bytes[w.start..w.start + w.nbytes], 6).unwrap();
             assert_eq!(data, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
             let n = h.tensor("n").unwrap();
-            assert_eq!(dequantize(n.ggml_type, &bytes[n.start..n.start + n.nbytes], 3).unwrap(), [7.0, 8.0, 9.0]);
+            assert_eq!(
+                dequantize(n.ggml_type, &bytes[n.start..n.start + n.nbytes], 3).unwrap(),
+                [7.0, 8.0, 9.0]
+            );
         }
     }
 
@@ -567,13 +661,21 @@ mod tests {
         // Header claims more metadata than the file holds.
         let mut many = good.clone();
         many[16..24].copy_from_slice(&1_000_000u64.to_le_bytes());
-        assert!(err_of(&many).contains("metadata count 1000000 runs past the end"), "{}", err_of(&many));
+        assert!(
+            err_of(&many).contains("metadata count 1000000 runs past the end"),
+            "{}",
+            err_of(&many)
+        );
         let mut huge = good.clone();
         huge[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
         assert!(err_of(&huge).contains("exceeds the limit"));
         // Header cut short inside the metadata.
         for cut in [24, 40, 100, 200] {
-            assert!(err_of(&good[..cut]).contains("past the end"), "{}", err_of(&good[..cut]));
+            assert!(
+                err_of(&good[..cut]).contains("past the end"),
+                "{}",
+                err_of(&good[..cut])
+            );
         }
 
         let one = |f: &dyn Fn(&mut Builder)| {

@@ -57,9 +57,14 @@ pub struct Vocab<'a> {
 
 fn strings<'a>(h: &'a Header, key: &str) -> Result<Option<Vec<&'a str>>, String> {
     let Some(v) = h.get(key) else { return Ok(None) };
-    let a = v.as_array().ok_or_else(|| format!("metadata `{key}` is not an array"))?;
+    let a = v
+        .as_array()
+        .ok_or_else(|| format!("metadata `{key}` is not an array"))?;
     a.iter()
-        .map(|x| x.as_str().ok_or_else(|| format!("metadata `{key}` holds a non-string")))
+        .map(|x| {
+            x.as_str()
+                .ok_or_else(|| format!("metadata `{key}` holds a non-string"))
+        })
         .collect::<Result<Vec<_>, _>>()
         .map(Some)
 }
@@ -71,15 +76,20 @@ fn flag(h: &Header, key: &str, default: bool) -> bool {
 impl<'a> Vocab<'a> {
     /// Reads the tokenizer metadata; `None` when the file has none.
     pub fn from_header(h: &'a Header) -> Result<Option<Self>, String> {
-        let Some(model) = h.get("tokenizer.ggml.model") else { return Ok(None) };
-        let model = model.as_str().ok_or("metadata `tokenizer.ggml.model` is not a string")?;
+        let Some(model) = h.get("tokenizer.ggml.model") else {
+            return Ok(None);
+        };
+        let model = model
+            .as_str()
+            .ok_or("metadata `tokenizer.ggml.model` is not a string")?;
         if !SUPPORTED_MODELS.contains(&model) {
             return Err(format!(
                 "unsupported tokenizer model `{model}` (supported: {})",
                 SUPPORTED_MODELS.join(", ")
             ));
         }
-        let tokens = strings(h, "tokenizer.ggml.tokens")?.ok_or("missing metadata `tokenizer.ggml.tokens`")?;
+        let tokens = strings(h, "tokenizer.ggml.tokens")?
+            .ok_or("missing metadata `tokenizer.ggml.tokens`")?;
         if tokens.is_empty() {
             return Err("metadata `tokenizer.ggml.tokens` is empty".into());
         }
@@ -88,7 +98,11 @@ impl<'a> Vocab<'a> {
             None => Vec::new(),
             Some(v) => v
                 .as_array()
-                .and_then(|a| a.iter().map(|x| x.as_f64().map(|f| f as f32)).collect::<Option<Vec<_>>>())
+                .and_then(|a| {
+                    a.iter()
+                        .map(|x| x.as_f64().map(|f| f as f32))
+                        .collect::<Option<Vec<_>>>()
+                })
                 .filter(|s| s.len() == n)
                 .ok_or_else(|| format!("metadata `tokenizer.ggml.scores` is not {n} numbers"))?,
         };
@@ -98,7 +112,9 @@ impl<'a> Vocab<'a> {
                 .as_array()
                 .and_then(|a| a.iter().map(MetaValue::as_i64).collect::<Option<Vec<_>>>())
                 .filter(|s| s.len() == n)
-                .ok_or_else(|| format!("metadata `tokenizer.ggml.token_type` is not {n} integers"))?,
+                .ok_or_else(|| {
+                    format!("metadata `tokenizer.ggml.token_type` is not {n} integers")
+                })?,
         };
         let merges = strings(h, "tokenizer.ggml.merges")?.unwrap_or_default();
         let spm = model == "llama";
@@ -123,7 +139,9 @@ impl<'a> Vocab<'a> {
 
     fn token(&self, h: &Header, key: &str) -> Option<&'a str> {
         let id = h.get(key).and_then(MetaValue::as_u64)?;
-        usize::try_from(id).ok().and_then(|i| self.tokens.get(i).copied())
+        usize::try_from(id)
+            .ok()
+            .and_then(|i| self.tokens.get(i).copied())
     }
 
     /// `token → first id` (later duplicates are unreachable and dropped).
@@ -189,7 +207,11 @@ impl<'a> Vocab<'a> {
         let mut dropped = 0usize;
         for m in &self.merges {
             match m.split_once(' ') {
-                Some((l, r)) if ids.contains_key(l) && ids.contains_key(r) && ids.contains_key(format!("{l}{r}").as_str()) => {
+                Some((l, r))
+                    if ids.contains_key(l)
+                        && ids.contains_key(r)
+                        && ids.contains_key(format!("{l}{r}").as_str()) =>
+                {
                     out.push((l, r))
                 }
                 _ => dropped += 1,
@@ -213,7 +235,10 @@ impl<'a> Vocab<'a> {
         let (mut single, mut pair) = (Vec::new(), Vec::new());
         let mut map = Map::new();
         for t in bos.iter().chain(eos.iter()) {
-            map.insert(t.to_string(), json!({"id": t, "ids": [ids.get(t)], "tokens": [t]}));
+            map.insert(
+                t.to_string(),
+                json!({"id": t, "ids": [ids.get(t)], "tokens": [t]}),
+            );
         }
         single.extend(bos.map(special));
         single.push(json!({"Sequence": {"id": "A", "type_id": 0}}));
@@ -228,7 +253,12 @@ impl<'a> Vocab<'a> {
     fn spm_json(&self, h: &Header) -> Value {
         let unk = self
             .token(h, "tokenizer.ggml.unknown_token_id")
-            .or_else(|| self.types.iter().position(|&t| t == TYPE_UNKNOWN).map(|i| self.tokens[i]))
+            .or_else(|| {
+                self.types
+                    .iter()
+                    .position(|&t| t == TYPE_UNKNOWN)
+                    .map(|i| self.tokens[i])
+            })
             .or_else(|| self.tokens.iter().copied().find(|t| *t == "<unk>"));
         let mut normalizers = Vec::new();
         if self.add_space_prefix {
@@ -261,9 +291,7 @@ impl<'a> Vocab<'a> {
     }
 
     fn gpt2_json(&self, h: &Header) -> Value {
-        let byte_level = |use_regex: bool| {
-            json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex})
-        };
+        let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
         let (pre, ignore_merges) = match self.pre.unwrap_or("default") {
             "default" | "gpt-2" | "gpt2" => (byte_level(true), false),
             "smollm" => (
@@ -283,7 +311,10 @@ impl<'a> Vocab<'a> {
             }
         };
         let bl_post = json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true});
-        let post = match self.template(self.token(h, "tokenizer.ggml.bos_token_id"), self.token(h, "tokenizer.ggml.eos_token_id")) {
+        let post = match self.template(
+            self.token(h, "tokenizer.ggml.bos_token_id"),
+            self.token(h, "tokenizer.ggml.eos_token_id"),
+        ) {
             Value::Null => bl_post,
             t => json!({"type": "Sequence", "processors": [bl_post, t]}),
         };
@@ -306,7 +337,11 @@ impl<'a> Vocab<'a> {
 
     /// The `tokenizer.json` contents.
     pub fn tokenizer_json(&self, h: &Header) -> String {
-        let v = if self.model == "llama" { self.spm_json(h) } else { self.gpt2_json(h) };
+        let v = if self.model == "llama" {
+            self.spm_json(h)
+        } else {
+            self.gpt2_json(h)
+        };
         v.to_string()
     }
 
@@ -384,14 +419,22 @@ mod tests {
     }
 
     fn spm_header() -> Header {
-        let toks = ["<unk>", "<s>", "</s>", "<0x41>", "▁", "a", "b", "ab", "▁ab", "c"];
+        let toks = [
+            "<unk>", "<s>", "</s>", "<0x41>", "▁", "a", "b", "ab", "▁ab", "c",
+        ];
         let scores = [0.0, 0.0, 0.0, 0.0, -1.0, -2.0, -3.0, -0.5, -0.25, -4.0];
         let types = [2, 3, 3, 6, 1, 1, 1, 1, 1, 1];
         let mut b = Builder::new(3);
         b.meta("tokenizer.ggml.model", MetaValue::Str("llama".into()));
         b.meta("tokenizer.ggml.tokens", strs(&toks));
-        b.meta("tokenizer.ggml.scores", MetaValue::Array(scores.iter().map(|&s| MetaValue::F32(s)).collect()));
-        b.meta("tokenizer.ggml.token_type", MetaValue::Array(types.iter().map(|&t| MetaValue::I32(t)).collect()));
+        b.meta(
+            "tokenizer.ggml.scores",
+            MetaValue::Array(scores.iter().map(|&s| MetaValue::F32(s)).collect()),
+        );
+        b.meta(
+            "tokenizer.ggml.token_type",
+            MetaValue::Array(types.iter().map(|&t| MetaValue::I32(t)).collect()),
+        );
         b.meta("tokenizer.ggml.bos_token_id", MetaValue::U32(1));
         b.meta("tokenizer.ggml.eos_token_id", MetaValue::U32(2));
         parse_header(&b.build()).unwrap()
@@ -419,7 +462,10 @@ mod tests {
         assert_eq!(cfg["unk_token"], "<unk>");
         assert_eq!(cfg["add_bos_token"], true);
         assert_eq!(cfg["added_tokens_decoder"]["1"]["content"], "<s>");
-        assert_eq!(generation_config(&h), json!({"bos_token_id": 1, "eos_token_id": 2}));
+        assert_eq!(
+            generation_config(&h),
+            json!({"bos_token_id": 1, "eos_token_id": 2})
+        );
     }
 
     #[test]
@@ -433,9 +479,14 @@ mod tests {
         b.meta("tokenizer.ggml.model", MetaValue::Str("gpt2".into()));
         b.meta("tokenizer.ggml.pre", MetaValue::Str("smollm".into()));
         b.meta("tokenizer.ggml.tokens", strs(&toks));
-        let types: Vec<MetaValue> = (0..toks.len()).map(|i| MetaValue::I32(if i < 2 { 3 } else { 1 })).collect();
+        let types: Vec<MetaValue> = (0..toks.len())
+            .map(|i| MetaValue::I32(if i < 2 { 3 } else { 1 }))
+            .collect();
         b.meta("tokenizer.ggml.token_type", MetaValue::Array(types));
-        b.meta("tokenizer.ggml.merges", strs(&["1 2", "a b", "Ġ ab", "x missing"]));
+        b.meta(
+            "tokenizer.ggml.merges",
+            strs(&["1 2", "a b", "Ġ ab", "x missing"]),
+        );
         b.meta("tokenizer.ggml.bos_token_id", MetaValue::U32(1));
         let h = parse_header(&b.build()).unwrap();
         let v = Vocab::from_header(&h).unwrap().unwrap();
@@ -443,10 +494,17 @@ mod tests {
         let tok = tokenizers::Tokenizer::from_str(&v.tokenizer_json(&h)).unwrap();
         let ids = |s: &str| tok.encode(s, true).unwrap().get_ids().to_vec();
         let id = |t: &str| toks.iter().position(|x| *x == t).unwrap() as u32;
-        assert_eq!(ids("ab 12"), vec![id("ab"), id("Ġ"), id("1"), id("2")], "digits split one by one");
+        assert_eq!(
+            ids("ab 12"),
+            vec![id("ab"), id("Ġ"), id("1"), id("2")],
+            "digits split one by one"
+        );
         assert_eq!(ids("<|im_start|>ab"), vec![1, id("ab")]);
         assert_eq!(tok.decode(&ids("ab ab 12"), false).unwrap(), "ab ab 12");
-        assert_eq!(v.tokenizer_config(&h, None)["tokenizer_class"], "GPT2Tokenizer");
+        assert_eq!(
+            v.tokenizer_config(&h, None)["tokenizer_class"],
+            "GPT2Tokenizer"
+        );
     }
 
     #[test]
