@@ -14,7 +14,11 @@ fn shared() -> PathBuf {
 }
 
 fn gptq(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_gptq")).args(args).env("RUST_LOG", "warn").output().expect("run gptq")
+    Command::new(env!("CARGO_BIN_EXE_gptq"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run gptq")
 }
 
 fn stdout(o: &Output) -> String {
@@ -28,25 +32,56 @@ fn assert_clean_error(o: &Output, want: &str) {
     assert!(!err.contains("panicked"), "panic: {err}");
     let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
     assert_eq!(lines.len(), 1, "want one error line: {err}");
-    assert!(lines[0].to_lowercase().contains(&want.to_lowercase()), "`{want}` not in: {err}");
+    assert!(
+        lines[0].to_lowercase().contains(&want.to_lowercase()),
+        "`{want}` not in: {err}"
+    );
 }
 
 fn reference_greedy() -> (Vec<u64>, String) {
-    let v: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(shared().join("models/stories260K-reference.json")).unwrap()).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(shared().join("models/stories260K-reference.json")).unwrap(),
+    )
+    .unwrap();
     let g = &v["greedy_from_bos"];
-    (g["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect(), g["text"].as_str().unwrap().into())
+    (
+        g["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap())
+            .collect(),
+        g["text"].as_str().unwrap().into(),
+    )
 }
 
 #[test]
 fn stories260k_greedy_from_bos_matches_reference_from_hf_and_gguf() {
     let (ids, text) = reference_greedy();
     let n = (ids.len() - 1).to_string();
-    let hf = gptq(&["generate", shared().join("models/stories260K").to_str().unwrap(), "--max-new-tokens", &n]);
-    assert!(hf.status.success(), "{}", String::from_utf8_lossy(&hf.stderr));
+    let hf = gptq(&[
+        "generate",
+        shared().join("models/stories260K").to_str().unwrap(),
+        "--max-new-tokens",
+        &n,
+    ]);
+    assert!(
+        hf.status.success(),
+        "{}",
+        String::from_utf8_lossy(&hf.stderr)
+    );
     let gguf_path = shared().join("models/stories260K-gguf/tinyllamas-stories-260k-f32.gguf");
-    let gg = gptq(&["generate", gguf_path.to_str().unwrap(), "--max-new-tokens", &n]);
-    assert!(gg.status.success(), "{}", String::from_utf8_lossy(&gg.stderr));
+    let gg = gptq(&[
+        "generate",
+        gguf_path.to_str().unwrap(),
+        "--max-new-tokens",
+        &n,
+    ]);
+    assert!(
+        gg.status.success(),
+        "{}",
+        String::from_utf8_lossy(&gg.stderr)
+    );
     assert_eq!(stdout(&hf), stdout(&gg), "HF folder and GGUF disagree");
     // The reference text is the decode of the same ids (float64 numpy forward).
     assert_eq!(stdout(&hf).trim_end(), text.trim_end());
@@ -63,7 +98,10 @@ fn stories260k_tinystories_perplexity_matches_reference_protocol() {
         "eval",
         shared().join("models/stories260K").to_str().unwrap(),
         "--dataset",
-        shared().join("text/tinystories/tinystories_val.txt").to_str().unwrap(),
+        shared()
+            .join("text/tinystories/tinystories_val.txt")
+            .to_str()
+            .unwrap(),
         "--seqlen",
         "256",
         "--json",
@@ -81,9 +119,20 @@ fn convert_writes_a_folder_that_runs_like_the_gguf() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("hf");
     let gguf = shared().join("models/stories260K-gguf/tinyllamas-stories-260k-f32.gguf");
-    let o = gptq(&["convert", gguf.to_str().unwrap(), out.to_str().unwrap(), "--dtype", "f32"]);
+    let o = gptq(&[
+        "convert",
+        gguf.to_str().unwrap(),
+        out.to_str().unwrap(),
+        "--dtype",
+        "f32",
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
         assert!(out.join(f).is_file(), "{f} missing");
     }
     let a = gptq(&["generate", out.to_str().unwrap(), "--max-new-tokens", "40"]);
@@ -97,15 +146,32 @@ fn convert_writes_a_folder_that_runs_like_the_gguf() {
 /// A copy of the stories260K folder in a temp dir, to break in one way.
 fn broken_copy(edit: impl FnOnce(&Path)) -> tempfile::TempDir {
     let d = tempfile::tempdir().unwrap();
-    for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json"] {
-        std::fs::copy(shared().join("models/stories260K").join(f), d.path().join(f)).unwrap();
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+    ] {
+        std::fs::copy(
+            shared().join("models/stories260K").join(f),
+            d.path().join(f),
+        )
+        .unwrap();
     }
     edit(d.path());
     d
 }
 
 fn eval_dir(d: &Path) -> Output {
-    gptq(&["eval", d.to_str().unwrap(), "--seqlen", "64", "--max-windows", "1"])
+    gptq(&[
+        "eval",
+        d.to_str().unwrap(),
+        "--seqlen",
+        "64",
+        "--max-windows",
+        "1",
+    ])
 }
 
 #[test]
@@ -117,10 +183,15 @@ fn bad_model_folders_fail_cleanly() {
     assert_clean_error(&eval_dir(d.path()), "invalid json");
 
     let d = broken_copy(|p| {
-        let c = std::fs::read_to_string(p.join("config.json")).unwrap().replace("\"llama\"", "\"gpt_neox\"");
+        let c = std::fs::read_to_string(p.join("config.json"))
+            .unwrap()
+            .replace("\"llama\"", "\"gpt_neox\"");
         std::fs::write(p.join("config.json"), c).unwrap()
     });
-    assert_clean_error(&eval_dir(d.path()), "unsupported model_type `gpt_neox` (supported: llama");
+    assert_clean_error(
+        &eval_dir(d.path()),
+        "unsupported model_type `gpt_neox` (supported: llama",
+    );
 
     let d = broken_copy(|p| {
         let b = std::fs::read(p.join("model.safetensors")).unwrap();
@@ -139,7 +210,9 @@ fn bad_model_folders_fail_cleanly() {
     assert_clean_error(&eval_dir(d.path()), "tokenizer.json");
 
     let d = broken_copy(|p| {
-        let c = std::fs::read_to_string(p.join("config.json")).unwrap().replace("\"hidden_size\": 64", "\"hidden_size\": 32");
+        let c = std::fs::read_to_string(p.join("config.json"))
+            .unwrap()
+            .replace("\"hidden_size\": 64", "\"hidden_size\": 32");
         std::fs::write(p.join("config.json"), c).unwrap()
     });
     assert_clean_error(&eval_dir(d.path()), "shape");
@@ -148,7 +221,9 @@ fn bad_model_folders_fail_cleanly() {
 #[test]
 fn bad_gguf_fails_cleanly() {
     let d = tempfile::tempdir().unwrap();
-    let b = std::fs::read(shared().join("models/stories260K-gguf/tinyllamas-stories-260k-f32.gguf")).unwrap();
+    let b =
+        std::fs::read(shared().join("models/stories260K-gguf/tinyllamas-stories-260k-f32.gguf"))
+            .unwrap();
     let cut = d.path().join("cut.gguf");
     std::fs::write(&cut, &b[..b.len() / 3]).unwrap();
     let o = gptq(&["eval", cut.to_str().unwrap(), "--seqlen", "64"]);
@@ -157,9 +232,16 @@ fn bad_gguf_fails_cleanly() {
     std::fs::write(&junk, b"not a gguf file at all").unwrap();
     assert_clean_error(&gptq(&["inspect", junk.to_str().unwrap()]), "gguf");
     let out = d.path().join("out");
-    assert_clean_error(&gptq(&["convert", junk.to_str().unwrap(), out.to_str().unwrap()]), "gguf");
+    assert_clean_error(
+        &gptq(&["convert", junk.to_str().unwrap(), out.to_str().unwrap()]),
+        "gguf",
+    );
     assert!(!out.exists(), "partial output left behind");
-    assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 2, "temp files left behind");
+    assert_eq!(
+        std::fs::read_dir(d.path()).unwrap().count(),
+        2,
+        "temp files left behind"
+    );
 }
 
 #[test]
@@ -168,13 +250,31 @@ fn bad_eval_text_fails_cleanly() {
     let model = shared().join("models/stories260K");
     let empty = d.path().join("empty.txt");
     std::fs::write(&empty, "").unwrap();
-    let o = gptq(&["eval", model.to_str().unwrap(), "--dataset", empty.to_str().unwrap(), "--no-special-tokens"]);
+    let o = gptq(&[
+        "eval",
+        model.to_str().unwrap(),
+        "--dataset",
+        empty.to_str().unwrap(),
+        "--no-special-tokens",
+    ]);
     assert_clean_error(&o, "empty");
     let short = d.path().join("short.txt");
     std::fs::write(&short, "Once upon a time").unwrap();
-    let o = gptq(&["eval", model.to_str().unwrap(), "--dataset", short.to_str().unwrap(), "--seqlen", "256"]);
+    let o = gptq(&[
+        "eval",
+        model.to_str().unwrap(),
+        "--dataset",
+        short.to_str().unwrap(),
+        "--seqlen",
+        "256",
+    ]);
     assert_clean_error(&o, "shorter than one window");
-    let o = gptq(&["eval", model.to_str().unwrap(), "--dataset", "no-such-file.txt"]);
+    let o = gptq(&[
+        "eval",
+        model.to_str().unwrap(),
+        "--dataset",
+        "no-such-file.txt",
+    ]);
     assert_clean_error(&o, "no-such-file.txt");
     let o = gptq(&["eval", model.to_str().unwrap(), "--seqlen", "100000"]);
     assert_clean_error(&o, "max_position_embeddings");
@@ -197,6 +297,12 @@ fn missing_model_and_offline_hub_fail_cleanly() {
 #[test]
 fn chat_generation_uses_the_template() {
     // stories260K has no chat template: a clear error, not a crash.
-    let o = gptq(&["generate", shared().join("models/stories260K").to_str().unwrap(), "--chat", "--prompt", "hi"]);
+    let o = gptq(&[
+        "generate",
+        shared().join("models/stories260K").to_str().unwrap(),
+        "--chat",
+        "--prompt",
+        "hi",
+    ]);
     assert_clean_error(&o, "chat_template");
 }

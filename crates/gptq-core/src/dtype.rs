@@ -55,8 +55,11 @@ impl DType {
     /// Works on unaligned input (memory-mapped files give no alignment promise).
     pub fn to_f32(self, bytes: &[u8]) -> Result<Vec<f32>> {
         let n = self.size();
-        if bytes.len() % n != 0 {
-            return Err(Error::RaggedBytes { dtype: self, len: bytes.len() });
+        if !bytes.len().is_multiple_of(n) {
+            return Err(Error::RaggedBytes {
+                dtype: self,
+                len: bytes.len(),
+            });
         }
         let out = match self {
             DType::F32 => bytes
@@ -100,9 +103,15 @@ mod tests {
         let v = [1.5f32, -2.25, 0.0];
         let f32b: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
         assert_eq!(DType::F32.to_f32(&f32b).unwrap(), v);
-        let f16b: Vec<u8> = v.iter().flat_map(|x| f16::from_f32(*x).to_le_bytes()).collect();
+        let f16b: Vec<u8> = v
+            .iter()
+            .flat_map(|x| f16::from_f32(*x).to_le_bytes())
+            .collect();
         assert_eq!(DType::F16.to_f32(&f16b).unwrap(), v);
-        let bfb: Vec<u8> = v.iter().flat_map(|x| bf16::from_f32(*x).to_le_bytes()).collect();
+        let bfb: Vec<u8> = v
+            .iter()
+            .flat_map(|x| bf16::from_f32(*x).to_le_bytes())
+            .collect();
         assert_eq!(DType::BF16.to_f32(&bfb).unwrap(), v);
     }
 

@@ -23,7 +23,11 @@ impl Tensor {
     pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Result<Self> {
         let expected = numel(&shape)?;
         if expected != data.len() {
-            return Err(Error::ShapeMismatch { shape, expected, got: data.len() });
+            return Err(Error::ShapeMismatch {
+                shape,
+                expected,
+                got: data.len(),
+            });
         }
         Ok(Self { shape, data })
     }
@@ -31,7 +35,10 @@ impl Tensor {
     /// A tensor of zeros.
     pub fn zeros(shape: Vec<usize>) -> Result<Self> {
         let n = numel(&shape)?;
-        Ok(Self { shape, data: vec![0.0; n] })
+        Ok(Self {
+            shape,
+            data: vec![0.0; n],
+        })
     }
 
     /// The shape.
@@ -93,7 +100,10 @@ impl Tensor {
                 out[j * r + i] = self.data[i * c + j];
             }
         }
-        Some(Self { shape: vec![c, r], data: out })
+        Some(Self {
+            shape: vec![c, r],
+            data: out,
+        })
     }
 }
 

@@ -14,7 +14,10 @@ pub const NAMED: &[&str] = &["wikitext2"];
 /// `wikitext-2-raw-v1` rows: each file line is a row (with its newline),
 /// except whitespace-only lines, which are empty rows.
 pub fn join_wikitext(raw: &str) -> String {
-    let rows: Vec<&str> = raw.split_inclusive('\n').map(|l| if l.trim().is_empty() { "" } else { l }).collect();
+    let rows: Vec<&str> = raw
+        .split_inclusive('\n')
+        .map(|l| if l.trim().is_empty() { "" } else { l })
+        .collect();
     rows.join("\n\n")
 }
 
@@ -36,12 +39,17 @@ pub fn eval_text(spec: &str) -> Result<String> {
         .map_err(|e| Error::Input(format!("{spec}: cannot read as UTF-8 text: {e}")))?;
     if p.extension().is_some_and(|e| e == "jsonl") {
         let mut rows = Vec::new();
-        for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        for (i, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
             let v: serde_json::Value = serde_json::from_str(line)
                 .map_err(|e| Error::Input(format!("{spec}:{}: invalid JSON: {e}", i + 1)))?;
-            let t = v.get("text").and_then(|t| t.as_str()).ok_or_else(|| {
-                Error::Input(format!("{spec}:{}: no string field `text`", i + 1))
-            })?;
+            let t = v
+                .get("text")
+                .and_then(|t| t.as_str())
+                .ok_or_else(|| Error::Input(format!("{spec}:{}: no string field `text`", i + 1)))?;
             rows.push(t.to_string());
         }
         return Ok(rows.join("\n\n"));
@@ -56,9 +64,16 @@ mod tests {
     #[test]
     fn wikitext_join_matches_hf_rows() {
         // file: " \n = A = \n \n x\n"  → rows ["", " = A = \n", "", " x\n"]
-        assert_eq!(join_wikitext(" \n = A = \n \n x\n"), "\n\n = A = \n\n\n\n\n x\n");
+        assert_eq!(
+            join_wikitext(" \n = A = \n \n x\n"),
+            "\n\n = A = \n\n\n\n\n x\n"
+        );
         let t = eval_text("wikitext2").unwrap();
-        assert!(t.starts_with("\n\n = Robert Boulter = \n"), "{:?}", &t[..40]);
+        assert!(
+            t.starts_with("\n\n = Robert Boulter = \n"),
+            "{:?}",
+            &t[..40]
+        );
     }
 
     #[test]

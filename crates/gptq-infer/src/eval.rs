@@ -67,11 +67,15 @@ pub fn perplexity(
 ) -> Result<EvalResult> {
     let seqlen = opts.seqlen;
     if seqlen < 2 {
-        return Err(Error::Input(format!("--seqlen must be at least 2, got {seqlen}")));
+        return Err(Error::Input(format!(
+            "--seqlen must be at least 2, got {seqlen}"
+        )));
     }
     let maxp = model.info().max_position_embeddings;
     if seqlen > maxp {
-        return Err(Error::Input(format!("--seqlen {seqlen} exceeds the model's max_position_embeddings ({maxp})")));
+        return Err(Error::Input(format!(
+            "--seqlen {seqlen} exceeds the model's max_position_embeddings ({maxp})"
+        )));
     }
     if ids.is_empty() {
         return Err(Error::Input("the evaluation text is empty".into()));
@@ -95,7 +99,11 @@ pub fn perplexity(
         let hidden = model.forward_hidden(&Batch::single(win, &len), &mut cache)?;
         let d = hidden.len() / seqlen;
         nll += nll_sum(model, &hidden[..(seqlen - 1) * d], &win[1..]);
-        progress(w + 1, windows, (nll / ((w + 1) * (seqlen - 1)) as f64).exp());
+        progress(
+            w + 1,
+            windows,
+            (nll / ((w + 1) * (seqlen - 1)) as f64).exp(),
+        );
     }
     let seconds = start.elapsed().as_secs_f64();
     let scored = windows * (seqlen - 1);

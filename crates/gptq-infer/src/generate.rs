@@ -55,7 +55,11 @@ pub fn sample(logits: &[f32], opts: &SamplingOptions, rng: &mut Rng) -> u32 {
     }
     let t = opts.temperature as f64;
     let m = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let mut p: Vec<(usize, f64)> = logits.iter().enumerate().map(|(i, &v)| (i, ((v as f64 - m) / t).exp())).collect();
+    let mut p: Vec<(usize, f64)> = logits
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| (i, ((v as f64 - m) / t).exp()))
+        .collect();
     let z: f64 = p.iter().map(|x| x.1).sum();
     p.iter_mut().for_each(|x| x.1 /= z);
     p.sort_by(|a, b| b.1.total_cmp(&a.1));
@@ -106,11 +110,16 @@ pub fn generate(
     mut on_text: impl FnMut(&str),
 ) -> Result<(Vec<u32>, GenerateStats)> {
     if prompt.is_empty() {
-        return Err(crate::Error::Input("the prompt encodes to no tokens".into()));
+        return Err(crate::Error::Input(
+            "the prompt encodes to no tokens".into(),
+        ));
     }
     let maxp = model.info().max_position_embeddings;
     if prompt.len() >= maxp {
-        return Err(crate::Error::Input(format!("the prompt has {} tokens, the model's limit is {maxp}", prompt.len())));
+        return Err(crate::Error::Input(format!(
+            "the prompt has {} tokens, the model's limit is {maxp}",
+            prompt.len()
+        )));
     }
     let mut rng = Rng::new(opts.seed);
     let mut cache = model.new_cache(1);
@@ -161,21 +170,37 @@ mod tests {
 
     #[test]
     fn greedy_takes_the_first_maximum() {
-        let o = SamplingOptions { max_new_tokens: 1, temperature: 0.0, top_p: 1.0, seed: 0 };
+        let o = SamplingOptions {
+            max_new_tokens: 1,
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: 0,
+        };
         assert_eq!(sample(&[0.0, 2.0, 2.0, 1.0], &o, &mut Rng::new(0)), 1);
     }
 
     #[test]
     fn top_p_excludes_the_tail_and_seed_repeats() {
-        let o = SamplingOptions { max_new_tokens: 1, temperature: 1.0, top_p: 0.5, seed: 0 };
+        let o = SamplingOptions {
+            max_new_tokens: 1,
+            temperature: 1.0,
+            top_p: 0.5,
+            seed: 0,
+        };
         let logits = [5.0f32, 0.0, 0.0, 0.0];
         let mut r = Rng::new(1);
         for _ in 0..100 {
             assert_eq!(sample(&logits, &o, &mut r), 0);
         }
         let o = SamplingOptions { top_p: 1.0, ..o };
-        let a: Vec<u32> = { let mut r = Rng::new(7); (0..50).map(|_| sample(&[0.0; 4], &o, &mut r)).collect() };
-        let b: Vec<u32> = { let mut r = Rng::new(7); (0..50).map(|_| sample(&[0.0; 4], &o, &mut r)).collect() };
+        let a: Vec<u32> = {
+            let mut r = Rng::new(7);
+            (0..50).map(|_| sample(&[0.0; 4], &o, &mut r)).collect()
+        };
+        let b: Vec<u32> = {
+            let mut r = Rng::new(7);
+            (0..50).map(|_| sample(&[0.0; 4], &o, &mut r)).collect()
+        };
         assert_eq!(a, b);
         assert!(a.iter().any(|&x| x != a[0]));
     }

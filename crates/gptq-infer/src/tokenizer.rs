@@ -26,8 +26,14 @@ fn token_str(v: Option<&serde_json::Value>) -> Option<String> {
 
 fn ids_of(v: Option<&serde_json::Value>) -> Vec<u32> {
     match v {
-        Some(serde_json::Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-        Some(serde_json::Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect(),
+        Some(serde_json::Value::Number(n)) => {
+            n.as_u64().map(|x| vec![x as u32]).unwrap_or_default()
+        }
+        Some(serde_json::Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_u64())
+            .map(|x| x as u32)
+            .collect(),
         _ => vec![],
     }
 }
@@ -36,33 +42,52 @@ impl Tokenizer {
     /// Loads the tokenizer of `files`.
     pub fn from_model(files: &ModelFiles) -> Result<Self> {
         let json = files.tokenizer_json.as_deref().ok_or_else(|| {
-            Error::Tokenizer(format!("{}: no tokenizer.json found (the model folder needs one)", files.name))
+            Error::Tokenizer(format!(
+                "{}: no tokenizer.json found (the model folder needs one)",
+                files.name
+            ))
         })?;
-        let inner: tokenizers::Tokenizer =
-            json.parse().map_err(|e| Error::Tokenizer(format!("{}: tokenizer.json does not load: {e}", files.name)))?;
+        let inner: tokenizers::Tokenizer = json.parse().map_err(|e| {
+            Error::Tokenizer(format!("{}: tokenizer.json does not load: {e}", files.name))
+        })?;
         let tc = files.tokenizer_config.as_ref();
         let bos_token = token_str(tc.and_then(|t| t.get("bos_token")));
         let eos_token = token_str(tc.and_then(|t| t.get("eos_token")));
-        let mut eos_ids = ids_of(files.generation_config.as_ref().and_then(|g| g.get("eos_token_id")));
+        let mut eos_ids = ids_of(
+            files
+                .generation_config
+                .as_ref()
+                .and_then(|g| g.get("eos_token_id")),
+        );
         eos_ids.extend(ids_of(files.config.get("eos_token_id")));
         if let Some(id) = eos_token.as_deref().and_then(|t| inner.token_to_id(t)) {
             eos_ids.push(id);
         }
         eos_ids.sort_unstable();
         eos_ids.dedup();
-        Ok(Self { inner, eos_ids, bos_token, eos_token })
+        Ok(Self {
+            inner,
+            eos_ids,
+            bos_token,
+            eos_token,
+        })
     }
 
     /// Encodes `text`; `special` adds what the tokenizer's post-processor
     /// adds (BOS for Llama-style tokenizers), as transformers does by default.
     pub fn encode(&self, text: &str, special: bool) -> Result<Vec<u32>> {
-        let enc = self.inner.encode(text, special).map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let enc = self
+            .inner
+            .encode(text, special)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
         Ok(enc.get_ids().to_vec())
     }
 
     /// Decodes ids to text, skipping special tokens when asked.
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
-        self.inner.decode(ids, skip_special).map_err(|e| Error::Tokenizer(e.to_string()))
+        self.inner
+            .decode(ids, skip_special)
+            .map_err(|e| Error::Tokenizer(e.to_string()))
     }
 
     /// Vocabulary size including added tokens.

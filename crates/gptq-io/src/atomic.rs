@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 
 /// A temporary sibling path of `dest`: `.NAME.tmp-PID`.
 pub fn temp_sibling(dest: &Path) -> PathBuf {
-    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = format!(".{name}.tmp-{}", std::process::id());
     match dest.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.join(tmp),
@@ -74,7 +77,12 @@ impl AtomicDir {
             fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
         }
         fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        Ok(Self { tmp, dest: dest.to_path_buf(), overwrite, done: false })
+        Ok(Self {
+            tmp,
+            dest: dest.to_path_buf(),
+            overwrite,
+            done: false,
+        })
     }
 
     /// The path of `name` inside the temporary folder.
@@ -88,7 +96,10 @@ impl AtomicDir {
             if !self.overwrite {
                 return Err(Error::io(
                     &self.dest,
-                    std::io::Error::new(std::io::ErrorKind::AlreadyExists, "output folder appeared while writing"),
+                    std::io::Error::new(
+                        std::io::ErrorKind::AlreadyExists,
+                        "output folder appeared while writing",
+                    ),
                 ));
             }
             let old = temp_sibling(&self.dest.with_extension("old"));
@@ -125,7 +136,11 @@ mod tests {
             assert!(!dest.exists());
         }
         assert!(!dest.exists());
-        assert_eq!(fs::read_dir(root.path()).unwrap().count(), 0, "temp folder left behind");
+        assert_eq!(
+            fs::read_dir(root.path()).unwrap().count(),
+            0,
+            "temp folder left behind"
+        );
         let d = AtomicDir::create(&dest, false).unwrap();
         write_file(&d.path("a.txt"), b"x").unwrap();
         d.commit().unwrap();

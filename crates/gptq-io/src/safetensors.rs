@@ -63,38 +63,53 @@ fn parse_dtype(s: &str) -> Option<DType> {
 /// Errors are plain messages; callers attach the path.
 pub fn parse_header(file: &[u8]) -> std::result::Result<Header, String> {
     if file.len() < 8 {
-        return Err(format!("file is {} bytes, shorter than the 8-byte header length", file.len()));
+        return Err(format!(
+            "file is {} bytes, shorter than the 8-byte header length",
+            file.len()
+        ));
     }
     let n = u64::from_le_bytes(file[..8].try_into().expect("8 bytes"));
     if n > MAX_HEADER_SIZE as u64 {
-        return Err(format!("header length {n} exceeds the {MAX_HEADER_SIZE}-byte limit"));
+        return Err(format!(
+            "header length {n} exceeds the {MAX_HEADER_SIZE}-byte limit"
+        ));
     }
     let n = n as usize;
     let data_start = 8 + n;
     if data_start > file.len() {
-        return Err(format!("header length {n} runs past the end of the {}-byte file", file.len()));
+        return Err(format!(
+            "header length {n} runs past the end of the {}-byte file",
+            file.len()
+        ));
     }
     let json: serde_json::Value = serde_json::from_slice(&file[8..data_start])
         .map_err(|e| format!("header is not valid JSON: {e}"))?;
     let obj = json.as_object().ok_or("header is not a JSON object")?;
     let data_len = file.len() - data_start;
-    let mut header = Header { data_start, ..Header::default() };
+    let mut header = Header {
+        data_start,
+        ..Header::default()
+    };
     for (name, v) in obj {
         if name == "__metadata__" {
             let m = v.as_object().ok_or("__metadata__ is not an object")?;
             for (k, v) in m {
-                let s = v.as_str().ok_or_else(|| format!("__metadata__ value `{k}` is not a string"))?;
+                let s = v
+                    .as_str()
+                    .ok_or_else(|| format!("__metadata__ value `{k}` is not a string"))?;
                 header.metadata.insert(k.clone(), s.to_string());
             }
             continue;
         }
-        let e = v.as_object().ok_or_else(|| format!("tensor `{name}`: entry is not an object"))?;
+        let e = v
+            .as_object()
+            .ok_or_else(|| format!("tensor `{name}`: entry is not an object"))?;
         let dtype_s = e
             .get("dtype")
             .and_then(|d| d.as_str())
             .ok_or_else(|| format!("tensor `{name}`: missing dtype"))?;
-        let dtype =
-            parse_dtype(dtype_s).ok_or_else(|| format!("tensor `{name}`: unsupported dtype `{dtype_s}`"))?;
+        let dtype = parse_dtype(dtype_s)
+            .ok_or_else(|| format!("tensor `{name}`: unsupported dtype `{dtype_s}`"))?;
         let shape: Vec<usize> = e
             .get("shape")
             .and_then(|s| s.as_array())
@@ -128,10 +143,22 @@ pub fn parse_header(file: &[u8]) -> std::result::Result<Header, String> {
                 end - begin
             ));
         }
-        header.tensors.insert(name.clone(), TensorEntry { dtype, shape, begin, end });
+        header.tensors.insert(
+            name.clone(),
+            TensorEntry {
+                dtype,
+                shape,
+                begin,
+                end,
+            },
+        );
     }
-    let mut spans: Vec<(usize, usize, &str)> =
-        header.tensors.iter().filter(|(_, e)| e.end > e.begin).map(|(n, e)| (e.begin, e.end, n.as_str())).collect();
+    let mut spans: Vec<(usize, usize, &str)> = header
+        .tensors
+        .iter()
+        .filter(|(_, e)| e.end > e.begin)
+        .map(|(n, e)| (e.begin, e.end, n.as_str()))
+        .collect();
     spans.sort();
     for w in spans.windows(2) {
         if w[1].0 < w[0].1 {
@@ -155,9 +182,15 @@ impl SafetensorsFile {
         // SAFETY: the map is read-only; a file truncated underneath us would
         // fault, which every mmap-based loader (incl. the reference) accepts.
         let mmap = unsafe { Mmap::map(&f) }.map_err(|e| Error::io(path, e))?;
-        let header =
-            parse_header(&mmap).map_err(|msg| Error::Safetensors { path: path.to_path_buf(), msg })?;
-        Ok(Self { path: path.to_path_buf(), mmap, header })
+        let header = parse_header(&mmap).map_err(|msg| Error::Safetensors {
+            path: path.to_path_buf(),
+            msg,
+        })?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            mmap,
+            header,
+        })
     }
 
     /// The validated header.
@@ -233,25 +266,37 @@ impl SafetensorsSource {
     }
 
     fn get(&self, name: &str) -> Result<(&TensorEntry, &[u8])> {
-        let i = self.index.get(name).ok_or_else(|| Error::MissingTensor { name: name.to_string() })?;
-        Ok(self.files[*i].bytes(name).expect("index points at the file holding the tensor"))
+        let i = self.index.get(name).ok_or_else(|| Error::MissingTensor {
+            name: name.to_string(),
+        })?;
+        Ok(self.files[*i]
+            .bytes(name)
+            .expect("index points at the file holding the tensor"))
     }
 
     /// The `__metadata__` of the first file.
     pub fn metadata(&self) -> BTreeMap<String, String> {
-        self.files.first().map(|f| f.header.metadata.clone()).unwrap_or_default()
+        self.files
+            .first()
+            .map(|f| f.header.metadata.clone())
+            .unwrap_or_default()
     }
 }
 
 /// The shard files named by a `model.safetensors.index.json`, in order.
 pub fn shards_of_index(index: &Path) -> Result<Vec<PathBuf>> {
     let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
-    let v: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| Error::Json { path: index.into(), msg: e.to_string() })?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Json {
+        path: index.into(),
+        msg: e.to_string(),
+    })?;
     let map = v
         .get("weight_map")
         .and_then(|m| m.as_object())
-        .ok_or_else(|| Error::Json { path: index.into(), msg: "missing `weight_map` object".into() })?;
+        .ok_or_else(|| Error::Json {
+            path: index.into(),
+            msg: "missing `weight_map` object".into(),
+        })?;
     let dir = index.parent().unwrap_or(Path::new("."));
     let mut shards: Vec<String> = Vec::new();
     for (name, f) in map {
@@ -260,7 +305,10 @@ pub fn shards_of_index(index: &Path) -> Result<Vec<PathBuf>> {
             msg: format!("weight_map entry `{name}` is not a file name"),
         })?;
         if f.contains('/') || f.contains('\\') || f == ".." {
-            return Err(Error::Json { path: index.into(), msg: format!("shard name `{f}` is not a plain file name") });
+            return Err(Error::Json {
+                path: index.into(),
+                msg: format!("shard name `{f}` is not a plain file name"),
+            });
         }
         if !shards.iter().any(|s| s == f) {
             shards.push(f.to_string());
@@ -293,7 +341,11 @@ impl WeightSource for SafetensorsSource {
 
     fn load_raw(&self, name: &str) -> Result<RawTensor> {
         let (e, bytes) = self.get(name)?;
-        Ok(RawTensor { dtype: e.dtype, shape: e.shape.clone(), bytes: bytes.to_vec() })
+        Ok(RawTensor {
+            dtype: e.dtype,
+            shape: e.shape.clone(),
+            bytes: bytes.to_vec(),
+        })
     }
 }
 
@@ -316,7 +368,10 @@ pub fn serialize(tensors: &[TensorOut<'_>], metadata: &BTreeMap<String, String>)
     order.sort_by(|a, b| a.name.cmp(&b.name));
     let mut header = serde_json::Map::new();
     if !metadata.is_empty() {
-        header.insert("__metadata__".into(), serde_json::to_value(metadata).expect("string map"));
+        header.insert(
+            "__metadata__".into(),
+            serde_json::to_value(metadata).expect("string map"),
+        );
     }
     let mut off = 0usize;
     for t in &order {
@@ -328,7 +383,7 @@ pub fn serialize(tensors: &[TensorOut<'_>], metadata: &BTreeMap<String, String>)
         off = end;
     }
     let mut h = serde_json::to_vec(&serde_json::Value::Object(header)).expect("json");
-    while (8 + h.len()) % 8 != 0 {
+    while !(8 + h.len()).is_multiple_of(8) {
         h.push(b' ');
     }
     let mut out = Vec::with_capacity(8 + h.len() + off);
@@ -341,7 +396,11 @@ pub fn serialize(tensors: &[TensorOut<'_>], metadata: &BTreeMap<String, String>)
 }
 
 /// Writes a safetensors file atomically.
-pub fn write(path: &Path, tensors: &[TensorOut<'_>], metadata: &BTreeMap<String, String>) -> Result<()> {
+pub fn write(
+    path: &Path,
+    tensors: &[TensorOut<'_>],
+    metadata: &BTreeMap<String, String>,
+) -> Result<()> {
     crate::atomic::write_file(path, &serialize(tensors, metadata))
 }
 
@@ -355,7 +414,11 @@ mod tests {
             name: name.into(),
             dtype: DType::F32,
             shape,
-            bytes: v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>().into(),
+            bytes: v
+                .iter()
+                .flat_map(|x| x.to_le_bytes())
+                .collect::<Vec<u8>>()
+                .into(),
         }
     }
 
@@ -365,8 +428,15 @@ mod tests {
         let p = dir.path().join("m.safetensors");
         let mut meta = BTreeMap::new();
         meta.insert("format".to_string(), "pt".to_string());
-        write(&p, &[f32_tensor("b", vec![2], &[3.0, 4.0]), f32_tensor("a", vec![1, 2], &[1.0, 2.0])], &meta)
-            .unwrap();
+        write(
+            &p,
+            &[
+                f32_tensor("b", vec![2], &[3.0, 4.0]),
+                f32_tensor("a", vec![1, 2], &[1.0, 2.0]),
+            ],
+            &meta,
+        )
+        .unwrap();
         let s = SafetensorsSource::open(&[p]).unwrap();
         assert_eq!(s.names(), vec!["a", "b"]);
         assert_eq!(s.load_f32("b").unwrap().data(), &[3.0, 4.0]);
@@ -386,14 +456,52 @@ mod tests {
     fn rejects_malformed_headers() {
         let cases = [
             (vec![1, 2, 3], "shorter"),
-            ({ let mut v = u64::MAX.to_le_bytes().to_vec(); v.push(0); v }, "exceeds"),
-            ({ let mut v = 100u64.to_le_bytes().to_vec(); v.extend_from_slice(b"{}"); v }, "past the end"),
+            (
+                {
+                    let mut v = u64::MAX.to_le_bytes().to_vec();
+                    v.push(0);
+                    v
+                },
+                "exceeds",
+            ),
+            (
+                {
+                    let mut v = 100u64.to_le_bytes().to_vec();
+                    v.extend_from_slice(b"{}");
+                    v
+                },
+                "past the end",
+            ),
             (with_header("[1]", 0), "not a JSON object"),
             (with_header("{oops", 0), "not valid JSON"),
-            (with_header(r#"{"a":{"dtype":"Q9","shape":[1],"data_offsets":[0,4]}}"#, 4), "unsupported dtype"),
-            (with_header(r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}}"#, 4), "needs 8 bytes"),
-            (with_header(r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,8]}}"#, 4), "outside"),
-            (with_header(r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[4,0]}}"#, 4), "outside"),
+            (
+                with_header(
+                    r#"{"a":{"dtype":"Q9","shape":[1],"data_offsets":[0,4]}}"#,
+                    4,
+                ),
+                "unsupported dtype",
+            ),
+            (
+                with_header(
+                    r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}}"#,
+                    4,
+                ),
+                "needs 8 bytes",
+            ),
+            (
+                with_header(
+                    r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,8]}}"#,
+                    4,
+                ),
+                "outside",
+            ),
+            (
+                with_header(
+                    r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[4,0]}}"#,
+                    4,
+                ),
+                "outside",
+            ),
             (
                 with_header(
                     r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[2,6]}}"#,

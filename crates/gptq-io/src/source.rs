@@ -34,12 +34,18 @@ pub struct ModelFiles {
 pub fn read_json(path: &Path) -> Result<Value> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
-            Error::MissingFile { path: path.to_path_buf(), hint: String::new() }
+            Error::MissingFile {
+                path: path.to_path_buf(),
+                hint: String::new(),
+            }
         } else {
             Error::io(path, e)
         }
     })?;
-    serde_json::from_str(&text).map_err(|e| Error::Json { path: path.to_path_buf(), msg: e.to_string() })
+    serde_json::from_str(&text).map_err(|e| Error::Json {
+        path: path.to_path_buf(),
+        msg: e.to_string(),
+    })
 }
 
 fn read_json_opt(path: &Path) -> Result<Option<Value>> {
@@ -61,12 +67,18 @@ pub fn open_dir(dir: &Path) -> Result<ModelFiles> {
     }
     let config = read_json(&config_path)?;
     if !config.is_object() {
-        return Err(Error::Json { path: config_path, msg: "expected a JSON object".into() });
+        return Err(Error::Json {
+            path: config_path,
+            msg: "expected a JSON object".into(),
+        });
     }
     let weights = SafetensorsSource::open_dir(dir)?;
     let tok = dir.join("tokenizer.json");
-    let tokenizer_json =
-        if tok.is_file() { Some(std::fs::read_to_string(&tok).map_err(|e| Error::io(&tok, e))?) } else { None };
+    let tokenizer_json = if tok.is_file() {
+        Some(std::fs::read_to_string(&tok).map_err(|e| Error::io(&tok, e))?)
+    } else {
+        None
+    };
     Ok(ModelFiles {
         name: dir.display().to_string(),
         dir: Some(dir.to_path_buf()),
@@ -87,7 +99,12 @@ pub fn hub_cache_dir() -> PathBuf {
 }
 
 fn offline() -> bool {
-    std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| matches!(v.trim(), "1" | "true" | "TRUE" | "True" | "ON" | "on" | "yes"))
+    std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| {
+        matches!(
+            v.trim(),
+            "1" | "true" | "TRUE" | "True" | "ON" | "on" | "yes"
+        )
+    })
 }
 
 /// Looks up a Hub id in the cache: the snapshot `refs/main` points at, else
@@ -106,7 +123,14 @@ pub fn find_in_cache(cache: &Path, repo_id: &str) -> Option<PathBuf> {
         .filter_map(|e| e.ok())
         .map(|e| e.path())
         .filter(|p| p.join("config.json").is_file())
-        .map(|p| (p.metadata().and_then(|m| m.modified()).unwrap_or(std::time::UNIX_EPOCH), p))
+        .map(|p| {
+            (
+                p.metadata()
+                    .and_then(|m| m.modified())
+                    .unwrap_or(std::time::UNIX_EPOCH),
+                p,
+            )
+        })
         .collect();
     cands.sort();
     cands.pop().map(|(_, p)| p)
@@ -116,45 +140,76 @@ fn looks_like_hub_id(spec: &str) -> bool {
     let parts: Vec<&str> = spec.split('/').collect();
     parts.len() == 2
         && parts.iter().all(|p| {
-            !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) && !p.starts_with('.')
+            !p.is_empty()
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                && !p.starts_with('.')
         })
 }
 
 /// Downloads the files of `repo_id` needed to run it and returns the snapshot folder.
 fn download(repo_id: &str) -> Result<PathBuf> {
-    let err = |msg: String| Error::Source { spec: repo_id.to_string(), msg };
+    let err = |msg: String| Error::Source {
+        spec: repo_id.to_string(),
+        msg,
+    };
     let cache = hf_hub::Cache::new(hub_cache_dir());
     let api = hf_hub::api::sync::ApiBuilder::from_cache(cache)
         .with_progress(true)
         .build()
         .map_err(|e| err(format!("cannot start the Hub client: {e}")))?;
     let repo = api.model(repo_id.to_string());
-    let info = repo.info().map_err(|e| err(format!("cannot reach the Hugging Face Hub: {e} (set HF_HUB_OFFLINE=1 to use only the cache)")))?;
+    let info = repo.info().map_err(|e| {
+        err(format!(
+            "cannot reach the Hugging Face Hub: {e} (set HF_HUB_OFFLINE=1 to use only the cache)"
+        ))
+    })?;
     let files: Vec<String> = info.siblings.into_iter().map(|s| s.rfilename).collect();
     let has = |f: &str| files.iter().any(|x| x == f);
-    let mut wanted: Vec<String> = ["config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json", "quantize_config.json", "special_tokens_map.json"]
-        .iter()
-        .filter(|f| has(f))
-        .map(|f| f.to_string())
-        .collect();
+    let mut wanted: Vec<String> = [
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+        "quantize_config.json",
+        "special_tokens_map.json",
+    ]
+    .iter()
+    .filter(|f| has(f))
+    .map(|f| f.to_string())
+    .collect();
     if !has("config.json") {
         return Err(err("the repository has no config.json".into()));
     }
     if has("model.safetensors.index.json") {
-        let idx = repo.get("model.safetensors.index.json").map_err(|e| err(e.to_string()))?;
+        let idx = repo
+            .get("model.safetensors.index.json")
+            .map_err(|e| err(e.to_string()))?;
         for s in shards_of_index(&idx)? {
-            wanted.push(s.file_name().expect("shard file name").to_string_lossy().into_owned());
+            wanted.push(
+                s.file_name()
+                    .expect("shard file name")
+                    .to_string_lossy()
+                    .into_owned(),
+            );
         }
     } else {
-        let st: Vec<&String> = files.iter().filter(|f| f.ends_with(".safetensors") && !f.contains('/')).collect();
+        let st: Vec<&String> = files
+            .iter()
+            .filter(|f| f.ends_with(".safetensors") && !f.contains('/'))
+            .collect();
         if st.is_empty() {
-            return Err(err("the repository has no safetensors weights (pytorch .bin is not supported)".into()));
+            return Err(err(
+                "the repository has no safetensors weights (pytorch .bin is not supported)".into(),
+            ));
         }
         wanted.extend(st.into_iter().cloned());
     }
     let mut dir = None;
     for f in &wanted {
-        let p = repo.get(f).map_err(|e| err(format!("downloading {f}: {e}")))?;
+        let p = repo
+            .get(f)
+            .map_err(|e| err(format!("downloading {f}: {e}")))?;
         dir = p.parent().map(Path::to_path_buf);
     }
     dir.ok_or_else(|| err("nothing was downloaded".into()))
@@ -167,12 +222,16 @@ pub fn open_model(spec: &str) -> Result<ModelFiles> {
         return open_dir(path);
     }
     if path.is_file() {
-        if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+        if path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+        {
             return crate::gguf::open_model(path);
         }
         return Err(Error::Source {
             spec: spec.to_string(),
-            msg: "is a file; expected a model folder, a .gguf file or a Hub id like ORG/NAME".into(),
+            msg: "is a file; expected a model folder, a .gguf file or a Hub id like ORG/NAME"
+                .into(),
         });
     }
     if !looks_like_hub_id(spec) {
@@ -224,7 +283,10 @@ mod tests {
         std::fs::write(root.join("refs/main"), "abc\n").unwrap();
         assert_eq!(find_in_cache(d.path(), "org/m"), None, "no config.json yet");
         std::fs::write(root.join("snapshots/abc/config.json"), "{}").unwrap();
-        assert_eq!(find_in_cache(d.path(), "org/m"), Some(root.join("snapshots/abc")));
+        assert_eq!(
+            find_in_cache(d.path(), "org/m"),
+            Some(root.join("snapshots/abc"))
+        );
         assert_eq!(find_in_cache(d.path(), "org/other"), None);
     }
 

@@ -28,9 +28,23 @@ pub struct SelfAttention {
     pub window: Option<usize>,
 }
 
+/// Where a forward step stands: the batch, each row's absolute position and
+/// each sequence's cached length before the step.
+#[derive(Debug, Clone, Copy)]
+pub struct Step<'a> {
+    /// The batch being run.
+    pub batch: &'a Batch<'a>,
+    /// Absolute position of every row (`past[b] + t`).
+    pub pos: &'a [usize],
+    /// Cached tokens per sequence before this step.
+    pub past: &'a [usize],
+}
+
 /// Absolute position of every row of a batch: `past[b] + t`.
 pub fn positions(batch: &Batch<'_>, past: &[usize]) -> Vec<usize> {
-    (0..batch.batch).flat_map(|b| (0..batch.seq).map(move |t| past[b] + t)).collect()
+    (0..batch.batch)
+        .flat_map(|b| (0..batch.seq).map(move |t| past[b] + t))
+        .collect()
 }
 
 impl SelfAttention {
@@ -45,12 +59,11 @@ impl SelfAttention {
     pub fn forward(
         &self,
         x: &[f32],
-        batch: &Batch<'_>,
-        pos: &[usize],
+        step: &Step<'_>,
         rope: Option<&Rope>,
         cache: &mut [SeqCache],
-        past: &[usize],
     ) -> Vec<f32> {
+        let Step { batch, pos, past } = *step;
         let rows = batch.batch * batch.seq;
         let (d, qw, kw) = (self.head_dim, self.n_heads * self.head_dim, self.kv_dim());
         let mut q = self.q.forward(x, rows);
@@ -80,7 +93,13 @@ impl SelfAttention {
                 scale: 1.0 / (d as f32).sqrt(),
                 window: self.window,
             };
-            cpu::attention(&q[r0 * qw..(r0 + len) * qw], &c.k, &c.v, shape, &mut out[r0 * qw..(r0 + len) * qw]);
+            cpu::attention(
+                &q[r0 * qw..(r0 + len) * qw],
+                &c.k,
+                &c.v,
+                shape,
+                &mut out[r0 * qw..(r0 + len) * qw],
+            );
         }
         self.o.forward(&out, rows)
     }

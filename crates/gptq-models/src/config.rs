@@ -23,7 +23,9 @@ impl<'a> Cfg<'a> {
             Some(x) => x
                 .as_u64()
                 .and_then(|u| usize::try_from(u).ok())
-                .ok_or_else(|| Error::Config(format!("`{key}` must be a non-negative integer, found {x}"))),
+                .ok_or_else(|| {
+                    Error::Config(format!("`{key}` must be a non-negative integer, found {x}"))
+                }),
         }
     }
 
@@ -46,21 +48,27 @@ impl<'a> Cfg<'a> {
     pub fn f64_or(&self, key: &str, default: f64) -> Result<f64> {
         match self.get(key) {
             None => Ok(default),
-            Some(x) => x.as_f64().ok_or_else(|| Error::Config(format!("`{key}` must be a number, found {x}"))),
+            Some(x) => x
+                .as_f64()
+                .ok_or_else(|| Error::Config(format!("`{key}` must be a number, found {x}"))),
         }
     }
 
     pub fn bool_or(&self, key: &str, default: bool) -> Result<bool> {
         match self.get(key) {
             None => Ok(default),
-            Some(x) => x.as_bool().ok_or_else(|| Error::Config(format!("`{key}` must be true or false, found {x}"))),
+            Some(x) => x
+                .as_bool()
+                .ok_or_else(|| Error::Config(format!("`{key}` must be true or false, found {x}"))),
         }
     }
 
     pub fn str_or(&self, key: &str, default: &'a str) -> Result<&'a str> {
         match self.get(key) {
             None => Ok(default),
-            Some(x) => x.as_str().ok_or_else(|| Error::Config(format!("`{key}` must be a string, found {x}"))),
+            Some(x) => x
+                .as_str()
+                .ok_or_else(|| Error::Config(format!("`{key}` must be a string, found {x}"))),
         }
     }
 
@@ -68,15 +76,22 @@ impl<'a> Cfg<'a> {
     pub fn token_ids(&self, key: &str) -> Vec<u32> {
         match self.get(key) {
             Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-            Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect(),
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(|x| x.as_u64())
+                .map(|x| x as u32)
+                .collect(),
             _ => vec![],
         }
     }
 
     /// Checks that `a` is a positive multiple of `b`.
     pub fn divides(&self, a: (&str, usize), b: (&str, usize)) -> Result<()> {
-        if b.1 == 0 || a.1 == 0 || a.1 % b.1 != 0 {
-            return Err(Error::Config(format!("`{}` ({}) must be a positive multiple of `{}` ({})", a.0, a.1, b.0, b.1)));
+        if b.1 == 0 || a.1 == 0 || !a.1.is_multiple_of(b.1) {
+            return Err(Error::Config(format!(
+                "`{}` ({}) must be a positive multiple of `{}` ({})",
+                a.0, a.1, b.0, b.1
+            )));
         }
         Ok(())
     }

@@ -22,7 +22,10 @@ pub struct KvCache {
 impl KvCache {
     /// An empty cache.
     pub fn new(num_layers: usize, batch: usize) -> Self {
-        Self { layers: vec![vec![SeqCache::default(); batch]; num_layers], lens: vec![0; batch] }
+        Self {
+            layers: vec![vec![SeqCache::default(); batch]; num_layers],
+            lens: vec![0; batch],
+        }
     }
 
     /// Number of sequences.

@@ -80,7 +80,9 @@ pub struct ArchSpec {
 impl ArchSpec {
     /// All linear layers of a block, in true-sequential order.
     pub fn linear_layers(&self) -> impl Iterator<Item = &'static str> + '_ {
-        self.sequential_groups.iter().flat_map(|g| g.iter().copied())
+        self.sequential_groups
+            .iter()
+            .flat_map(|g| g.iter().copied())
     }
 }
 
@@ -123,7 +125,12 @@ pub struct Batch<'a> {
 impl<'a> Batch<'a> {
     /// A batch of one unpadded sequence.
     pub fn single(tokens: &'a [u32], len: &'a [usize; 1]) -> Self {
-        Batch { tokens, batch: 1, seq: tokens.len(), lengths: len }
+        Batch {
+            tokens,
+            batch: 1,
+            seq: tokens.len(),
+            lengths: len,
+        }
     }
 
     pub(crate) fn validate(&self, vocab: usize) -> Result<()> {
@@ -131,12 +138,16 @@ impl<'a> Batch<'a> {
             return Err(Error::Input("batch sizes disagree".into()));
         }
         if self.lengths.iter().any(|&l| l > self.seq) {
-            return Err(Error::Input("a sequence is longer than the padded length".into()));
+            return Err(Error::Input(
+                "a sequence is longer than the padded length".into(),
+            ));
         }
         for b in 0..self.batch {
             for &t in &self.tokens[b * self.seq..b * self.seq + self.lengths[b]] {
                 if t as usize >= vocab {
-                    return Err(Error::Input(format!("token id {t} is outside the vocabulary of {vocab}")));
+                    return Err(Error::Input(format!(
+                        "token id {t} is outside the vocabulary of {vocab}"
+                    )));
                 }
             }
         }
@@ -171,7 +182,9 @@ pub fn load(files: &ModelFiles) -> Result<Box<dyn CausalLm>> {
     match model_type {
         "llama" | "mistral" | "qwen2" => Ok(Box::new(llama::Llama::load(&files.config, &w)?)),
         "opt" => Ok(Box::new(opt::Opt::load(&files.config, &w)?)),
-        other => Err(Error::UnsupportedModelType { model_type: other.to_string() }),
+        other => Err(Error::UnsupportedModelType {
+            model_type: other.to_string(),
+        }),
     }
 }
 
@@ -180,6 +193,8 @@ pub fn arch_for(model_type: &str) -> Result<&'static ArchSpec> {
     match model_type {
         "llama" | "mistral" | "qwen2" => Ok(&llama::ARCH),
         "opt" => Ok(&opt::ARCH),
-        other => Err(Error::UnsupportedModelType { model_type: other.to_string() }),
+        other => Err(Error::UnsupportedModelType {
+            model_type: other.to_string(),
+        }),
     }
 }

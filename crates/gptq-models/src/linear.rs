@@ -18,7 +18,9 @@ impl Linear {
     /// Loads `{name}.weight` `[out, in]` and, if present, `{name}.bias`.
     pub fn load(w: &Weights<'_>, name: &str, in_dim: usize, out_dim: usize) -> Result<Self> {
         let weight = Arc::new(w.get(&format!("{name}.weight"), &[out_dim, in_dim])?);
-        let bias = w.get_opt(&format!("{name}.bias"), &[out_dim])?.map(|t| t.into_data());
+        let bias = w
+            .get_opt(&format!("{name}.bias"), &[out_dim])?
+            .map(|t| t.into_data());
         Ok(Self { weight, bias })
     }
 

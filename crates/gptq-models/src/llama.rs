@@ -7,7 +7,7 @@
 //! self_attn.{q,k,v,o}_proj, post_attention_layernorm, mlp.{gate,up,down}_proj}`,
 //! `model.norm`, `lm_head`.
 
-use crate::attention::{positions, SelfAttention};
+use crate::attention::{positions, SelfAttention, Step};
 use crate::config::Cfg;
 use crate::rope::Rope;
 use crate::{ArchSpec, Batch, CausalLm, Error, KvCache, Linear, ModelInfo, Result, Weights};
@@ -67,11 +67,15 @@ impl LlamaConfig {
         c.divides(("num_attention_heads", heads), ("num_key_value_heads", kv))?;
         let head_dim = c.usize_or("head_dim", hidden_size / heads)?;
         if head_dim % 2 != 0 || head_dim == 0 {
-            return Err(Error::Config(format!("`head_dim` ({head_dim}) must be even for rotary embeddings")));
+            return Err(Error::Config(format!(
+                "`head_dim` ({head_dim}) must be even for rotary embeddings"
+            )));
         }
         let act = c.str_or("hidden_act", "silu")?;
         if act != "silu" {
-            return Err(Error::Config(format!("hidden_act `{act}` is not supported for Llama-family models (only silu)")));
+            return Err(Error::Config(format!(
+                "hidden_act `{act}` is not supported for Llama-family models (only silu)"
+            )));
         }
         let model_type = c.str_or("model_type", "llama")?;
         // Qwen2 keeps `sliding_window` in the config but uses it only when
@@ -79,7 +83,9 @@ impl LlamaConfig {
         let sliding_window = match model_type {
             "mistral" => c.opt_usize("sliding_window")?,
             "qwen2" if c.bool_or("use_sliding_window", false)? => {
-                return Err(Error::Config("qwen2 `use_sliding_window: true` is not supported".into()))
+                return Err(Error::Config(
+                    "qwen2 `use_sliding_window: true` is not supported".into(),
+                ))
             }
             _ => None,
         };
@@ -97,7 +103,9 @@ impl LlamaConfig {
             sliding_window,
         };
         if cfg.vocab_size == 0 || cfg.num_hidden_layers == 0 || cfg.intermediate_size == 0 {
-            return Err(Error::Config("vocab_size, num_hidden_layers and intermediate_size must be positive".into()));
+            return Err(Error::Config(
+                "vocab_size, num_hidden_layers and intermediate_size must be positive".into(),
+            ));
         }
         Ok(cfg)
     }
@@ -139,7 +147,9 @@ impl Block {
         let (h, d) = (cfg.hidden_size, cfg.head_dim);
         let lin = |n: &str, i, o| Linear::load(w, &format!("{p}{n}"), i, o);
         Ok(Self {
-            input_layernorm: w.get(&format!("{p}input_layernorm.weight"), &[h])?.into_data(),
+            input_layernorm: w
+                .get(&format!("{p}input_layernorm.weight"), &[h])?
+                .into_data(),
             attn: SelfAttention {
                 q: lin("self_attn.q_proj", h, cfg.num_attention_heads * d)?,
                 k: lin("self_attn.k_proj", h, cfg.num_key_value_heads * d)?,
@@ -150,7 +160,9 @@ impl Block {
                 head_dim: d,
                 window: cfg.sliding_window,
             },
-            post_attention_layernorm: w.get(&format!("{p}post_attention_layernorm.weight"), &[h])?.into_data(),
+            post_attention_layernorm: w
+                .get(&format!("{p}post_attention_layernorm.weight"), &[h])?
+                .into_data(),
             gate: lin("mlp.gate_proj", h, cfg.intermediate_size)?,
             up: lin("mlp.up_proj", h, cfg.intermediate_size)?,
             down: lin("mlp.down_proj", cfg.intermediate_size, h)?,
@@ -161,17 +173,15 @@ impl Block {
     pub fn forward(
         &self,
         x: &mut [f32],
-        batch: &Batch<'_>,
-        pos: &[usize],
+        step: &Step<'_>,
         rope: &Rope,
         eps: f32,
         cache: &mut [crate::kv_cache::SeqCache],
-        past: &[usize],
     ) {
-        let rows = batch.batch * batch.seq;
+        let rows = step.batch.batch * step.batch.seq;
         let mut hn = vec![0.0f32; x.len()];
         cpu::rms_norm(x, &self.input_layernorm, eps, &mut hn);
-        let a = self.attn.forward(&hn, batch, pos, Some(rope), cache, past);
+        let a = self.attn.forward(&hn, step, Some(rope), cache);
         cpu::add_in_place(x, &a);
         cpu::rms_norm(x, &self.post_attention_layernorm, eps, &mut hn);
         let mut g = self.gate.forward(&hn, rows);
@@ -187,8 +197,13 @@ impl Llama {
     pub fn load(config: &Value, w: &Weights<'_>) -> Result<Self> {
         let cfg = LlamaConfig::from_json(config)?;
         let rope = Rope::from_config(config, cfg.head_dim)?;
-        let embed = Arc::new(w.get("model.embed_tokens.weight", &[cfg.vocab_size, cfg.hidden_size])?);
-        let blocks = (0..cfg.num_hidden_layers).map(|i| Block::load(&cfg, w, i)).collect::<Result<Vec<_>>>()?;
+        let embed = Arc::new(w.get(
+            "model.embed_tokens.weight",
+            &[cfg.vocab_size, cfg.hidden_size],
+        )?);
+        let blocks = (0..cfg.num_hidden_layers)
+            .map(|i| Block::load(&cfg, w, i))
+            .collect::<Result<Vec<_>>>()?;
         let norm = w.get("model.norm.weight", &[cfg.hidden_size])?.into_data();
         // Tied models usually omit lm_head; an untied one must have it.
         let lm_head = if !cfg.tie_word_embeddings && w.contains("lm_head.weight") {
@@ -197,7 +212,10 @@ impl Llama {
             if !cfg.tie_word_embeddings {
                 tracing::warn!("lm_head.weight is missing; using the tied embedding matrix");
             }
-            Linear { weight: embed.clone(), bias: None }
+            Linear {
+                weight: embed.clone(),
+                bias: None,
+            }
         };
         let c = Cfg::new(config);
         let num_params = embed.len()
@@ -205,14 +223,20 @@ impl Llama {
                 .iter()
                 .map(|b| {
                     2 * cfg.hidden_size
-                        + [&b.attn.q, &b.attn.k, &b.attn.v, &b.attn.o, &b.gate, &b.up, &b.down]
-                            .iter()
-                            .map(|l| l.num_params())
-                            .sum::<usize>()
+                        + [
+                            &b.attn.q, &b.attn.k, &b.attn.v, &b.attn.o, &b.gate, &b.up, &b.down,
+                        ]
+                        .iter()
+                        .map(|l| l.num_params())
+                        .sum::<usize>()
                 })
                 .sum::<usize>()
             + norm.len()
-            + if Arc::ptr_eq(&lm_head.weight, &embed) { 0 } else { lm_head.num_params() };
+            + if Arc::ptr_eq(&lm_head.weight, &embed) {
+                0
+            } else {
+                lm_head.num_params()
+            };
         let info = ModelInfo {
             model_type: c.str_or("model_type", "llama")?.to_string(),
             vocab_size: cfg.vocab_size,
@@ -223,7 +247,15 @@ impl Llama {
             eos_token_ids: c.token_ids("eos_token_id"),
             num_params,
         };
-        Ok(Self { cfg, info, embed, blocks, norm, lm_head, rope })
+        Ok(Self {
+            cfg,
+            info,
+            embed,
+            blocks,
+            norm,
+            lm_head,
+            rope,
+        })
     }
 
     /// Embeds a batch: `[batch·seq, hidden]` (padding rows are zero).
@@ -262,14 +294,21 @@ impl CausalLm for Llama {
     fn forward_hidden(&self, batch: &Batch<'_>, cache: &mut KvCache) -> Result<Vec<f32>> {
         batch.validate(self.cfg.vocab_size)?;
         if cache.batch() != batch.batch {
-            return Err(Error::Input("the KV cache was made for another batch size".into()));
+            return Err(Error::Input(
+                "the KV cache was made for another batch size".into(),
+            ));
         }
         let past = cache.lens.clone();
         let pos = positions(batch, &past);
         let mut x = self.embed(batch);
         let eps = self.cfg.rms_norm_eps as f32;
+        let step = Step {
+            batch,
+            pos: &pos,
+            past: &past,
+        };
         for (l, block) in self.blocks.iter().enumerate() {
-            block.forward(&mut x, batch, &pos, &self.rope, eps, &mut cache.layers[l], &past);
+            block.forward(&mut x, &step, &self.rope, eps, &mut cache.layers[l]);
         }
         for (b, len) in batch.lengths.iter().enumerate() {
             cache.lens[b] += len;

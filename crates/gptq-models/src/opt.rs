@@ -10,7 +10,7 @@
 //! project_out, final_layer_norm}`, `model.decoder.layers.N.{self_attn.{q,k,v,
 //! out}_proj, self_attn_layer_norm, fc1, fc2, final_layer_norm}`, `lm_head`.
 
-use crate::attention::{positions, SelfAttention};
+use crate::attention::{positions, SelfAttention, Step};
 use crate::config::Cfg;
 use crate::{ArchSpec, Batch, CausalLm, Error, KvCache, Linear, ModelInfo, Result, Weights};
 use gptq_kernels::cpu;
@@ -68,10 +68,14 @@ impl OptConfig {
         c.divides(("hidden_size", hidden_size), ("num_attention_heads", heads))?;
         let activation = c.str_or("activation_function", "relu")?.to_string();
         if !matches!(activation.as_str(), "relu" | "gelu") {
-            return Err(Error::Config(format!("OPT activation_function `{activation}` is not supported (relu, gelu)")));
+            return Err(Error::Config(format!(
+                "OPT activation_function `{activation}` is not supported (relu, gelu)"
+            )));
         }
         if !c.bool_or("enable_bias", true)? || !c.bool_or("layer_norm_elementwise_affine", true)? {
-            return Err(Error::Config("OPT without biases or LayerNorm affine weights is not supported".into()));
+            return Err(Error::Config(
+                "OPT without biases or LayerNorm affine weights is not supported".into(),
+            ));
         }
         let do_layer_norm_before = c.bool_or("do_layer_norm_before", true)?;
         Ok(Self {
@@ -83,7 +87,8 @@ impl OptConfig {
             max_position_embeddings: c.usize("max_position_embeddings")?,
             word_embed_proj_dim: c.usize_or("word_embed_proj_dim", hidden_size)?,
             do_layer_norm_before,
-            final_layer_norm: do_layer_norm_before && !c.bool_or("_remove_final_layer_norm", false)?,
+            final_layer_norm: do_layer_norm_before
+                && !c.bool_or("_remove_final_layer_norm", false)?,
             activation,
         })
     }
@@ -107,7 +112,14 @@ impl LayerNorm {
     }
 
     fn apply(&self, x: &[f32], out: &mut [f32]) {
-        cpu::layer_norm(x, Some(&self.weight), Some(&self.bias), self.weight.len(), LN_EPS, out);
+        cpu::layer_norm(
+            x,
+            Some(&self.weight),
+            Some(&self.bias),
+            self.weight.len(),
+            LN_EPS,
+            out,
+        );
     }
 
     fn apply_in_place(&self, x: &mut [f32]) {
@@ -178,20 +190,18 @@ impl Block {
     pub fn forward(
         &self,
         x: &mut [f32],
-        batch: &Batch<'_>,
-        pos: &[usize],
+        step: &Step<'_>,
         pre_ln: bool,
         relu: bool,
         cache: &mut [crate::kv_cache::SeqCache],
-        past: &[usize],
     ) {
-        let rows = batch.batch * batch.seq;
+        let rows = step.batch.batch * step.batch.seq;
         let a = if pre_ln {
             let mut hn = vec![0.0f32; x.len()];
             self.self_attn_layer_norm.apply(x, &mut hn);
-            self.attn.forward(&hn, batch, pos, None, cache, past)
+            self.attn.forward(&hn, step, None, cache)
         } else {
-            self.attn.forward(x, batch, pos, None, cache, past)
+            self.attn.forward(x, step, None, cache)
         };
         cpu::add_in_place(x, &a);
         if !pre_ln {
@@ -224,8 +234,10 @@ impl Opt {
         let (h, e) = (cfg.hidden_size, cfg.word_embed_proj_dim);
         let d = "model.decoder.";
         let embed = Arc::new(w.get(&format!("{d}embed_tokens.weight"), &[cfg.vocab_size, e])?);
-        let positions =
-            w.get(&format!("{d}embed_positions.weight"), &[cfg.max_position_embeddings + POSITION_OFFSET, h])?;
+        let positions = w.get(
+            &format!("{d}embed_positions.weight"),
+            &[cfg.max_position_embeddings + POSITION_OFFSET, h],
+        )?;
         let (project_in, project_out) = if e != h {
             (
                 Some(Linear::load(w, &format!("{d}project_in"), e, h)?),
@@ -234,10 +246,18 @@ impl Opt {
         } else {
             (None, None)
         };
-        let blocks = (0..cfg.num_hidden_layers).map(|i| Block::load(&cfg, w, i)).collect::<Result<Vec<_>>>()?;
-        let final_layer_norm =
-            if cfg.final_layer_norm { Some(LayerNorm::load(w, &format!("{d}final_layer_norm"), h)?) } else { None };
-        let lm_head = Linear { weight: embed.clone(), bias: None };
+        let blocks = (0..cfg.num_hidden_layers)
+            .map(|i| Block::load(&cfg, w, i))
+            .collect::<Result<Vec<_>>>()?;
+        let final_layer_norm = if cfg.final_layer_norm {
+            Some(LayerNorm::load(w, &format!("{d}final_layer_norm"), h)?)
+        } else {
+            None
+        };
+        let lm_head = Linear {
+            weight: embed.clone(),
+            bias: None,
+        };
         let c = Cfg::new(config);
         let num_params = embed.len()
             + positions.len()
@@ -246,7 +266,11 @@ impl Opt {
             + blocks
                 .iter()
                 .map(|b| {
-                    4 * h + [&b.attn.q, &b.attn.k, &b.attn.v, &b.attn.o, &b.fc1, &b.fc2].iter().map(|l| l.num_params()).sum::<usize>()
+                    4 * h
+                        + [&b.attn.q, &b.attn.k, &b.attn.v, &b.attn.o, &b.fc1, &b.fc2]
+                            .iter()
+                            .map(|l| l.num_params())
+                            .sum::<usize>()
                 })
                 .sum::<usize>()
             + final_layer_norm.as_ref().map_or(0, |_| 2 * h);
@@ -260,7 +284,17 @@ impl Opt {
             eos_token_ids: c.token_ids("eos_token_id"),
             num_params,
         };
-        Ok(Self { cfg, info, embed, positions, project_in, project_out, blocks, final_layer_norm, lm_head })
+        Ok(Self {
+            cfg,
+            info,
+            embed,
+            positions,
+            project_in,
+            project_out,
+            blocks,
+            final_layer_norm,
+            lm_head,
+        })
     }
 
     /// Embeds a batch (token + learned position embeddings): `[batch·seq, hidden]`.
@@ -315,14 +349,27 @@ impl CausalLm for Opt {
     fn forward_hidden(&self, batch: &Batch<'_>, cache: &mut KvCache) -> Result<Vec<f32>> {
         batch.validate(self.cfg.vocab_size)?;
         if cache.batch() != batch.batch {
-            return Err(Error::Input("the KV cache was made for another batch size".into()));
+            return Err(Error::Input(
+                "the KV cache was made for another batch size".into(),
+            ));
         }
         let past = cache.lens.clone();
         let pos = positions(batch, &past);
         let mut x = self.embed(batch, &pos)?;
         let relu = self.cfg.activation == "relu";
+        let step = Step {
+            batch,
+            pos: &pos,
+            past: &past,
+        };
         for (l, block) in self.blocks.iter().enumerate() {
-            block.forward(&mut x, batch, &pos, self.cfg.do_layer_norm_before, relu, &mut cache.layers[l], &past);
+            block.forward(
+                &mut x,
+                &step,
+                self.cfg.do_layer_norm_before,
+                relu,
+                &mut cache.layers[l],
+            );
         }
         for (b, len) in batch.lengths.iter().enumerate() {
             cache.lens[b] += len;

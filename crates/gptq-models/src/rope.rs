@@ -24,21 +24,31 @@ impl Rope {
     /// Parses the rope settings of `config` for heads of `head_dim`.
     pub fn from_config(config: &Value, head_dim: usize) -> Result<Self> {
         let params = config.get("rope_parameters").filter(|v| v.is_object());
-        let scaling = config.get("rope_scaling").filter(|v| v.is_object()).or(params);
-        let theta = num(config, "rope_theta").or_else(|| params.and_then(|p| num(p, "rope_theta"))).unwrap_or(10000.0);
+        let scaling = config
+            .get("rope_scaling")
+            .filter(|v| v.is_object())
+            .or(params);
+        let theta = num(config, "rope_theta")
+            .or_else(|| params.and_then(|p| num(p, "rope_theta")))
+            .unwrap_or(10000.0);
         if theta <= 0.0 {
-            return Err(Error::Config(format!("rope_theta must be positive, found {theta}")));
+            return Err(Error::Config(format!(
+                "rope_theta must be positive, found {theta}"
+            )));
         }
         let half = head_dim / 2;
         // transformers: 1 / base ** (arange(0, dim, 2).float() / dim), in f32.
-        let mut inv: Vec<f32> =
-            (0..half).map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32)).collect();
+        let mut inv: Vec<f32> = (0..half)
+            .map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32))
+            .collect();
         let kind = scaling
             .and_then(|s| s.get("rope_type").or_else(|| s.get("type")))
             .and_then(|t| t.as_str())
             .unwrap_or("default");
         let s = scaling.cloned().unwrap_or(Value::Null);
-        let need = |k: &str| num(&s, k).ok_or_else(|| Error::Config(format!("rope scaling `{kind}` needs `{k}`")));
+        let need = |k: &str| {
+            num(&s, k).ok_or_else(|| Error::Config(format!("rope scaling `{kind}` needs `{k}`")))
+        };
         match kind {
             "default" => {}
             "linear" => {
@@ -116,7 +126,8 @@ mod tests {
 
     #[test]
     fn unknown_type_is_an_error() {
-        let e = Rope::from_config(&json!({"rope_scaling": {"type": "yarn", "factor": 2.0}}), 8).unwrap_err();
+        let e = Rope::from_config(&json!({"rope_scaling": {"type": "yarn", "factor": 2.0}}), 8)
+            .unwrap_err();
         assert!(e.to_string().contains("yarn"));
     }
 }

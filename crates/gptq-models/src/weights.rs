@@ -29,13 +29,24 @@ impl<'a> Weights<'a> {
 
     /// Loads `name` and checks its shape.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let got = self.src.shape(name).ok_or_else(|| gptq_io::Error::MissingTensor { name: name.to_string() })?;
+        let got = self
+            .src
+            .shape(name)
+            .ok_or_else(|| gptq_io::Error::MissingTensor {
+                name: name.to_string(),
+            })?;
         if got != shape {
-            return Err(Error::Shape { name: name.to_string(), got, expected: shape.to_vec() });
+            return Err(Error::Shape {
+                name: name.to_string(),
+                got,
+                expected: shape.to_vec(),
+            });
         }
         let t = self.src.load_f32(name)?;
         if let Some(i) = t.data().iter().position(|x| !x.is_finite()) {
-            return Err(Error::Input(format!("tensor `{name}` holds a non-finite value at index {i}")));
+            return Err(Error::Input(format!(
+                "tensor `{name}` holds a non-finite value at index {i}"
+            )));
         }
         Ok(t)
     }

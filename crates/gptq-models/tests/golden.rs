@@ -20,20 +20,32 @@ fn repo() -> PathBuf {
 
 fn ids(src: &SafetensorsSource, name: &str) -> (Vec<usize>, Vec<u32>) {
     let raw = src.load_raw(name).unwrap();
-    let v = raw.bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32).collect();
+    let v = raw
+        .bytes
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32)
+        .collect();
     (raw.shape, v)
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 /// Runs `[batch, seq]` ids through the model (no padding) and returns logits.
 fn run(model: &dyn CausalLm, shape: &[usize], tokens: &[u32]) -> Vec<f32> {
     let (b, t) = (shape[0], shape[1]);
     let lengths = vec![t; b];
-    let batch = Batch { tokens, batch: b, seq: t, lengths: &lengths };
+    let batch = Batch {
+        tokens,
+        batch: b,
+        seq: t,
+        lengths: &lengths,
+    };
     let mut cache = model.new_cache(b);
     let h = model.forward_hidden(&batch, &mut cache).unwrap();
     model.logits(&h, b * t)
@@ -58,18 +70,31 @@ fn check_model_dir(dir: PathBuf) {
     tokens2.extend(&short);
     tokens2.extend(std::iter::repeat_n(0u32, t - ts));
     let lengths = [t, ts];
-    let batch = Batch { tokens: &tokens2, batch: 2, seq: t, lengths: &lengths };
+    let batch = Batch {
+        tokens: &tokens2,
+        batch: 2,
+        seq: t,
+        lengths: &lengths,
+    };
     let mut cache = model.new_cache(2);
     let h = model.forward_hidden(&batch, &mut cache).unwrap();
     let l = model.logits(&h, 2 * t);
-    assert!(max_diff(&l[..t * v], &want.data()[..t * v]) < TOL, "padded batch changed row 0");
-    assert!(max_diff(&l[t * v..(t + ts) * v], want_short.data()) < TOL, "padded row differs");
+    assert!(
+        max_diff(&l[..t * v], &want.data()[..t * v]) < TOL,
+        "padded batch changed row 0"
+    );
+    assert!(
+        max_diff(&l[t * v..(t + ts) * v], want_short.data()) < TOL,
+        "padded row differs"
+    );
 
     // KV cache: feeding row 0 token by token gives the same logits.
     let mut cache = model.new_cache(1);
-    for i in 0..t {
-        let one = [tokens[i]];
-        let h = model.forward_hidden(&Batch::single(&one, &[1]), &mut cache).unwrap();
+    for (i, &tk) in tokens[..t].iter().enumerate() {
+        let one = [tk];
+        let h = model
+            .forward_hidden(&Batch::single(&one, &[1]), &mut cache)
+            .unwrap();
         let l = model.logits(&h, 1);
         let d = max_diff(&l, &want.data()[i * v..(i + 1) * v]);
         assert!(d < TOL, "{}: step {i} with cache: {d}", dir.display());
@@ -97,7 +122,9 @@ fn stories260k_matches_transformers() {
     let dir = repo().join("../shared/data/models/stories260K");
     let files = gptq_io::source::open_dir(&dir).unwrap();
     let model = load(&files).unwrap();
-    let golden = SafetensorsSource::open(&[repo().join("tests/data/stories260k/golden.safetensors")]).unwrap();
+    let golden =
+        SafetensorsSource::open(&[repo().join("tests/data/stories260k/golden.safetensors")])
+            .unwrap();
     let (shape, tokens) = ids(&golden, "input_ids");
     let want = golden.load_f32("logits").unwrap();
     let got = run(model.as_ref(), &shape, &tokens);
@@ -111,7 +138,10 @@ fn unsupported_model_type_lists_the_supported_ones() {
     let mut files = gptq_io::source::open_dir(&dir).unwrap();
     files.config["model_type"] = "gpt_neox".into();
     let e = load(&files).err().unwrap().to_string();
-    assert!(e.contains("gpt_neox") && e.contains("llama") && e.contains("opt"), "{e}");
+    assert!(
+        e.contains("gpt_neox") && e.contains("llama") && e.contains("opt"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -36,6 +36,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     };
     gptq_io::gguf::convert(&a.input, &a.output, dt, a.overwrite)
         .with_context(|| format!("cannot convert {}", a.input.display()))?;
-    eprintln!("wrote {} in {:.1}s", a.output.display(), t.elapsed().as_secs_f64());
+    eprintln!(
+        "wrote {} in {:.1}s",
+        a.output.display(),
+        t.elapsed().as_secs_f64()
+    );
     Ok(())
 }

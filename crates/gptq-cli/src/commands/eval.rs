@@ -36,14 +36,29 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let tok = Tokenizer::from_model(&files)?;
     let t = std::time::Instant::now();
     let ids = tok.encode(&text, !a.no_special_tokens)?;
-    tracing::info!("tokenized {} chars into {} tokens in {:.2}s", text.len(), ids.len(), t.elapsed().as_secs_f64());
-    let seqlen = a.seqlen.unwrap_or_else(|| model.info().max_position_embeddings.min(2048));
+    tracing::info!(
+        "tokenized {} chars into {} tokens in {:.2}s",
+        text.len(),
+        ids.len(),
+        t.elapsed().as_secs_f64()
+    );
+    let seqlen = a
+        .seqlen
+        .unwrap_or_else(|| model.info().max_position_embeddings.min(2048));
     let mut pb: Option<indicatif::ProgressBar> = None;
-    let r = perplexity(model.as_ref(), &ids, EvalOptions { seqlen, max_windows: a.max_windows }, |done, total, ppl| {
-        let bar = pb.get_or_insert_with(|| crate::progress::bar(total as u64, "eval"));
-        bar.set_position(done as u64);
-        bar.set_message(format!("ppl {ppl:.3}"));
-    })?;
+    let r = perplexity(
+        model.as_ref(),
+        &ids,
+        EvalOptions {
+            seqlen,
+            max_windows: a.max_windows,
+        },
+        |done, total, ppl| {
+            let bar = pb.get_or_insert_with(|| crate::progress::bar(total as u64, "eval"));
+            bar.set_position(done as u64);
+            bar.set_message(format!("ppl {ppl:.3}"));
+        },
+    )?;
     if let Some(b) = pb {
         b.finish_and_clear();
     }
@@ -60,7 +75,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             "version": env!("CARGO_PKG_VERSION"),
         });
         let bytes = serde_json::to_vec_pretty(&v)?;
-        gptq_io::atomic::write_file(&p, &bytes).with_context(|| format!("cannot write {}", p.display()))?;
+        gptq_io::atomic::write_file(&p, &bytes)
+            .with_context(|| format!("cannot write {}", p.display()))?;
     }
     Ok(())
 }

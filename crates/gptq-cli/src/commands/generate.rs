@@ -42,8 +42,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let (files, model) = super::load(&a.model)?;
     let tok = Tokenizer::from_model(&files)?;
     let ids = if a.chat {
-        let tpl = chat::template_of(&files)
-            .ok_or_else(|| anyhow::anyhow!("{} has no chat_template in tokenizer_config.json; drop --chat", files.name))?;
+        let tpl = chat::template_of(&files).ok_or_else(|| {
+            anyhow::anyhow!(
+                "{} has no chat_template in tokenizer_config.json; drop --chat",
+                files.name
+            )
+        })?;
         let text = chat::render(&tpl, &tok, a.system.as_deref(), &a.prompt)?;
         tok.encode(&text, false)?
     } else {

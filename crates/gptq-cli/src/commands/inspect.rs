@@ -13,9 +13,21 @@ pub struct Args {
 pub fn run(a: Args) -> anyhow::Result<()> {
     let files = super::open(&a.model)?;
     let c = &files.config;
-    let field = |k: &str| c.get(k).map(|v| v.to_string()).unwrap_or_else(|| "-".into());
+    let field = |k: &str| {
+        c.get(k)
+            .map(|v| v.to_string())
+            .unwrap_or_else(|| "-".into())
+    };
     println!("model        {}", files.name);
-    for k in ["model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "vocab_size", "max_position_embeddings"] {
+    for k in [
+        "model_type",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "vocab_size",
+        "max_position_embeddings",
+    ] {
         println!("{k:<24} {}", field(k));
     }
     let names = files.weights.names();
@@ -27,8 +39,19 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             println!("  {n:<60} {shape:?}");
         }
     }
-    println!("tensors      {} ({:.2}M values)", names.len(), total as f64 / 1e6);
-    println!("tokenizer    {}", if files.tokenizer_json.is_some() { "tokenizer.json" } else { "none" });
+    println!(
+        "tensors      {} ({:.2}M values)",
+        names.len(),
+        total as f64 / 1e6
+    );
+    println!(
+        "tokenizer    {}",
+        if files.tokenizer_json.is_some() {
+            "tokenizer.json"
+        } else {
+            "none"
+        }
+    );
     if let Some(q) = c.get("quantization_config") {
         println!("quantization {q}");
     }

@@ -178,7 +178,7 @@ impl Builder {
             out.extend(t.ty.0.to_le_bytes());
             out.extend(off.to_le_bytes());
         }
-        while out.len() % self.alignment != 0 {
+        while !out.len().is_multiple_of(self.alignment) {
             out.push(0);
         }
         out.extend(data);

@@ -78,7 +78,7 @@ pub fn convert(gguf: &Path, out_dir: &Path, dtype: ConvertDType, overwrite: bool
         off = end;
     }
     let mut h = serde_json::to_vec(&Value::Object(header)).unwrap_or_default();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
 

@@ -157,7 +157,7 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], n: usize) -> Result<Vec<f32>, Stri
     let (bs, ts) = ty
         .block()
         .ok_or_else(|| format!("unknown ggml type id {}", ty.0))?;
-    if n % bs != 0 {
+    if !n.is_multiple_of(bs) {
         return Err(format!(
             "{n} elements is not a whole number of {ty} blocks of {bs}"
         ));

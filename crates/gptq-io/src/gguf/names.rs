@@ -86,7 +86,11 @@ pub fn hf_name(gguf: &str) -> Option<(String, Heads)> {
 /// Undoes llama.cpp's q/k row permutation: `data` holds `rows` rows of equal
 /// length (any element type; for bytes, a row is its bytes).
 pub fn unpermute_rows<T: Copy>(data: &[T], rows: usize, n_head: usize) -> Result<Vec<T>, String> {
-    if rows == 0 || n_head == 0 || rows % (2 * n_head) != 0 || data.len() % rows != 0 {
+    if rows == 0
+        || n_head == 0
+        || !rows.is_multiple_of(2 * n_head)
+        || !data.len().is_multiple_of(rows)
+    {
         return Err(format!(
             "cannot un-permute {rows} rows ({} values) into {n_head} heads of an even size",
             data.len()

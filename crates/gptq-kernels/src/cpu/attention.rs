@@ -37,7 +37,15 @@ pub struct AttentionShape {
 
 /// Writes attention output `[t, n_heads·d]` into `out`.
 pub fn attention(q: &[f32], k: &[f32], v: &[f32], shape: AttentionShape, out: &mut [f32]) {
-    let AttentionShape { t, s, n_heads, n_kv, head_dim: d, scale, window } = shape;
+    let AttentionShape {
+        t,
+        s,
+        n_heads,
+        n_kv,
+        head_dim: d,
+        scale,
+        window,
+    } = shape;
     assert!(s >= t && n_kv > 0 && n_heads % n_kv == 0);
     let (qw, kw) = (n_heads * d, n_kv * d);
     assert_eq!(q.len(), t * qw);
@@ -66,8 +74,20 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], shape: AttentionShape, out: &m
             let mut scores = vec![0.0f32; rows * nk];
             matmul_strided(
                 MatMut::row_major(&mut scores, rows, nk),
-                Mat { data: &q[q0 * qw + h * d..], rows, cols: d, row_stride: qw, col_stride: 1 },
-                Mat { data: &k[k_start * kw + kh * d..], rows: d, cols: nk, row_stride: 1, col_stride: kw },
+                Mat {
+                    data: &q[q0 * qw + h * d..],
+                    rows,
+                    cols: d,
+                    row_stride: qw,
+                    col_stride: 1,
+                },
+                Mat {
+                    data: &k[k_start * kw + kh * d..],
+                    rows: d,
+                    cols: nk,
+                    row_stride: 1,
+                    col_stride: kw,
+                },
                 0.0,
                 1,
             );
@@ -76,7 +96,11 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], shape: AttentionShape, out: &m
                 for (j, sc) in row.iter_mut().enumerate() {
                     let kp = k_start + j;
                     let visible = kp <= pos && window.is_none_or(|w| kp + w > pos);
-                    *sc = if visible { *sc * scale } else { f32::NEG_INFINITY };
+                    *sc = if visible {
+                        *sc * scale
+                    } else {
+                        f32::NEG_INFINITY
+                    };
                 }
                 softmax_row(row);
             }
@@ -84,7 +108,13 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], shape: AttentionShape, out: &m
             matmul_strided(
                 MatMut::row_major(&mut o, rows, d),
                 Mat::row_major(&scores, rows, nk),
-                Mat { data: &v[k_start * kw + kh * d..], rows: nk, cols: d, row_stride: kw, col_stride: 1 },
+                Mat {
+                    data: &v[k_start * kw + kh * d..],
+                    rows: nk,
+                    cols: d,
+                    row_stride: kw,
+                    col_stride: 1,
+                },
                 0.0,
                 1,
             );
@@ -104,26 +134,43 @@ mod tests {
 
     /// Direct definition, f64.
     fn naive(q: &[f32], k: &[f32], v: &[f32], sh: AttentionShape) -> Vec<f32> {
-        let AttentionShape { t, s, n_heads, n_kv, head_dim: d, scale, window } = sh;
+        let AttentionShape {
+            t,
+            s,
+            n_heads,
+            n_kv,
+            head_dim: d,
+            scale,
+            window,
+        } = sh;
         let mut out = vec![0.0f32; t * n_heads * d];
         for h in 0..n_heads {
             let kh = h / (n_heads / n_kv);
             for i in 0..t {
                 let pos = s - t + i;
-                let vis: Vec<usize> =
-                    (0..s).filter(|&j| j <= pos && window.is_none_or(|w| j + w > pos)).collect();
+                let vis: Vec<usize> = (0..s)
+                    .filter(|&j| j <= pos && window.is_none_or(|w| j + w > pos))
+                    .collect();
                 let sc: Vec<f64> = vis
                     .iter()
                     .map(|&j| {
-                        (0..d).map(|x| q[i * n_heads * d + h * d + x] as f64 * k[j * n_kv * d + kh * d + x] as f64).sum::<f64>()
+                        (0..d)
+                            .map(|x| {
+                                q[i * n_heads * d + h * d + x] as f64
+                                    * k[j * n_kv * d + kh * d + x] as f64
+                            })
+                            .sum::<f64>()
                             * scale as f64
                     })
                     .collect();
                 let m = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let z: f64 = sc.iter().map(|x| (x - m).exp()).sum();
                 for x in 0..d {
-                    let acc: f64 =
-                        vis.iter().zip(&sc).map(|(&j, s)| (s - m).exp() / z * v[j * n_kv * d + kh * d + x] as f64).sum();
+                    let acc: f64 = vis
+                        .iter()
+                        .zip(&sc)
+                        .map(|(&j, s)| (s - m).exp() / z * v[j * n_kv * d + kh * d + x] as f64)
+                        .sum();
                     out[i * n_heads * d + h * d + x] = acc as f32;
                 }
             }
@@ -133,11 +180,25 @@ mod tests {
 
     #[test]
     fn matches_definition_with_past_gqa_and_window() {
-        let f = |i: usize, s: u32| ((((i as u32) ^ s).wrapping_mul(2654435761) >> 9) % 2000) as f32 / 1000.0 - 1.0;
-        for &(t, s, nh, nkv, d, win) in
-            &[(5, 5, 2, 1, 4, None), (3, 10, 4, 2, 8, None), (130, 140, 2, 2, 4, None), (70, 70, 2, 1, 4, Some(16)), (1, 9, 3, 3, 2, Some(4))]
-        {
-            let sh = AttentionShape { t, s, n_heads: nh, n_kv: nkv, head_dim: d, scale: 0.7, window: win };
+        let f = |i: usize, s: u32| {
+            ((((i as u32) ^ s).wrapping_mul(2654435761) >> 9) % 2000) as f32 / 1000.0 - 1.0
+        };
+        for &(t, s, nh, nkv, d, win) in &[
+            (5, 5, 2, 1, 4, None),
+            (3, 10, 4, 2, 8, None),
+            (130, 140, 2, 2, 4, None),
+            (70, 70, 2, 1, 4, Some(16)),
+            (1, 9, 3, 3, 2, Some(4)),
+        ] {
+            let sh = AttentionShape {
+                t,
+                s,
+                n_heads: nh,
+                n_kv: nkv,
+                head_dim: d,
+                scale: 0.7,
+                window: win,
+            };
             let q: Vec<f32> = (0..t * nh * d).map(|i| f(i, 1)).collect();
             let k: Vec<f32> = (0..s * nkv * d).map(|i| f(i, 2)).collect();
             let v: Vec<f32> = (0..s * nkv * d).map(|i| f(i, 3)).collect();

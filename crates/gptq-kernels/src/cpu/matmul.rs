@@ -43,12 +43,24 @@ fn last_index(rows: usize, cols: usize, rs: usize, cs: usize) -> usize {
 impl<'a> Mat<'a> {
     /// A row-major `rows × cols` view of `data`.
     pub fn row_major(data: &'a [f32], rows: usize, cols: usize) -> Self {
-        Self { data, rows, cols, row_stride: cols, col_stride: 1 }
+        Self {
+            data,
+            rows,
+            cols,
+            row_stride: cols,
+            col_stride: 1,
+        }
     }
 
     /// The transpose (no copy).
     pub fn t(self) -> Self {
-        Self { data: self.data, rows: self.cols, cols: self.rows, row_stride: self.col_stride, col_stride: self.row_stride }
+        Self {
+            data: self.data,
+            rows: self.cols,
+            cols: self.rows,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+        }
     }
 
     fn check(&self) {
@@ -62,7 +74,13 @@ impl<'a> Mat<'a> {
 impl<'a> MatMut<'a> {
     /// A row-major `rows × cols` view of `data`.
     pub fn row_major(data: &'a mut [f32], rows: usize, cols: usize) -> Self {
-        Self { data, rows, cols, row_stride: cols, col_stride: 1 }
+        Self {
+            data,
+            rows,
+            cols,
+            row_stride: cols,
+            col_stride: 1,
+        }
     }
 }
 
@@ -74,7 +92,11 @@ impl<'a> MatMut<'a> {
 /// never data-dependent).
 pub fn matmul_strided(dst: MatMut<'_>, a: Mat<'_>, b: Mat<'_>, beta: f32, threads: usize) {
     assert_eq!(a.cols, b.rows, "inner dimensions differ");
-    assert_eq!((dst.rows, dst.cols), (a.rows, b.cols), "output shape differs");
+    assert_eq!(
+        (dst.rows, dst.cols),
+        (a.rows, b.cols),
+        "output shape differs"
+    );
     a.check();
     b.check();
     assert!(
@@ -84,7 +106,11 @@ pub fn matmul_strided(dst: MatMut<'_>, a: Mat<'_>, b: Mat<'_>, beta: f32, thread
     if dst.rows == 0 || dst.cols == 0 {
         return;
     }
-    let par = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
+    let par = if threads > 1 {
+        Parallelism::Rayon(threads)
+    } else {
+        Parallelism::None
+    };
     // SAFETY: every view was checked to lie inside its slice above, and `dst`
     // is borrowed mutably, so it aliases neither input.
     unsafe {

@@ -16,40 +16,51 @@ pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     assert_eq!(x.len(), out.len());
     assert_eq!(x.len() % h, 0);
     let cr = chunk_rows(h);
-    out.par_chunks_mut(h * cr).zip(x.par_chunks(h * cr)).for_each(|(o, xi)| {
-        for (o, xi) in o.chunks_mut(h).zip(xi.chunks(h)) {
-            let ms = xi.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / h as f64;
-            let r = (1.0 / (ms + eps as f64).sqrt()) as f32;
-            for ((o, &v), &g) in o.iter_mut().zip(xi).zip(w) {
-                *o = v * r * g;
+    out.par_chunks_mut(h * cr)
+        .zip(x.par_chunks(h * cr))
+        .for_each(|(o, xi)| {
+            for (o, xi) in o.chunks_mut(h).zip(xi.chunks(h)) {
+                let ms = xi.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / h as f64;
+                let r = (1.0 / (ms + eps as f64).sqrt()) as f32;
+                for ((o, &v), &g) in o.iter_mut().zip(xi).zip(w) {
+                    *o = v * r * g;
+                }
             }
-        }
-    });
+        });
 }
 
 /// LayerNorm (Ba et al. 2016): `y = (x − mean) / sqrt(var + eps) · w + b`
 /// (biased variance, as torch).
-pub fn layer_norm(x: &[f32], w: Option<&[f32]>, b: Option<&[f32]>, h: usize, eps: f32, out: &mut [f32]) {
+pub fn layer_norm(
+    x: &[f32],
+    w: Option<&[f32]>,
+    b: Option<&[f32]>,
+    h: usize,
+    eps: f32,
+    out: &mut [f32],
+) {
     assert_eq!(x.len(), out.len());
     assert_eq!(x.len() % h, 0);
     let cr = chunk_rows(h);
-    out.par_chunks_mut(h * cr).zip(x.par_chunks(h * cr)).for_each(|(o, xi)| {
-        for (o, xi) in o.chunks_mut(h).zip(xi.chunks(h)) {
-            let mean = xi.iter().map(|&v| v as f64).sum::<f64>() / h as f64;
-            let var = xi.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / h as f64;
-            let r = 1.0 / (var + eps as f64).sqrt();
-            for (j, (o, &v)) in o.iter_mut().zip(xi).enumerate() {
-                let mut y = ((v as f64 - mean) * r) as f32;
-                if let Some(w) = w {
-                    y *= w[j];
+    out.par_chunks_mut(h * cr)
+        .zip(x.par_chunks(h * cr))
+        .for_each(|(o, xi)| {
+            for (o, xi) in o.chunks_mut(h).zip(xi.chunks(h)) {
+                let mean = xi.iter().map(|&v| v as f64).sum::<f64>() / h as f64;
+                let var = xi.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / h as f64;
+                let r = 1.0 / (var + eps as f64).sqrt();
+                for (j, (o, &v)) in o.iter_mut().zip(xi).enumerate() {
+                    let mut y = ((v as f64 - mean) * r) as f32;
+                    if let Some(w) = w {
+                        y *= w[j];
+                    }
+                    if let Some(b) = b {
+                        y += b[j];
+                    }
+                    *o = y;
                 }
-                if let Some(b) = b {
-                    y += b[j];
-                }
-                *o = y;
             }
-        }
-    });
+        });
 }
 
 /// Adds `bias` to every row of `x`.
@@ -68,22 +79,26 @@ pub fn add_bias(x: &mut [f32], bias: &[f32]) {
 /// `x += y` elementwise.
 pub fn add_in_place(x: &mut [f32], y: &[f32]) {
     assert_eq!(x.len(), y.len());
-    x.par_chunks_mut(16384).zip(y.par_chunks(16384)).for_each(|(a, b)| {
-        for (a, b) in a.iter_mut().zip(b) {
-            *a += b;
-        }
-    });
+    x.par_chunks_mut(16384)
+        .zip(y.par_chunks(16384))
+        .for_each(|(a, b)| {
+            for (a, b) in a.iter_mut().zip(b) {
+                *a += b;
+            }
+        });
 }
 
 /// SiLU-gated product of a SwiGLU MLP: `gate ← silu(gate) · up`.
 pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
     assert_eq!(gate.len(), up.len());
-    gate.par_chunks_mut(16384).zip(up.par_chunks(16384)).for_each(|(g, u)| {
-        for (g, &u) in g.iter_mut().zip(u) {
-            let s = *g / (1.0 + (-*g).exp());
-            *g = s * u;
-        }
-    });
+    gate.par_chunks_mut(16384)
+        .zip(up.par_chunks(16384))
+        .for_each(|(g, u)| {
+            for (g, &u) in g.iter_mut().zip(u) {
+                let s = *g / (1.0 + (-*g).exp());
+                *g = s * u;
+            }
+        });
 }
 
 /// ReLU in place.
@@ -111,7 +126,8 @@ fn erf(x: f64) -> f64 {
     let x = x.abs();
     let t = 1.0 / (1.0 + 0.3275911 * x);
     let y = 1.0
-        - (((((1.061405429 * t - 1.453152027) * t) + 1.421413741) * t - 0.284496736) * t + 0.254829592)
+        - (((((1.061405429 * t - 1.453152027) * t) + 1.421413741) * t - 0.284496736) * t
+            + 0.254829592)
             * t
             * (-x * x).exp();
     s * y
@@ -194,7 +210,12 @@ mod tests {
     #[test]
     fn erf_is_accurate() {
         // Reference values of erf.
-        for (x, e) in [(0.0, 0.0), (0.5, 0.5204998778), (1.0, 0.8427007929), (-2.0, -0.9953222650)] {
+        for (x, e) in [
+            (0.0, 0.0),
+            (0.5, 0.5204998778),
+            (1.0, 0.8427007929),
+            (-2.0, -0.9953222650),
+        ] {
             assert!((erf(x) - e).abs() < 2e-7, "erf({x})");
         }
     }
