@@ -10,7 +10,7 @@ use gptq_models::{Batch, CausalLm};
 use std::time::Instant;
 
 /// Rows of logits computed at once (bounds memory: rows × vocab f32).
-const LOGIT_ROWS: usize = 256;
+const LOGIT_ROWS: usize = 128;
 
 /// Evaluation settings.
 #[derive(Debug, Clone, Copy)]

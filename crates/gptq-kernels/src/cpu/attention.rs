@@ -11,6 +11,7 @@
 
 use super::matmul::{matmul_strided, Mat, MatMut};
 use super::ops::softmax_row;
+use super::simd::scale;
 use rayon::prelude::*;
 
 /// Query rows per task.
@@ -43,7 +44,7 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], shape: AttentionShape, out: &m
         n_heads,
         n_kv,
         head_dim: d,
-        scale,
+        scale: scale_by,
         window,
     } = shape;
     assert!(s >= t && n_kv > 0 && n_heads % n_kv == 0);
@@ -91,18 +92,21 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], shape: AttentionShape, out: &m
                 0.0,
                 1,
             );
+            // Row r sees keys [lo, hi) of the block's key range: causal end
+            // at its own position, window start if any. Softmax runs over
+            // exactly that span; the rest of the row is zero.
             for (r, row) in scores.chunks_mut(nk).enumerate() {
                 let pos = past + q0 + r;
-                for (j, sc) in row.iter_mut().enumerate() {
-                    let kp = k_start + j;
-                    let visible = kp <= pos && window.is_none_or(|w| kp + w > pos);
-                    *sc = if visible {
-                        *sc * scale
-                    } else {
-                        f32::NEG_INFINITY
-                    };
-                }
-                softmax_row(row);
+                let hi = pos + 1 - k_start;
+                let lo = match window {
+                    Some(w) => (pos + 1).saturating_sub(w).saturating_sub(k_start),
+                    None => 0,
+                };
+                let span = &mut row[lo..hi];
+                scale(span, scale_by);
+                softmax_row(span);
+                row[..lo].fill(0.0);
+                row[hi..].fill(0.0);
             }
             let mut o = vec![0.0f32; rows * d];
             matmul_strided(

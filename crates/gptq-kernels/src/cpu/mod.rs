@@ -3,6 +3,7 @@
 mod attention;
 mod matmul;
 mod ops;
+pub mod simd;
 
 pub use attention::{attention, AttentionShape};
 pub use matmul::{matmul_nt, matmul_strided, Mat, MatMut};

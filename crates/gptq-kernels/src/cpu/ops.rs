@@ -9,8 +9,7 @@ fn chunk_rows(cols: usize) -> usize {
 }
 
 /// RMSNorm (Zhang & Sennrich 2019): `y = x / sqrt(mean(x²) + eps) · w`,
-/// computed in f32 with the mean accumulated in f64 (HF computes it in f32
-/// after upcasting; f64 here only removes summation-order noise).
+/// in f32 as transformers computes it (lane-parallel sum of squares).
 pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let h = w.len();
     assert_eq!(x.len(), out.len());
@@ -160,27 +159,12 @@ pub fn rope_rotate_half(x: &mut [f32], n_heads: usize, head_dim: usize, cos: &[f
 
 /// Softmax of one row in place (max-subtracted, f32).
 pub fn softmax_row(x: &mut [f32]) {
-    let m = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    if m == f32::NEG_INFINITY {
-        x.fill(0.0);
-        return;
-    }
-    let mut s = 0.0f32;
-    for v in x.iter_mut() {
-        *v = (*v - m).exp();
-        s += *v;
-    }
-    let inv = 1.0 / s;
-    for v in x.iter_mut() {
-        *v *= inv;
-    }
+    super::simd::softmax(x)
 }
 
-/// `log Σ exp(x)` of a row, accumulated in f64.
+/// `log Σ exp(x)` of a row (block sums in f64).
 pub fn log_sum_exp(x: &[f32]) -> f64 {
-    let m = x.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let s: f64 = x.iter().map(|&v| (v as f64 - m).exp()).sum();
-    m + s.ln()
+    super::simd::log_sum_exp(x)
 }
 
 #[cfg(test)]
