@@ -37,6 +37,8 @@ enum Command {
     Generate(commands::generate::Args),
     /// Print a model's config, layers, dtypes and sizes.
     Inspect(commands::inspect::Args),
+    /// Measure CPU forward and decode speed against GEMM and memory ceilings.
+    Bench(commands::bench::Args),
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -51,6 +53,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(a) => commands::eval::run(a),
         Command::Generate(a) => commands::generate::run(a),
         Command::Inspect(a) => commands::inspect::run(a),
+        Command::Bench(a) => commands::bench::run(a),
     }
 }
 

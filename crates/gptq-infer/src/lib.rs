@@ -2,6 +2,7 @@
 //! protocol, and text generation with sampling and chat templates.
 #![deny(missing_docs)]
 
+pub mod bench;
 pub mod chat;
 pub mod datasets;
 pub mod eval;

@@ -105,6 +105,10 @@ pub struct ModelInfo {
     pub eos_token_ids: Vec<u32>,
     /// Parameter count of the weights in memory.
     pub num_params: usize,
+    /// Query heads.
+    pub num_attention_heads: usize,
+    /// Head dimension.
+    pub head_dim: usize,
 }
 
 /// A batch of right-padded token sequences: `tokens` is `[batch, seq]`
@@ -169,6 +173,11 @@ pub trait CausalLm: Send + Sync {
     fn forward_hidden(&self, batch: &Batch<'_>, cache: &mut KvCache) -> Result<Vec<f32>>;
     /// Logits `[rows, vocab]` of final hidden states `[rows, d]`.
     fn logits(&self, hidden: &[f32], rows: usize) -> Vec<f32>;
+    /// The linear layers of block `i` under their [`ArchSpec`] names, in
+    /// true-sequential order.
+    fn block_linears(&self, i: usize) -> Vec<(&'static str, &Linear)>;
+    /// The output layer.
+    fn lm_head(&self) -> &Linear;
 }
 
 /// Builds the model `files` describes, loading its weights as f32.

@@ -283,6 +283,8 @@ impl Opt {
             bos_token_id: c.token_ids("bos_token_id").first().copied(),
             eos_token_ids: c.token_ids("eos_token_id"),
             num_params,
+            num_attention_heads: cfg.num_attention_heads,
+            head_dim: h / cfg.num_attention_heads,
         };
         Ok(Self {
             cfg,
@@ -385,5 +387,23 @@ impl CausalLm for Opt {
 
     fn logits(&self, hidden: &[f32], rows: usize) -> Vec<f32> {
         self.lm_head.forward(hidden, rows)
+    }
+
+    fn block_linears(&self, i: usize) -> Vec<(&'static str, &Linear)> {
+        let b = &self.blocks[i];
+        let by_name = |n: &str| match n {
+            "self_attn.q_proj" => &b.attn.q,
+            "self_attn.k_proj" => &b.attn.k,
+            "self_attn.v_proj" => &b.attn.v,
+            "self_attn.out_proj" => &b.attn.o,
+            "fc1" => &b.fc1,
+            "fc2" => &b.fc2,
+            other => unreachable!("ARCH names a linear `{other}` that Block lacks"),
+        };
+        ARCH.linear_layers().map(|n| (n, by_name(n))).collect()
+    }
+
+    fn lm_head(&self) -> &Linear {
+        &self.lm_head
     }
 }

@@ -138,12 +138,46 @@ pub fn matmul_strided(dst: MatMut<'_>, a: Mat<'_>, b: Mat<'_>, beta: f32, thread
     }
 }
 
+/// Rows of `x` up to which [`matmul_nt`] streams `w` row by row (dot
+/// products) instead of calling gemm: at decode sizes the product is bound by
+/// reading `w`, and gemm's packing of `w` would read it twice.
+const GEMV_MAX_ROWS: usize = 4;
+
+/// `out[m×n] = x[m×k] · wᵀ` for small `m`: each task takes a band of `w`'s
+/// rows and reads it once for all `m` inputs.
+fn gemv_nt(x: &[f32], w: &[f32], m: usize, k: usize, n: usize, out: &mut [f32]) {
+    use rayon::prelude::*;
+    const BAND: usize = 64;
+    let bands: Vec<Vec<f32>> = w
+        .par_chunks(BAND * k)
+        .map(|wb| {
+            let rows = wb.len() / k;
+            let mut o = vec![0.0f32; m * rows];
+            for (j, wr) in wb.chunks_exact(k).enumerate() {
+                for i in 0..m {
+                    o[i * rows + j] = super::simd::dot(&x[i * k..(i + 1) * k], wr);
+                }
+            }
+            o
+        })
+        .collect();
+    for (b, o) in bands.iter().enumerate() {
+        let rows = o.len() / m;
+        for i in 0..m {
+            out[i * n + b * BAND..i * n + b * BAND + rows].copy_from_slice(&o[i * rows..(i + 1) * rows]);
+        }
+    }
+}
+
 /// `out[m×n] = x[m×k] · wᵀ` with `w` row-major `[n, k]` (a linear layer's
 /// weight), using all rayon threads.
 pub fn matmul_nt(x: &[f32], w: &[f32], m: usize, k: usize, n: usize, out: &mut [f32]) {
     assert_eq!(x.len(), m * k, "x is not m×k");
     assert_eq!(w.len(), n * k, "w is not n×k");
     assert_eq!(out.len(), m * n, "out is not m×n");
+    if m <= GEMV_MAX_ROWS && k > 0 {
+        return gemv_nt(x, w, m, k, n, out);
+    }
     matmul_strided(
         MatMut::row_major(out, m, n),
         Mat::row_major(x, m, k),

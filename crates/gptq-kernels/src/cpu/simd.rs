@@ -98,6 +98,20 @@ fn log_sum_exp_impl(x: &[f32]) -> f64 {
 }
 
 #[inline(always)]
+fn dot_impl(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 2 * LANES];
+    let mut ca = a.chunks_exact(2 * LANES);
+    let mut cb = b.chunks_exact(2 * LANES);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for i in 0..2 * LANES {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+#[inline(always)]
 fn scale_impl(x: &mut [f32], a: f32) {
     for v in x.iter_mut() {
         *v *= a;
@@ -169,6 +183,10 @@ dispatch!(
 dispatch!(
     /// `log Σ e^x` of a row.
     log_sum_exp, log_sum_exp_avx2, log_sum_exp_impl, (x: &[f32]) -> f64
+);
+dispatch!(
+    /// `Σ a_i·b_i` with lane-parallel f32 accumulators.
+    dot, dot_avx2, dot_impl, (a: &[f32], b: &[f32]) -> f32
 );
 dispatch!(
     /// `x ← x·a`.
