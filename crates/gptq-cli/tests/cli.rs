@@ -306,3 +306,39 @@ fn chat_generation_uses_the_template() {
     ]);
     assert_clean_error(&o, "chat_template");
 }
+
+/// SmolLM2 from `GPTQ_SMOLLM2_GGUF` or `.dev/smollm2/`, if fetched.
+fn smollm2() -> Option<PathBuf> {
+    let p = std::env::var_os("GPTQ_SMOLLM2_GGUF")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(".dev/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"));
+    if p.is_file() {
+        Some(p)
+    } else {
+        eprintln!("skipped: SmolLM2 GGUF not found (run scripts/fetch-smollm2.sh .dev/smollm2)");
+        None
+    }
+}
+
+#[test]
+fn smollm2_chat_answers_and_gpt2_tokenizer_round_trips() {
+    let Some(g) = smollm2() else { return };
+    let o = gptq(&["generate", g.to_str().unwrap(), "--chat", "--prompt", "What is the capital of France?", "--max-new-tokens", "12"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(stdout(&o).contains("Paris"), "{}", stdout(&o));
+}
+
+#[test]
+fn smollm2_first_wikitext_window_is_in_the_expected_range() {
+    // One 2048-token window of WikiText-2; the full test set gives ≈ 18–22
+    // for this model (see bench/results). A wrong tokenizer pre-split or
+    // rotary layout gives hundreds.
+    let Some(g) = smollm2() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("r.json");
+    let o = gptq(&["eval", g.to_str().unwrap(), "--max-windows", "1", "--json", json.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let ppl = v["result"]["ppl"].as_f64().unwrap();
+    assert!((5.0..40.0).contains(&ppl), "ppl {ppl}");
+}

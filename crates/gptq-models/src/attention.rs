@@ -53,10 +53,11 @@ impl SelfAttention {
         self.n_kv * self.head_dim
     }
 
-    /// Runs attention for the normalized input `x` `[batch·seq, hidden]`,
+    /// Runs attention for the normalized input `x` `[batch·seq, hidden]`
+    /// up to, not including, the output projection (`[batch·seq, heads·d]`),
     /// appending each sequence's real keys/values to `cache` (one entry per
     /// sequence, holding `past[b]` rows before the call).
-    pub fn forward(
+    pub fn attend(
         &self,
         x: &[f32],
         step: &Step<'_>,
@@ -101,6 +102,18 @@ impl SelfAttention {
                 &mut out[r0 * qw..(r0 + len) * qw],
             );
         }
-        self.o.forward(&out, rows)
+        out
+    }
+
+    /// [`Self::attend`] followed by the output projection.
+    pub fn forward(
+        &self,
+        x: &[f32],
+        step: &Step<'_>,
+        rope: Option<&Rope>,
+        cache: &mut [SeqCache],
+    ) -> Vec<f32> {
+        let a = self.attend(x, step, rope, cache);
+        self.o.forward(&a, step.batch.batch * step.batch.seq)
     }
 }

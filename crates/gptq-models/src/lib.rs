@@ -15,6 +15,7 @@
 pub mod attention;
 mod config;
 pub mod kv_cache;
+pub mod layerwise;
 pub mod linear;
 pub mod llama;
 pub mod opt;
@@ -22,6 +23,7 @@ pub mod rope;
 mod weights;
 
 pub use kv_cache::KvCache;
+pub use layerwise::{layerwise, BlockRunner, LayerwiseModel};
 pub use linear::Linear;
 pub use weights::Weights;
 
@@ -60,6 +62,10 @@ pub enum Error {
 
 /// Result with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Sees the input `[rows, in]` of each linear layer, by [`ArchSpec`] name,
+/// before the layer runs; returning false stops the block there.
+pub type Observer<'o> = &'o mut dyn FnMut(&'static str, &[f32]) -> bool;
 
 /// Every `model_type` value [`load`] accepts.
 pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llama", "mistral", "qwen2", "opt"];

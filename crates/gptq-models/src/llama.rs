@@ -10,7 +10,7 @@
 use crate::attention::{positions, SelfAttention, Step};
 use crate::config::Cfg;
 use crate::rope::Rope;
-use crate::{ArchSpec, Batch, CausalLm, Error, KvCache, Linear, ModelInfo, Result, Weights};
+use crate::{ArchSpec, Batch, BlockRunner, CausalLm, Error, KvCache, Linear, ModelInfo, Observer, Result, Weights};
 use gptq_kernels::cpu;
 use serde_json::Value;
 use std::sync::Arc;
@@ -178,17 +178,65 @@ impl Block {
         eps: f32,
         cache: &mut [crate::kv_cache::SeqCache],
     ) {
+        self.forward_observed(x, step, rope, eps, cache, &mut |_, _| true);
+    }
+
+    /// [`Self::forward`], showing each linear layer's input to `observe`
+    /// (under its [`ARCH`] name) before the layer runs. When `observe`
+    /// returns false the block stops there, leaving `x` partly updated, and
+    /// this returns false.
+    pub fn forward_observed(
+        &self,
+        x: &mut [f32],
+        step: &Step<'_>,
+        rope: &Rope,
+        eps: f32,
+        cache: &mut [crate::kv_cache::SeqCache],
+        observe: Observer<'_>,
+    ) -> bool {
         let rows = step.batch.batch * step.batch.seq;
         let mut hn = vec![0.0f32; x.len()];
         cpu::rms_norm(x, &self.input_layernorm, eps, &mut hn);
-        let a = self.attn.forward(&hn, step, Some(rope), cache);
+        for n in ["self_attn.k_proj", "self_attn.v_proj", "self_attn.q_proj"] {
+            if !observe(n, &hn) {
+                return false;
+            }
+        }
+        let a = self.attn.attend(&hn, step, Some(rope), cache);
+        if !observe("self_attn.o_proj", &a) {
+            return false;
+        }
+        let a = self.attn.o.forward(&a, rows);
         cpu::add_in_place(x, &a);
         cpu::rms_norm(x, &self.post_attention_layernorm, eps, &mut hn);
+        for n in ["mlp.up_proj", "mlp.gate_proj"] {
+            if !observe(n, &hn) {
+                return false;
+            }
+        }
         let mut g = self.gate.forward(&hn, rows);
         let u = self.up.forward(&hn, rows);
         cpu::silu_mul(&mut g, &u);
+        if !observe("mlp.down_proj", &g) {
+            return false;
+        }
         let m = self.down.forward(&g, rows);
         cpu::add_in_place(x, &m);
+        true
+    }
+
+    /// The linear layer named `name` (an [`ARCH`] name).
+    pub fn linear_mut(&mut self, name: &str) -> Option<&mut Linear> {
+        Some(match name {
+            "self_attn.q_proj" => &mut self.attn.q,
+            "self_attn.k_proj" => &mut self.attn.k,
+            "self_attn.v_proj" => &mut self.attn.v,
+            "self_attn.o_proj" => &mut self.attn.o,
+            "mlp.gate_proj" => &mut self.gate,
+            "mlp.up_proj" => &mut self.up,
+            "mlp.down_proj" => &mut self.down,
+            _ => return None,
+        })
     }
 }
 
@@ -341,5 +389,69 @@ impl CausalLm for Llama {
 
     fn lm_head(&self) -> &Linear {
         &self.lm_head
+    }
+}
+
+/// A Llama-family model opened layer by layer (see [`crate::layerwise`]).
+pub struct LlamaLayers<'a> {
+    cfg: LlamaConfig,
+    rope: Rope,
+    embed: gptq_core::Tensor,
+    w: Weights<'a>,
+}
+
+impl<'a> LlamaLayers<'a> {
+    /// Parses the config and loads the embeddings only.
+    pub fn open(config: &Value, w: Weights<'a>) -> Result<Self> {
+        let cfg = LlamaConfig::from_json(config)?;
+        let rope = Rope::from_config(config, cfg.head_dim)?;
+        let embed = w.get("model.embed_tokens.weight", &[cfg.vocab_size, cfg.hidden_size])?;
+        Ok(Self { cfg, rope, embed, w })
+    }
+}
+
+struct LlamaBlockRunner<'m> {
+    block: Block,
+    rope: &'m Rope,
+    eps: f32,
+}
+
+impl BlockRunner for LlamaBlockRunner<'_> {
+    fn forward(&self, x: &mut [f32], seq: usize, observe: Observer<'_>) -> Result<bool> {
+        let tokens = vec![0u32; seq];
+        let len = [seq];
+        let batch = Batch::single(&tokens, &len);
+        let pos: Vec<usize> = (0..seq).collect();
+        let step = Step { batch: &batch, pos: &pos, past: &[0] };
+        let mut cache = [crate::kv_cache::SeqCache::default()];
+        Ok(self.block.forward_observed(x, &step, self.rope, self.eps, &mut cache, observe))
+    }
+
+    fn linear_mut(&mut self, name: &str) -> Option<&mut Linear> {
+        self.block.linear_mut(name)
+    }
+}
+
+impl crate::LayerwiseModel for LlamaLayers<'_> {
+    fn arch(&self) -> &'static ArchSpec {
+        &ARCH
+    }
+
+    fn num_blocks(&self) -> usize {
+        self.cfg.num_hidden_layers
+    }
+
+    fn hidden_size(&self) -> usize {
+        self.cfg.hidden_size
+    }
+
+    fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>> {
+        crate::layerwise::check_tokens(tokens, self.cfg.vocab_size)?;
+        Ok(tokens.iter().flat_map(|&t| self.embed.row(t as usize).iter().copied()).collect())
+    }
+
+    fn block(&self, i: usize) -> Result<Box<dyn BlockRunner + '_>> {
+        let block = Block::load(&self.cfg, &self.w, i)?;
+        Ok(Box::new(LlamaBlockRunner { block, rope: &self.rope, eps: self.cfg.rms_norm_eps as f32 }))
     }
 }

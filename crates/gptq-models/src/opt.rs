@@ -12,7 +12,7 @@
 
 use crate::attention::{positions, SelfAttention, Step};
 use crate::config::Cfg;
-use crate::{ArchSpec, Batch, CausalLm, Error, KvCache, Linear, ModelInfo, Result, Weights};
+use crate::{ArchSpec, Batch, BlockRunner, CausalLm, Error, KvCache, Linear, ModelInfo, Observer, Result, Weights};
 use gptq_kernels::cpu;
 use serde_json::Value;
 use std::sync::Arc;
@@ -195,35 +195,82 @@ impl Block {
         relu: bool,
         cache: &mut [crate::kv_cache::SeqCache],
     ) {
+        self.forward_observed(x, step, pre_ln, relu, cache, &mut |_, _| true);
+    }
+
+    /// [`Self::forward`], showing each linear layer's input to `observe`
+    /// first; stops (returning false) when `observe` returns false.
+    pub fn forward_observed(
+        &self,
+        x: &mut [f32],
+        step: &Step<'_>,
+        pre_ln: bool,
+        relu: bool,
+        cache: &mut [crate::kv_cache::SeqCache],
+        observe: Observer<'_>,
+    ) -> bool {
         let rows = step.batch.batch * step.batch.seq;
-        let a = if pre_ln {
+        let normed;
+        let attn_in: &[f32] = if pre_ln {
             let mut hn = vec![0.0f32; x.len()];
             self.self_attn_layer_norm.apply(x, &mut hn);
-            self.attn.forward(&hn, step, None, cache)
+            normed = hn;
+            &normed
         } else {
-            self.attn.forward(x, step, None, cache)
+            x
         };
+        for n in ["self_attn.k_proj", "self_attn.v_proj", "self_attn.q_proj"] {
+            if !observe(n, attn_in) {
+                return false;
+            }
+        }
+        let a = self.attn.attend(attn_in, step, None, cache);
+        if !observe("self_attn.out_proj", &a) {
+            return false;
+        }
+        let a = self.attn.o.forward(&a, rows);
         cpu::add_in_place(x, &a);
         if !pre_ln {
             self.self_attn_layer_norm.apply_in_place(x);
         }
-        let mut m = if pre_ln {
+        let mlp_in = if pre_ln {
             let mut hn = vec![0.0f32; x.len()];
             self.final_layer_norm.apply(x, &mut hn);
-            self.fc1.forward(&hn, rows)
+            hn
         } else {
-            self.fc1.forward(x, rows)
+            x.to_vec()
         };
+        if !observe("fc1", &mlp_in) {
+            return false;
+        }
+        let mut m = self.fc1.forward(&mlp_in, rows);
         if relu {
             cpu::relu(&mut m);
         } else {
             cpu::gelu(&mut m);
+        }
+        if !observe("fc2", &m) {
+            return false;
         }
         let m = self.fc2.forward(&m, rows);
         cpu::add_in_place(x, &m);
         if !pre_ln {
             self.final_layer_norm.apply_in_place(x);
         }
+        true
+    }
+
+    /// The linear layer named `name` (an [`ARCH`] name).
+    pub fn linear_mut(&mut self, name: &str) -> Option<&mut Linear> {
+        Some(match name {
+            "self_attn.q_proj" => &mut self.attn.q,
+            "self_attn.k_proj" => &mut self.attn.k,
+            "self_attn.v_proj" => &mut self.attn.v,
+            "self_attn.out_proj" => &mut self.attn.o,
+            "fc1" => &mut self.fc1,
+            "fc2" => &mut self.fc2,
+            _ => return None,
+        })
     }
 }
 
@@ -405,5 +452,92 @@ impl CausalLm for Opt {
 
     fn lm_head(&self) -> &Linear {
         &self.lm_head
+    }
+}
+
+/// An OPT model opened layer by layer (see [`crate::layerwise`]).
+pub struct OptLayers<'a> {
+    cfg: OptConfig,
+    embed: gptq_core::Tensor,
+    positions: gptq_core::Tensor,
+    project_in: Option<Linear>,
+    w: Weights<'a>,
+}
+
+impl<'a> OptLayers<'a> {
+    /// Parses the config and loads the embeddings (and `project_in`) only.
+    pub fn open(config: &Value, w: Weights<'a>) -> Result<Self> {
+        let cfg = OptConfig::from_json(config)?;
+        let (h, e) = (cfg.hidden_size, cfg.word_embed_proj_dim);
+        let embed = w.get("model.decoder.embed_tokens.weight", &[cfg.vocab_size, e])?;
+        let positions =
+            w.get("model.decoder.embed_positions.weight", &[cfg.max_position_embeddings + POSITION_OFFSET, h])?;
+        let project_in =
+            if e != h { Some(Linear::load(&w, "model.decoder.project_in", e, h)?) } else { None };
+        Ok(Self { cfg, embed, positions, project_in, w })
+    }
+}
+
+struct OptBlockRunner {
+    block: Block,
+    pre_ln: bool,
+    relu: bool,
+}
+
+impl BlockRunner for OptBlockRunner {
+    fn forward(&self, x: &mut [f32], seq: usize, observe: Observer<'_>) -> Result<bool> {
+        let tokens = vec![0u32; seq];
+        let len = [seq];
+        let batch = Batch::single(&tokens, &len);
+        let pos: Vec<usize> = (0..seq).collect();
+        let step = Step { batch: &batch, pos: &pos, past: &[0] };
+        let mut cache = [crate::kv_cache::SeqCache::default()];
+        Ok(self.block.forward_observed(x, &step, self.pre_ln, self.relu, &mut cache, observe))
+    }
+
+    fn linear_mut(&mut self, name: &str) -> Option<&mut Linear> {
+        self.block.linear_mut(name)
+    }
+}
+
+impl crate::LayerwiseModel for OptLayers<'_> {
+    fn arch(&self) -> &'static ArchSpec {
+        &ARCH
+    }
+
+    fn num_blocks(&self) -> usize {
+        self.cfg.num_hidden_layers
+    }
+
+    fn hidden_size(&self) -> usize {
+        self.cfg.hidden_size
+    }
+
+    fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>> {
+        crate::layerwise::check_tokens(tokens, self.cfg.vocab_size)?;
+        if tokens.len() > self.cfg.max_position_embeddings {
+            return Err(Error::Input(format!(
+                "a calibration sequence of {} tokens is longer than OPT's {} positions",
+                tokens.len(),
+                self.cfg.max_position_embeddings
+            )));
+        }
+        let tok: Vec<f32> = tokens.iter().flat_map(|&t| self.embed.row(t as usize).iter().copied()).collect();
+        let mut x = match &self.project_in {
+            Some(p) => p.forward(&tok, tokens.len()),
+            None => tok,
+        };
+        let h = self.cfg.hidden_size;
+        for (t, row) in x.chunks_mut(h).enumerate() {
+            for (v, p) in row.iter_mut().zip(self.positions.row(t + POSITION_OFFSET)) {
+                *v += p;
+            }
+        }
+        Ok(x)
+    }
+
+    fn block(&self, i: usize) -> Result<Box<dyn BlockRunner + '_>> {
+        let block = Block::load(&self.cfg, &self.w, i)?;
+        Ok(Box::new(OptBlockRunner { block, pre_ln: self.cfg.do_layer_norm_before, relu: self.cfg.activation == "relu" }))
     }
 }

@@ -152,3 +152,63 @@ fn missing_config_field_is_named() {
     let e = load(&files).err().unwrap().to_string();
     assert!(e.contains("hidden_size"), "{e}");
 }
+
+/// Layer-by-layer processing (what GPTQ uses) reproduces the golden logits:
+/// embeddings → every block loaded on its own → final norm → output layer.
+#[test]
+fn layerwise_blocks_reproduce_golden_logits() {
+    use gptq_kernels::cpu;
+    for (dir, llama) in [("mistral", true), ("opt-preln", false)] {
+        let dir = repo().join("tests/data/models").join(dir);
+        let files = gptq_io::source::open_dir(&dir).unwrap();
+        let lw = gptq_models::layerwise(&files).unwrap();
+        let golden = SafetensorsSource::open(&[dir.join("golden.safetensors")]).unwrap();
+        let (shape, tokens) = ids(&golden, "input_ids");
+        let want = golden.load_f32("logits").unwrap();
+        let t = shape[1];
+        let mut x = lw.embed(&tokens[..t]).unwrap();
+        let mut seen = Vec::new();
+        for i in 0..lw.num_blocks() {
+            let b = lw.block(i).unwrap();
+            let mut obs = |n: &'static str, _: &[f32]| {
+                if i == 0 {
+                    seen.push(n);
+                }
+                true
+            };
+            assert!(b.forward(&mut x, t, &mut obs).unwrap());
+        }
+        assert_eq!(seen, lw.arch().linear_layers().collect::<Vec<_>>(), "observer order");
+        let w = &files.weights;
+        let h = lw.hidden_size();
+        let mut normed = vec![0.0; x.len()];
+        let head;
+        if llama {
+            cpu::rms_norm(&x, w.load_f32("model.norm.weight").unwrap().data(), 1e-5, &mut normed);
+            head = w.load_f32("lm_head.weight").unwrap();
+        } else {
+            let g = w.load_f32("model.decoder.final_layer_norm.weight").unwrap();
+            let b = w.load_f32("model.decoder.final_layer_norm.bias").unwrap();
+            cpu::layer_norm(&x, Some(g.data()), Some(b.data()), h, 1e-5, &mut normed);
+            head = w.load_f32("model.decoder.embed_tokens.weight").unwrap();
+        }
+        let v = head.shape()[0];
+        let mut logits = vec![0.0; t * v];
+        cpu::matmul_nt(&normed, head.data(), t, h, v, &mut logits);
+        let d = max_diff(&logits, &want.data()[..t * v]);
+        assert!(d < TOL, "{}: {d}", dir.display());
+
+        // Stopping early: the observer sees the first group and nothing after.
+        let b = lw.block(0).unwrap();
+        let mut x0 = lw.embed(&tokens[..t]).unwrap();
+        let first = lw.arch().sequential_groups[0];
+        let mut n_seen = 0;
+        let mut stop = |n: &'static str, inp: &[f32]| {
+            assert_eq!(inp.len(), t * h);
+            assert!(first.contains(&n), "{n} observed after the stop");
+            n_seen += 1;
+            n_seen < first.len()
+        };
+        assert!(!b.forward(&mut x0, t, &mut stop).unwrap());
+    }
+}

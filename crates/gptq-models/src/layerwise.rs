@@ -1,0 +1,55 @@
+//! Layer-by-layer access to a model, for GPTQ: only the embeddings stay
+//! resident; each block is loaded from the (memory-mapped) checkpoint when
+//! asked for, run on one calibration sequence at a time with its linear
+//! inputs shown to an [`Observer`], edited (quantized weights swapped in),
+//! and dropped.
+
+use crate::{ArchSpec, Linear, Observer, Result, Weights};
+use gptq_io::ModelFiles;
+
+/// One block, loaded.
+pub trait BlockRunner: Send + Sync {
+    /// Runs the block on one sequence `x` `[seq, hidden]` in place (causal,
+    /// positions `0..seq`), showing linear inputs to `observe`; returns false
+    /// when `observe` stopped it early.
+    fn forward(&self, x: &mut [f32], seq: usize, observe: Observer<'_>) -> Result<bool>;
+    /// The linear layer `name` (an [`ArchSpec`] name).
+    fn linear_mut(&mut self, name: &str) -> Option<&mut Linear>;
+}
+
+/// A model opened for layer-by-layer processing.
+pub trait LayerwiseModel: Send + Sync {
+    /// The architecture's structure.
+    fn arch(&self) -> &'static ArchSpec;
+    /// Number of blocks.
+    fn num_blocks(&self) -> usize;
+    /// Width of the residual stream (a block's input rows).
+    fn hidden_size(&self) -> usize;
+    /// Input of block 0 for one sequence: `[seq, hidden]`.
+    fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>>;
+    /// Loads block `i` from the checkpoint.
+    fn block(&self, i: usize) -> Result<Box<dyn BlockRunner + '_>>;
+}
+
+/// Opens `files` for layer-by-layer processing.
+pub fn layerwise(files: &ModelFiles) -> Result<Box<dyn LayerwiseModel + '_>> {
+    let model_type = files
+        .config
+        .get("model_type")
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| crate::Error::Config("missing `model_type`".into()))?;
+    let w = Weights::new(files.weights.as_ref());
+    match model_type {
+        "llama" | "mistral" | "qwen2" => Ok(Box::new(crate::llama::LlamaLayers::open(&files.config, w)?)),
+        "opt" => Ok(Box::new(crate::opt::OptLayers::open(&files.config, w)?)),
+        other => Err(crate::Error::UnsupportedModelType { model_type: other.to_string() }),
+    }
+}
+
+/// Validates tokens against a vocabulary.
+pub(crate) fn check_tokens(tokens: &[u32], vocab: usize) -> Result<()> {
+    match tokens.iter().find(|&&t| t as usize >= vocab) {
+        Some(t) => Err(crate::Error::Input(format!("token id {t} is outside the vocabulary of {vocab}"))),
+        None => Ok(()),
+    }
+}
