@@ -3,6 +3,7 @@
 #![deny(missing_docs)]
 
 pub mod bench;
+pub mod calib;
 pub mod chat;
 pub mod datasets;
 pub mod eval;
