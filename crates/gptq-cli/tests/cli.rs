@@ -323,7 +323,15 @@ fn smollm2() -> Option<PathBuf> {
 #[test]
 fn smollm2_chat_answers_and_gpt2_tokenizer_round_trips() {
     let Some(g) = smollm2() else { return };
-    let o = gptq(&["generate", g.to_str().unwrap(), "--chat", "--prompt", "What is the capital of France?", "--max-new-tokens", "12"]);
+    let o = gptq(&[
+        "generate",
+        g.to_str().unwrap(),
+        "--chat",
+        "--prompt",
+        "What is the capital of France?",
+        "--max-new-tokens",
+        "12",
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(stdout(&o).contains("Paris"), "{}", stdout(&o));
 }
@@ -336,7 +344,14 @@ fn smollm2_first_wikitext_window_is_in_the_expected_range() {
     let Some(g) = smollm2() else { return };
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("r.json");
-    let o = gptq(&["eval", g.to_str().unwrap(), "--max-windows", "1", "--json", json.to_str().unwrap()]);
+    let o = gptq(&[
+        "eval",
+        g.to_str().unwrap(),
+        "--max-windows",
+        "1",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let ppl = v["result"]["ppl"].as_f64().unwrap();

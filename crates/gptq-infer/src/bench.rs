@@ -46,7 +46,9 @@ pub struct BenchReport {
 /// Pseudo-random ids in `[3, vocab)` (avoids special tokens at 0..2).
 fn ids(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
     let mut rng = crate::generate::Rng::new(seed);
-    (0..n).map(|_| 3 + (rng.next_u64() % (vocab as u64 - 3)) as u32).collect()
+    (0..n)
+        .map(|_| 3 + (rng.next_u64() % (vocab as u64 - 3)) as u32)
+        .collect()
 }
 
 /// Memory-copy bandwidth: the best of several copies of a 256 MiB buffer,
@@ -59,7 +61,9 @@ pub fn copy_bandwidth() -> f64 {
     let mut best = f64::MAX;
     for _ in 0..5 {
         let t = Instant::now();
-        dst.par_chunks_mut(1 << 20).zip(src.par_chunks(1 << 20)).for_each(|(d, s)| d.copy_from_slice(s));
+        dst.par_chunks_mut(1 << 20)
+            .zip(src.par_chunks(1 << 20))
+            .for_each(|(d, s)| d.copy_from_slice(s));
         best = best.min(t.elapsed().as_secs_f64());
         std::hint::black_box(&dst);
     }
@@ -127,21 +131,39 @@ pub fn run(model: &dyn CausalLm, seqlen: usize, decode_tokens: usize) -> Result<
     };
     run_window()?; // warm-up
     let prefill = run_window()?;
-    let attn_flops = 4.0 * (info.num_attention_heads * info.head_dim) as f64 * (seqlen * (seqlen + 1) / 2) as f64 * layers as f64;
+    let attn_flops = 4.0
+        * (info.num_attention_heads * info.head_dim) as f64
+        * (seqlen * (seqlen + 1) / 2) as f64
+        * layers as f64;
     let forward_gflops = (gemm_flops + attn_flops) / prefill / 1e9;
 
     // Decode: batch 1 after a short prompt.
     let copy_gbps = copy_bandwidth();
     let read_gbps = read_bandwidth();
     let weight_bytes_per_token = 4
-        * (model.block_linears(0).iter().map(|(_, l)| l.num_params()).sum::<usize>() * layers
+        * (model
+            .block_linears(0)
+            .iter()
+            .map(|(_, l)| l.num_params())
+            .sum::<usize>()
+            * layers
             + model.lm_head().num_params());
     let prompt = ids(16, v, 2);
     let plen = [prompt.len()];
     let mut cache = model.new_cache(1);
     model.forward_hidden(&Batch::single(&prompt, &plen), &mut cache)?;
-    let steps = decode_tokens.min(info.max_position_embeddings.saturating_sub(prompt.len() + 1)).max(1);
-    let greedy = crate::generate::SamplingOptions { max_new_tokens: steps, temperature: 0.0, top_p: 1.0, seed: 0 };
+    let steps = decode_tokens
+        .min(
+            info.max_position_embeddings
+                .saturating_sub(prompt.len() + 1),
+        )
+        .max(1);
+    let greedy = crate::generate::SamplingOptions {
+        max_new_tokens: steps,
+        temperature: 0.0,
+        top_p: 1.0,
+        seed: 0,
+    };
     let mut rng = crate::generate::Rng::new(0);
     let t = Instant::now();
     let mut next = prompt[0];

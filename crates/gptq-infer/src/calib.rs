@@ -32,7 +32,9 @@ fn read_rows(path: &Path, text_field: &str) -> Result<Vec<String>> {
     let name = path.display();
     let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => Error::Input(format!("calibration file {name}: not found")),
-        std::io::ErrorKind::InvalidData => Error::Input(format!("calibration file {name}: not UTF-8 text")),
+        std::io::ErrorKind::InvalidData => {
+            Error::Input(format!("calibration file {name}: not UTF-8 text"))
+        }
         _ => Error::Input(format!("calibration file {name}: {e}")),
     })?;
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
@@ -65,10 +67,14 @@ pub fn samples(
     seed: u64,
 ) -> Result<Vec<Vec<u32>>> {
     if sources.is_empty() {
-        return Err(Error::Input("no calibration data: pass --dataset FILE or --calib-text TEXT".into()));
+        return Err(Error::Input(
+            "no calibration data: pass --dataset FILE or --calib-text TEXT".into(),
+        ));
     }
     if nsamples == 0 || seqlen == 0 {
-        return Err(Error::Input("--nsamples and --seqlen must be positive".into()));
+        return Err(Error::Input(
+            "--nsamples and --seqlen must be positive".into(),
+        ));
     }
     let mut corpus: Vec<String> = Vec::new();
     let mut out: Vec<Vec<u32>> = Vec::new();
@@ -80,7 +86,9 @@ pub fn samples(
                     let mut ids = tok.encode(t, true)?;
                     ids.truncate(seqlen);
                     if ids.is_empty() {
-                        return Err(Error::Input("a --calib-text string encodes to no tokens".into()));
+                        return Err(Error::Input(
+                            "a --calib-text string encodes to no tokens".into(),
+                        ));
                     }
                     out.push(ids);
                 }
@@ -116,7 +124,8 @@ mod tests {
     use super::*;
 
     fn tok() -> Tokenizer {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/tokenizers/stories260k");
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/data/tokenizers/stories260k");
         let files = gptq_io::ModelFiles {
             name: "t".into(),
             dir: None,
@@ -134,7 +143,10 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("c.txt");
         std::fs::write(&p, "Once upon a time there was a cat. ".repeat(50)).unwrap();
-        let src = [CalibSource::File { path: p, text_field: "text".into() }];
+        let src = [CalibSource::File {
+            path: p,
+            text_field: "text".into(),
+        }];
         let t = tok();
         let a = samples(&t, &src, 5, 16, 0).unwrap();
         let b = samples(&t, &src, 5, 16, 0).unwrap();
@@ -147,22 +159,50 @@ mod tests {
     #[test]
     fn strings_are_samples_and_bad_input_is_named() {
         let t = tok();
-        let s = samples(&t, &[CalibSource::Texts(vec!["Hello there".into(), "A cat".into()])], 128, 8, 0).unwrap();
+        let s = samples(
+            &t,
+            &[CalibSource::Texts(vec![
+                "Hello there".into(),
+                "A cat".into(),
+            ])],
+            128,
+            8,
+            0,
+        )
+        .unwrap();
         assert_eq!(s.len(), 2);
         let e = samples(&t, &[], 4, 8, 0).unwrap_err().to_string();
         assert!(e.contains("no calibration data"), "{e}");
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("short.txt");
         std::fs::write(&p, "tiny").unwrap();
-        let e = samples(&t, &[CalibSource::File { path: p, text_field: "text".into() }], 4, 64, 0)
-            .unwrap_err()
-            .to_string();
+        let e = samples(
+            &t,
+            &[CalibSource::File {
+                path: p,
+                text_field: "text".into(),
+            }],
+            4,
+            64,
+            0,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("not more than one window"), "{e}");
         let p = d.path().join("x.jsonl");
         std::fs::write(&p, "{\"content\": \"hi\"}\n").unwrap();
-        let e = samples(&t, &[CalibSource::File { path: p, text_field: "text".into() }], 4, 64, 0)
-            .unwrap_err()
-            .to_string();
+        let e = samples(
+            &t,
+            &[CalibSource::File {
+                path: p,
+                text_field: "text".into(),
+            }],
+            4,
+            64,
+            0,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("--text-field"), "{e}");
     }
 }

@@ -449,10 +449,18 @@ mod tests {
     fn sharded_checkpoint_opens_through_its_index() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        write(&d.join("model-00001-of-00002.safetensors"), &[f32_tensor("a", vec![2], &[1.0, 2.0])], &BTreeMap::new())
-            .unwrap();
-        write(&d.join("model-00002-of-00002.safetensors"), &[f32_tensor("b", vec![1], &[3.0])], &BTreeMap::new())
-            .unwrap();
+        write(
+            &d.join("model-00001-of-00002.safetensors"),
+            &[f32_tensor("a", vec![2], &[1.0, 2.0])],
+            &BTreeMap::new(),
+        )
+        .unwrap();
+        write(
+            &d.join("model-00002-of-00002.safetensors"),
+            &[f32_tensor("b", vec![1], &[3.0])],
+            &BTreeMap::new(),
+        )
+        .unwrap();
         let index = r#"{"metadata": {"total_size": 12}, "weight_map": {
             "a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}"#;
         std::fs::write(d.join("model.safetensors.index.json"), index).unwrap();
@@ -460,13 +468,19 @@ mod tests {
         assert_eq!(s.names(), vec!["a", "b"]);
         assert_eq!(s.load_f32("b").unwrap().data(), &[3.0]);
         // An index pointing outside the folder is refused.
-        std::fs::write(d.join("model.safetensors.index.json"), r#"{"weight_map": {"a": "../x.safetensors"}}"#)
-            .unwrap();
+        std::fs::write(
+            d.join("model.safetensors.index.json"),
+            r#"{"weight_map": {"a": "../x.safetensors"}}"#,
+        )
+        .unwrap();
         let e = SafetensorsSource::open_dir(d).err().unwrap().to_string();
         assert!(e.contains("not a plain file name"), "{e}");
         // A missing shard is named.
-        std::fs::write(d.join("model.safetensors.index.json"), r#"{"weight_map": {"a": "gone.safetensors"}}"#)
-            .unwrap();
+        std::fs::write(
+            d.join("model.safetensors.index.json"),
+            r#"{"weight_map": {"a": "gone.safetensors"}}"#,
+        )
+        .unwrap();
         let e = SafetensorsSource::open_dir(d).err().unwrap().to_string();
         assert!(e.contains("gone.safetensors"), "{e}");
     }
@@ -476,10 +490,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("h.safetensors");
         let vals = [1.5f32, -0.25];
-        let f16b: Vec<u8> = vals.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect();
-        let bf16b: Vec<u8> = vals.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect();
-        let t = |n: &str, dt, b: Vec<u8>| TensorOut { name: n.into(), dtype: dt, shape: vec![2], bytes: b.into() };
-        write(&p, &[t("h", DType::F16, f16b), t("b", DType::BF16, bf16b)], &BTreeMap::new()).unwrap();
+        let f16b: Vec<u8> = vals
+            .iter()
+            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+            .collect();
+        let bf16b: Vec<u8> = vals
+            .iter()
+            .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+            .collect();
+        let t = |n: &str, dt, b: Vec<u8>| TensorOut {
+            name: n.into(),
+            dtype: dt,
+            shape: vec![2],
+            bytes: b.into(),
+        };
+        write(
+            &p,
+            &[t("h", DType::F16, f16b), t("b", DType::BF16, bf16b)],
+            &BTreeMap::new(),
+        )
+        .unwrap();
         let s = SafetensorsSource::open(&[p]).unwrap();
         assert_eq!(s.load_f32("h").unwrap().data(), &vals);
         assert_eq!(s.load_f32("b").unwrap().data(), &vals);

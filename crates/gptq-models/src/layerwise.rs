@@ -40,16 +40,22 @@ pub fn layerwise(files: &ModelFiles) -> Result<Box<dyn LayerwiseModel + '_>> {
         .ok_or_else(|| crate::Error::Config("missing `model_type`".into()))?;
     let w = Weights::new(files.weights.as_ref());
     match model_type {
-        "llama" | "mistral" | "qwen2" => Ok(Box::new(crate::llama::LlamaLayers::open(&files.config, w)?)),
+        "llama" | "mistral" | "qwen2" => {
+            Ok(Box::new(crate::llama::LlamaLayers::open(&files.config, w)?))
+        }
         "opt" => Ok(Box::new(crate::opt::OptLayers::open(&files.config, w)?)),
-        other => Err(crate::Error::UnsupportedModelType { model_type: other.to_string() }),
+        other => Err(crate::Error::UnsupportedModelType {
+            model_type: other.to_string(),
+        }),
     }
 }
 
 /// Validates tokens against a vocabulary.
 pub(crate) fn check_tokens(tokens: &[u32], vocab: usize) -> Result<()> {
     match tokens.iter().find(|&&t| t as usize >= vocab) {
-        Some(t) => Err(crate::Error::Input(format!("token id {t} is outside the vocabulary of {vocab}"))),
+        Some(t) => Err(crate::Error::Input(format!(
+            "token id {t} is outside the vocabulary of {vocab}"
+        ))),
         None => Ok(()),
     }
 }

@@ -10,7 +10,10 @@
 use crate::attention::{positions, SelfAttention, Step};
 use crate::config::Cfg;
 use crate::rope::Rope;
-use crate::{ArchSpec, Batch, BlockRunner, CausalLm, Error, KvCache, Linear, ModelInfo, Observer, Result, Weights};
+use crate::{
+    ArchSpec, Batch, BlockRunner, CausalLm, Error, KvCache, Linear, ModelInfo, Observer, Result,
+    Weights,
+};
 use gptq_kernels::cpu;
 use serde_json::Value;
 use std::sync::Arc;
@@ -405,8 +408,16 @@ impl<'a> LlamaLayers<'a> {
     pub fn open(config: &Value, w: Weights<'a>) -> Result<Self> {
         let cfg = LlamaConfig::from_json(config)?;
         let rope = Rope::from_config(config, cfg.head_dim)?;
-        let embed = w.get("model.embed_tokens.weight", &[cfg.vocab_size, cfg.hidden_size])?;
-        Ok(Self { cfg, rope, embed, w })
+        let embed = w.get(
+            "model.embed_tokens.weight",
+            &[cfg.vocab_size, cfg.hidden_size],
+        )?;
+        Ok(Self {
+            cfg,
+            rope,
+            embed,
+            w,
+        })
     }
 }
 
@@ -422,9 +433,15 @@ impl BlockRunner for LlamaBlockRunner<'_> {
         let len = [seq];
         let batch = Batch::single(&tokens, &len);
         let pos: Vec<usize> = (0..seq).collect();
-        let step = Step { batch: &batch, pos: &pos, past: &[0] };
+        let step = Step {
+            batch: &batch,
+            pos: &pos,
+            past: &[0],
+        };
         let mut cache = [crate::kv_cache::SeqCache::default()];
-        Ok(self.block.forward_observed(x, &step, self.rope, self.eps, &mut cache, observe))
+        Ok(self
+            .block
+            .forward_observed(x, &step, self.rope, self.eps, &mut cache, observe))
     }
 
     fn linear_mut(&mut self, name: &str) -> Option<&mut Linear> {
@@ -447,11 +464,18 @@ impl crate::LayerwiseModel for LlamaLayers<'_> {
 
     fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>> {
         crate::layerwise::check_tokens(tokens, self.cfg.vocab_size)?;
-        Ok(tokens.iter().flat_map(|&t| self.embed.row(t as usize).iter().copied()).collect())
+        Ok(tokens
+            .iter()
+            .flat_map(|&t| self.embed.row(t as usize).iter().copied())
+            .collect())
     }
 
     fn block(&self, i: usize) -> Result<Box<dyn BlockRunner + '_>> {
         let block = Block::load(&self.cfg, &self.w, i)?;
-        Ok(Box::new(LlamaBlockRunner { block, rope: &self.rope, eps: self.cfg.rms_norm_eps as f32 }))
+        Ok(Box::new(LlamaBlockRunner {
+            block,
+            rope: &self.rope,
+            eps: self.cfg.rms_norm_eps as f32,
+        }))
     }
 }

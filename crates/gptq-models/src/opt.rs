@@ -12,7 +12,10 @@
 
 use crate::attention::{positions, SelfAttention, Step};
 use crate::config::Cfg;
-use crate::{ArchSpec, Batch, BlockRunner, CausalLm, Error, KvCache, Linear, ModelInfo, Observer, Result, Weights};
+use crate::{
+    ArchSpec, Batch, BlockRunner, CausalLm, Error, KvCache, Linear, ModelInfo, Observer, Result,
+    Weights,
+};
 use gptq_kernels::cpu;
 use serde_json::Value;
 use std::sync::Arc;
@@ -470,11 +473,22 @@ impl<'a> OptLayers<'a> {
         let cfg = OptConfig::from_json(config)?;
         let (h, e) = (cfg.hidden_size, cfg.word_embed_proj_dim);
         let embed = w.get("model.decoder.embed_tokens.weight", &[cfg.vocab_size, e])?;
-        let positions =
-            w.get("model.decoder.embed_positions.weight", &[cfg.max_position_embeddings + POSITION_OFFSET, h])?;
-        let project_in =
-            if e != h { Some(Linear::load(&w, "model.decoder.project_in", e, h)?) } else { None };
-        Ok(Self { cfg, embed, positions, project_in, w })
+        let positions = w.get(
+            "model.decoder.embed_positions.weight",
+            &[cfg.max_position_embeddings + POSITION_OFFSET, h],
+        )?;
+        let project_in = if e != h {
+            Some(Linear::load(&w, "model.decoder.project_in", e, h)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            cfg,
+            embed,
+            positions,
+            project_in,
+            w,
+        })
     }
 }
 
@@ -490,9 +504,15 @@ impl BlockRunner for OptBlockRunner {
         let len = [seq];
         let batch = Batch::single(&tokens, &len);
         let pos: Vec<usize> = (0..seq).collect();
-        let step = Step { batch: &batch, pos: &pos, past: &[0] };
+        let step = Step {
+            batch: &batch,
+            pos: &pos,
+            past: &[0],
+        };
         let mut cache = [crate::kv_cache::SeqCache::default()];
-        Ok(self.block.forward_observed(x, &step, self.pre_ln, self.relu, &mut cache, observe))
+        Ok(self
+            .block
+            .forward_observed(x, &step, self.pre_ln, self.relu, &mut cache, observe))
     }
 
     fn linear_mut(&mut self, name: &str) -> Option<&mut Linear> {
@@ -522,7 +542,10 @@ impl crate::LayerwiseModel for OptLayers<'_> {
                 self.cfg.max_position_embeddings
             )));
         }
-        let tok: Vec<f32> = tokens.iter().flat_map(|&t| self.embed.row(t as usize).iter().copied()).collect();
+        let tok: Vec<f32> = tokens
+            .iter()
+            .flat_map(|&t| self.embed.row(t as usize).iter().copied())
+            .collect();
         let mut x = match &self.project_in {
             Some(p) => p.forward(&tok, tokens.len()),
             None => tok,
@@ -538,6 +561,10 @@ impl crate::LayerwiseModel for OptLayers<'_> {
 
     fn block(&self, i: usize) -> Result<Box<dyn BlockRunner + '_>> {
         let block = Block::load(&self.cfg, &self.w, i)?;
-        Ok(Box::new(OptBlockRunner { block, pre_ln: self.cfg.do_layer_norm_before, relu: self.cfg.activation == "relu" }))
+        Ok(Box::new(OptBlockRunner {
+            block,
+            pre_ln: self.cfg.do_layer_norm_before,
+            relu: self.cfg.activation == "relu",
+        }))
     }
 }

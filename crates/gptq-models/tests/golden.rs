@@ -178,13 +178,22 @@ fn layerwise_blocks_reproduce_golden_logits() {
             };
             assert!(b.forward(&mut x, t, &mut obs).unwrap());
         }
-        assert_eq!(seen, lw.arch().linear_layers().collect::<Vec<_>>(), "observer order");
+        assert_eq!(
+            seen,
+            lw.arch().linear_layers().collect::<Vec<_>>(),
+            "observer order"
+        );
         let w = &files.weights;
         let h = lw.hidden_size();
         let mut normed = vec![0.0; x.len()];
         let head;
         if llama {
-            cpu::rms_norm(&x, w.load_f32("model.norm.weight").unwrap().data(), 1e-5, &mut normed);
+            cpu::rms_norm(
+                &x,
+                w.load_f32("model.norm.weight").unwrap().data(),
+                1e-5,
+                &mut normed,
+            );
             head = w.load_f32("lm_head.weight").unwrap();
         } else {
             let g = w.load_f32("model.decoder.final_layer_norm.weight").unwrap();

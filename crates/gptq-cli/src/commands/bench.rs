@@ -25,15 +25,24 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let (files, model) = super::load(&a.model)?;
     let r = gptq_infer::bench::run(model.as_ref(), a.seqlen, a.decode_tokens)?;
     println!("model            {} ({} threads)", files.name, r.threads);
-    println!("gemm             {:8.1} GFLOP/s  (model's linear shapes, M = {})", r.gemm_gflops, r.seqlen);
+    println!(
+        "gemm             {:8.1} GFLOP/s  (model's linear shapes, M = {})",
+        r.gemm_gflops, r.seqlen
+    );
     println!(
         "prefill forward  {:8.1} GFLOP/s  = {:.0}% of gemm  ({:.0} tok/s)",
         r.forward_gflops,
         100.0 * r.forward_vs_gemm,
         r.prefill_tokens_per_second
     );
-    println!("memory copy      {:8.1} GB/s     (bytes read + written, STREAM convention)", r.copy_gbps);
-    println!("memory read      {:8.1} GB/s     (parallel sum)", r.read_gbps);
+    println!(
+        "memory copy      {:8.1} GB/s     (bytes read + written, STREAM convention)",
+        r.copy_gbps
+    );
+    println!(
+        "memory read      {:8.1} GB/s     (parallel sum)",
+        r.read_gbps
+    );
     println!(
         "decode           {:8.1} tok/s    = {:.1} GB/s of f32 weights ({:.0} MB/token) = {:.0}% of copy, {:.0}% of read bandwidth",
         r.decode_tokens_per_second,

@@ -164,7 +164,8 @@ fn gemv_nt(x: &[f32], w: &[f32], m: usize, k: usize, n: usize, out: &mut [f32]) 
     for (b, o) in bands.iter().enumerate() {
         let rows = o.len() / m;
         for i in 0..m {
-            out[i * n + b * BAND..i * n + b * BAND + rows].copy_from_slice(&o[i * rows..(i + 1) * rows]);
+            out[i * n + b * BAND..i * n + b * BAND + rows]
+                .copy_from_slice(&o[i * rows..(i + 1) * rows]);
         }
     }
 }
