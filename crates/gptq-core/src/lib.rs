@@ -6,9 +6,12 @@
 #![deny(missing_docs)]
 
 mod dtype;
+pub mod pack;
+pub mod quant;
 mod tensor;
 
 pub use dtype::DType;
+pub use quant::QLinear;
 pub use tensor::Tensor;
 
 /// Errors of the shared types.
@@ -39,6 +42,9 @@ pub enum Error {
     /// A shape's element count overflows `usize`.
     #[error("shape {0:?} is too large")]
     Overflow(Vec<usize>),
+    /// Quantized-layer data is inconsistent.
+    #[error("quantized layer: {0}")]
+    Quant(String),
 }
 
 /// Result with this crate's [`Error`].

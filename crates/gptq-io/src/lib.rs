@@ -7,6 +7,8 @@
 //! - [`source`]: where a model comes from — a local HF folder, the HF cache,
 //!   the Hub, or a `.gguf` file — resolved into one [`ModelFiles`].
 //! - [`atomic`]: write-to-temp-then-rename helpers for every output.
+//! - [`gptq`]: GPTQ checkpoints — the quantize config, a streaming sharded
+//!   writer and the reader of quantized linear layers.
 //!
 //! Tensors are read lazily through the [`WeightSource`] trait, so a caller
 //! materializes one layer at a time.
@@ -14,6 +16,7 @@
 
 pub mod atomic;
 pub mod gguf;
+pub mod gptq;
 pub mod safetensors;
 pub mod source;
 

@@ -186,14 +186,19 @@ pub trait CausalLm: Send + Sync {
     fn lm_head(&self) -> &Linear;
 }
 
-/// Builds the model `files` describes, loading its weights as f32.
+/// Builds the model `files` describes, loading its weights as f32 (GPTQ
+/// layers of a quantized checkpoint are dequantized at load time).
 pub fn load(files: &ModelFiles) -> Result<Box<dyn CausalLm>> {
     let model_type = files
         .config
         .get("model_type")
         .and_then(|v| v.as_str())
         .ok_or_else(|| Error::Config("missing `model_type`".into()))?;
-    let w = Weights::new(files.weights.as_ref());
+    let qcfg = gptq_io::gptq::quantize_config_for(files)?;
+    let w = match &qcfg {
+        Some(q) => Weights::with_quant(files.weights.as_ref(), q),
+        None => Weights::new(files.weights.as_ref()),
+    };
     match model_type {
         "llama" | "mistral" | "qwen2" => Ok(Box::new(llama::Llama::load(&files.config, &w)?)),
         "opt" => Ok(Box::new(opt::Opt::load(&files.config, &w)?)),

@@ -3,23 +3,39 @@
 
 use crate::{Error, Result};
 use gptq_core::Tensor;
+use gptq_io::gptq::QuantizeConfig;
 use gptq_io::WeightSource;
 
-/// A view of a checkpoint under a name prefix.
+/// A view of a checkpoint under a name prefix, with the GPTQ quantize config
+/// of a quantized checkpoint.
 #[derive(Clone, Copy)]
 pub struct Weights<'a> {
     src: &'a dyn WeightSource,
+    quant: Option<&'a QuantizeConfig>,
 }
 
 impl<'a> Weights<'a> {
-    /// Wraps a source.
+    /// Wraps the source of an unquantized checkpoint.
     pub fn new(src: &'a dyn WeightSource) -> Self {
-        Self { src }
+        Self { src, quant: None }
+    }
+
+    /// Wraps the source of a GPTQ checkpoint quantized with `qcfg`.
+    pub fn with_quant(src: &'a dyn WeightSource, qcfg: &'a QuantizeConfig) -> Self {
+        Self {
+            src,
+            quant: Some(qcfg),
+        }
     }
 
     /// The underlying source.
     pub fn source(&self) -> &'a dyn WeightSource {
         self.src
+    }
+
+    /// The quantize config, for a GPTQ checkpoint.
+    pub fn quant(&self) -> Option<&'a QuantizeConfig> {
+        self.quant
     }
 
     /// True when `name` exists.

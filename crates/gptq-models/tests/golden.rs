@@ -186,21 +186,16 @@ fn layerwise_blocks_reproduce_golden_logits() {
         let w = &files.weights;
         let h = lw.hidden_size();
         let mut normed = vec![0.0; x.len()];
-        let head;
-        if llama {
-            cpu::rms_norm(
-                &x,
-                w.load_f32("model.norm.weight").unwrap().data(),
-                1e-5,
-                &mut normed,
-            );
-            head = w.load_f32("lm_head.weight").unwrap();
+        let head = if llama {
+            let g = w.load_f32("model.norm.weight").unwrap();
+            cpu::rms_norm(&x, g.data(), 1e-5, &mut normed);
+            w.load_f32("lm_head.weight").unwrap()
         } else {
             let g = w.load_f32("model.decoder.final_layer_norm.weight").unwrap();
             let b = w.load_f32("model.decoder.final_layer_norm.bias").unwrap();
             cpu::layer_norm(&x, Some(g.data()), Some(b.data()), h, 1e-5, &mut normed);
-            head = w.load_f32("model.decoder.embed_tokens.weight").unwrap();
-        }
+            w.load_f32("model.decoder.embed_tokens.weight").unwrap()
+        };
         let v = head.shape()[0];
         let mut logits = vec![0.0; t * v];
         cpu::matmul_nt(&normed, head.data(), t, h, v, &mut logits);

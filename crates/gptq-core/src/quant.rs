@@ -1,0 +1,144 @@
+//! The logical (unpacked) form of a GPTQ-quantized linear layer, shared by
+//! the solver that produces it, the packer that stores it and the readers
+//! that run it.
+//!
+//! For a weight `W` of shape `[out, in]`, each input column `i` belongs to
+//! the group `g_idx[i]`; each (group, output row) pair has a scale `s` and an
+//! integer zero point `z`, and each weight an integer code `q` in
+//! `0..2^bits`. The dequantized weight is
+//!
+//! `Ŵ[o, i] = s[g_idx[i], o] · (q[o, i] − z[g_idx[i], o])`.
+//!
+//! `z` here is the true zero point (GPTQ "v2" convention); the "v1"
+//! checkpoint format stores `z − 1` (a historical off-by-one kept by
+//! AutoGPTQ), which only the packer sees.
+
+use crate::{Error, Result, Tensor};
+
+/// Bit widths GPTQ checkpoints support.
+pub const SUPPORTED_BITS: &[u32] = &[2, 3, 4, 8];
+
+/// A quantized linear layer, unpacked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QLinear {
+    /// Output features (rows of `W`).
+    pub out_features: usize,
+    /// Input features (columns of `W`).
+    pub in_features: usize,
+    /// Bits per weight.
+    pub bits: u32,
+    /// Columns per group; `None` is one group for the whole row (per-channel).
+    pub group_size: Option<usize>,
+    /// Codes `q`, `[out, in]` row-major, each `< 2^bits`.
+    pub codes: Vec<u8>,
+    /// Scales `s`, `[groups, out]`.
+    pub scales: Vec<f32>,
+    /// Zero points `z`, `[groups, out]`, each `< 2^bits`.
+    pub zeros: Vec<u8>,
+    /// Group of each input column, `[in]`.
+    pub g_idx: Vec<u32>,
+    /// Bias `[out]`, if the layer has one.
+    pub bias: Option<Vec<f32>>,
+}
+
+impl QLinear {
+    /// Number of groups (rows of `scales`/`zeros`).
+    pub fn num_groups(&self) -> usize {
+        self.scales.len() / self.out_features.max(1)
+    }
+
+    /// Checks sizes and ranges; every reader calls this before trusting data.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |msg: String| Err(Error::Quant(msg));
+        if !SUPPORTED_BITS.contains(&self.bits) {
+            return bad(format!(
+                "unsupported bit width {} (supported: 2, 3, 4, 8)",
+                self.bits
+            ));
+        }
+        let (o, i) = (self.out_features, self.in_features);
+        if self.codes.len() != o * i {
+            return bad(format!("{} codes for a {o}x{i} weight", self.codes.len()));
+        }
+        if self.g_idx.len() != i {
+            return bad(format!(
+                "g_idx has {} entries for {i} input features",
+                self.g_idx.len()
+            ));
+        }
+        let groups = self.num_groups();
+        if groups == 0 || self.scales.len() != groups * o || self.zeros.len() != groups * o {
+            return bad(format!(
+                "scales ({}) and zeros ({}) are not [groups, {o}]",
+                self.scales.len(),
+                self.zeros.len()
+            ));
+        }
+        if let Some(g) = self.g_idx.iter().find(|&&g| g as usize >= groups) {
+            return bad(format!("g_idx entry {g} is not below the {groups} groups"));
+        }
+        let maxq = (1u32 << self.bits) - 1;
+        if self
+            .codes
+            .iter()
+            .chain(&self.zeros)
+            .any(|&c| c as u32 > maxq)
+        {
+            return bad(format!(
+                "a code or zero point exceeds {maxq} for {} bits",
+                self.bits
+            ));
+        }
+        if let Some(b) = &self.bias {
+            if b.len() != o {
+                return bad(format!("bias has {} entries for {o} outputs", b.len()));
+            }
+        }
+        Ok(())
+    }
+
+    /// `Ŵ` as an f32 tensor `[out, in]`.
+    pub fn dequantize(&self) -> Tensor {
+        let (o, i) = (self.out_features, self.in_features);
+        let mut w = vec![0.0f32; o * i];
+        for r in 0..o {
+            for c in 0..i {
+                let g = self.g_idx[c] as usize * o + r;
+                w[r * i + c] =
+                    self.scales[g] * (self.codes[r * i + c] as f32 - self.zeros[g] as f32);
+            }
+        }
+        Tensor::new(vec![o, i], w).expect("sizes checked by construction")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dequantizes_with_groups_and_rejects_bad_sizes() {
+        let q = QLinear {
+            out_features: 2,
+            in_features: 3,
+            bits: 4,
+            group_size: Some(2),
+            codes: vec![0, 1, 15, 8, 8, 8],
+            scales: vec![0.5, 1.0, 2.0, 3.0],
+            zeros: vec![8, 8, 0, 1],
+            g_idx: vec![0, 0, 1],
+            bias: None,
+        };
+        q.validate().unwrap();
+        assert_eq!(q.dequantize().data(), &[-4.0, -3.5, 30.0, 0.0, 0.0, 21.0]);
+        let mut b = q.clone();
+        b.g_idx[2] = 2;
+        assert!(b.validate().is_err());
+        let mut b = q.clone();
+        b.codes[0] = 16;
+        assert!(b.validate().is_err());
+        let mut b = q;
+        b.bits = 5;
+        assert!(b.validate().is_err());
+    }
+}
