@@ -29,6 +29,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Quantize a model with GPTQ (or RTN) and write an HF GPTQ checkpoint.
+    Quantize(commands::quantize::Args),
     /// Convert a GGUF file (llama.cpp) into a Hugging Face folder.
     Convert(commands::convert::Args),
     /// Perplexity of a model on a text (GPTQ protocol: non-overlapping windows).
@@ -49,6 +51,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("cannot start {n} threads: {e}"))?;
     }
     match cli.command {
+        Command::Quantize(a) => commands::quantize::run(a),
         Command::Convert(a) => commands::convert::run(a),
         Command::Eval(a) => commands::eval::run(a),
         Command::Generate(a) => commands::generate::run(a),

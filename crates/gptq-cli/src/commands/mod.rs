@@ -5,6 +5,7 @@ pub mod convert;
 pub mod eval;
 pub mod generate;
 pub mod inspect;
+pub mod quantize;
 
 use anyhow::Context;
 use gptq_io::ModelFiles;
