@@ -357,3 +357,203 @@ fn smollm2_first_wikitext_window_is_in_the_expected_range() {
     let ppl = v["result"]["ppl"].as_f64().unwrap();
     assert!((5.0..40.0).contains(&ppl), "ppl {ppl}");
 }
+
+fn stories() -> String {
+    shared()
+        .join("models/stories260K")
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+fn brown() -> String {
+    shared()
+        .join("text/brown/brown.txt")
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn quantize_8bit_per_channel_writes_a_loadable_checkpoint() {
+    // 8 bits pack every stories260K layer (172·8 is a multiple of 32).
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("q8");
+    let o = gptq(&[
+        "quantize",
+        &stories(),
+        "-o",
+        out.to_str().unwrap(),
+        "--bits",
+        "8",
+        "--group-size",
+        "-1",
+        "--asym",
+        "--dataset",
+        &brown(),
+        "--nsamples",
+        "8",
+        "--seqlen",
+        "128",
+        "--format",
+        "v2",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        stdout(&o).contains("35 layers quantized, 0 skipped"),
+        "{}",
+        stdout(&o)
+    );
+    for f in [
+        "config.json",
+        "quantize_config.json",
+        "quantize_report.json",
+        "model.safetensors",
+        "tokenizer.json",
+    ] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let qc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("quantize_config.json")).unwrap()).unwrap();
+    assert_eq!(qc["bits"], 8);
+    assert_eq!(qc["checkpoint_format"], "gptq_v2");
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["quantization_config"]["quant_method"], "gptq");
+    // 8-bit per-channel stays close to the original: same greedy story start.
+    let a = gptq(&["generate", out.to_str().unwrap(), "--max-new-tokens", "12"]);
+    assert!(a.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
+    assert!(stdout(&a).starts_with("Once upon a time"), "{}", stdout(&a));
+    let i = gptq(&["inspect", out.to_str().unwrap()]);
+    assert!(stdout(&i).contains("quantization"), "{}", stdout(&i));
+    // Quantizing an already quantized model is refused.
+    let again = gptq(&[
+        "quantize",
+        out.to_str().unwrap(),
+        "-o",
+        d.path().join("qq").to_str().unwrap(),
+        "--dataset",
+        &brown(),
+    ]);
+    assert_clean_error(&again, "already quantized");
+}
+
+#[test]
+fn quantize_bad_input_fails_cleanly_and_writes_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("out");
+    let o_ = out.to_str().unwrap();
+    assert_clean_error(
+        &gptq(&["quantize", &stories(), "-o", o_]),
+        "no calibration data",
+    );
+    let short = d.path().join("short.txt");
+    std::fs::write(&short, "Once upon a time").unwrap();
+    let s_ = short.to_str().unwrap();
+    assert_clean_error(
+        &gptq(&[
+            "quantize",
+            &stories(),
+            "-o",
+            o_,
+            "--dataset",
+            s_,
+            "--seqlen",
+            "128",
+        ]),
+        "not more than one window",
+    );
+    assert_clean_error(
+        &gptq(&[
+            "quantize",
+            &stories(),
+            "-o",
+            o_,
+            "--dataset",
+            s_,
+            "--bits",
+            "5",
+        ]),
+        "unsupported bit width",
+    );
+    assert_clean_error(
+        &gptq(&[
+            "quantize",
+            &stories(),
+            "-o",
+            o_,
+            "--dataset",
+            s_,
+            "--group-size",
+            "0",
+        ]),
+        "group",
+    );
+    assert_clean_error(
+        &gptq(&[
+            "quantize",
+            &stories(),
+            "-o",
+            o_,
+            "--dataset",
+            s_,
+            "--damp-percent",
+            "1.5",
+        ]),
+        "damp",
+    );
+    assert!(!out.exists());
+    // Existing output folder without --overwrite.
+    std::fs::create_dir(&out).unwrap();
+    assert_clean_error(
+        &gptq(&["quantize", &stories(), "-o", o_, "--dataset", &brown()]),
+        "exists",
+    );
+    // Unwritable destination (a path under a regular file).
+    let blocker = d.path().join("file");
+    std::fs::write(&blocker, "x").unwrap();
+    let bad = blocker.join("out");
+    let o = gptq(&[
+        "quantize",
+        &stories(),
+        "-o",
+        bad.to_str().unwrap(),
+        "--dataset",
+        &brown(),
+        "--nsamples",
+        "2",
+        "--seqlen",
+        "64",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("panicked"));
+    // NaN weights are named, and no output or temp folder is left.
+    let m = broken_copy(|p| {
+        let mut b = std::fs::read(p.join("model.safetensors")).unwrap();
+        let h = gptq_io::safetensors::parse_header(&b).unwrap();
+        let at = h.data_start + h.tensors["model.layers.0.self_attn.q_proj.weight"].begin + 40;
+        b[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+        std::fs::write(p.join("model.safetensors"), &b).unwrap()
+    });
+    let out2 = d.path().join("out2");
+    let o = gptq(&[
+        "quantize",
+        m.path().to_str().unwrap(),
+        "-o",
+        out2.to_str().unwrap(),
+        "--dataset",
+        &brown(),
+        "--nsamples",
+        "2",
+        "--seqlen",
+        "64",
+    ]);
+    assert_clean_error(&o, "non-finite");
+    assert!(!out2.exists());
+    let leftovers: Vec<_> = std::fs::read_dir(d.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains("tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "temp folders left: {leftovers:?}");
+}

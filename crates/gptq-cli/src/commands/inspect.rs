@@ -52,8 +52,23 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             "none"
         }
     );
-    if let Some(q) = c.get("quantization_config") {
-        println!("quantization {q}");
+    match gptq_io::gptq::quantize_config_for(&files)? {
+        Some(q) => {
+            let g = q
+                .group_size()
+                .map_or("per-channel".to_string(), |g| g.to_string());
+            let n_q = names.iter().filter(|n| n.ends_with(".qweight")).count();
+            println!(
+                "quantization gptq {}-bit, group {g}, {}, desc_act {}, static_groups {}, format {}, {n_q} quantized linears, {} dynamic rules",
+                q.bits,
+                if q.sym { "sym" } else { "asym" },
+                q.desc_act,
+                q.static_groups,
+                q.checkpoint_format,
+                q.dynamic.len()
+            );
+        }
+        None => println!("quantization none"),
     }
     Ok(())
 }

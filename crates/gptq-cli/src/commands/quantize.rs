@@ -309,18 +309,23 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         true_sequential: qcfg.true_sequential,
         skip: Vec::new(),
     };
-    // Every layer that will be quantized must have whole groups.
+    // A last, partial group (e.g. 576 inputs at group size 128) is valid GPTQ
+    // and loads in transformers/GPTQModel, but vLLM refuses such layers.
     if let Some(g) = params.group_size {
-        for i in 0..model.num_blocks().min(1) {
-            let mut block = model.block(i)?;
-            for name in arch.linear_layers() {
-                let full = format!("{}{name}", (arch.block_prefix)(i));
-                let lin = block.linear_mut(name).expect("ARCH names exist");
-                let (rows, cols) = (lin.out_dim(), lin.in_dim());
-                if gptq_pipeline::skip_reason(&full, rows, cols, &opts).is_none() && cols % g != 0 {
-                    bail!("--group-size {g} does not divide the input dimension {cols} of {full}");
-                }
-            }
+        let mut block = model.block(0)?;
+        let partial: Vec<String> = arch
+            .linear_layers()
+            .filter_map(|name| {
+                let lin = block.linear_mut(name)?;
+                (lin.in_dim() % g != 0).then(|| format!("{name} ({} inputs)", lin.in_dim()))
+            })
+            .collect();
+        if !partial.is_empty() {
+            tracing::warn!(
+                "group size {g} does not divide the input of {}: the last group of those layers is partial \
+                 (transformers and GPTQModel load this; vLLM does not)",
+                partial.join(", ")
+            );
         }
     }
 
