@@ -212,72 +212,107 @@ pub fn quantize(
             } else {
                 None
             };
+            // Layers that cannot be stored packed stay dense.
+            let mut todo: Vec<&'static str> = Vec::new();
             for &name in group {
                 let full = format!("{prefix}{name}");
                 let lin = block
                     .linear_mut(name)
                     .ok_or_else(|| Error::Input(format!("block {b} has no layer {name}")))?;
                 let (rows, cols) = (lin.out_dim(), lin.in_dim());
-                if let Some(why) = skip_reason(&full, rows, cols, opts) {
-                    tracing::warn!("{full}: left unquantized ({why})");
+                match skip_reason(&full, rows, cols, opts) {
+                    Some(why) => {
+                        tracing::warn!("{full}: left unquantized ({why})");
+                        let r = LayerReport {
+                            name: full,
+                            block: b,
+                            rows,
+                            cols,
+                            error: 0.0,
+                            error_rtn: 0.0,
+                            damp: 0.0,
+                            seconds: 0.0,
+                            skipped: Some(why),
+                        };
+                        progress.layer_done(&r);
+                        reports.push(r);
+                    }
+                    None => todo.push(name),
+                }
+            }
+            // Layers reading the same input share one Hessian factorization.
+            let batches: Vec<Vec<&'static str>> = match &hs {
+                Some(hs) => hs
+                    .entries
+                    .iter()
+                    .map(|(names, _)| {
+                        todo.iter()
+                            .copied()
+                            .filter(|n| names.contains(n))
+                            .collect::<Vec<_>>()
+                    })
+                    .filter(|v| !v.is_empty())
+                    .collect(),
+                None => todo.iter().map(|&n| vec![n]).collect(),
+            };
+            for names in batches {
+                let t = Instant::now();
+                let weights: Vec<std::sync::Arc<Tensor>> = names
+                    .iter()
+                    .map(|n| block.linear_mut(n).expect("checked above").weight.clone())
+                    .collect();
+                let full0 = format!("{prefix}{}", names.join(","));
+                let results: Vec<(QLinear, f64, f64, f32)> = match &hs {
+                    Some(hs) => {
+                        let h = hs
+                            .for_name(names[0])
+                            .expect("every group layer was observed");
+                        let refs: Vec<&Tensor> = weights.iter().map(|w| w.as_ref()).collect();
+                        gptq_quant::gptq_quantize_many(&refs, h, &opts.params)
+                            .map_err(|source| Error::Solver {
+                                layer: full0,
+                                source,
+                            })?
+                            .into_iter()
+                            .map(|r| (r.q, r.error_gptq, r.error_rtn, r.damp_used))
+                            .collect()
+                    }
+                    None => vec![(
+                        gptq_quant::rtn_quantize(&weights[0], &opts.params).map_err(|source| {
+                            Error::Solver {
+                                layer: full0,
+                                source,
+                            }
+                        })?,
+                        0.0,
+                        0.0,
+                        0.0,
+                    )],
+                };
+                let seconds = t.elapsed().as_secs_f64() / names.len() as f64;
+                for (name, (mut q, error, error_rtn, damp)) in names.iter().zip(results) {
+                    let full = format!("{prefix}{name}");
+                    let lin = block.linear_mut(name).expect("checked above");
+                    q.bias = lin.bias.clone();
+                    // What the checkpoint will hold (f16 scales and bias), so the
+                    // next layers calibrate against exactly the weights that run.
+                    let q = gptq_core::pack::round_to_f16(&q);
+                    lin.weight = std::sync::Arc::new(q.dequantize());
                     let r = LayerReport {
-                        name: full,
+                        name: full.clone(),
                         block: b,
-                        rows,
-                        cols,
-                        error: 0.0,
-                        error_rtn: 0.0,
-                        damp: 0.0,
-                        seconds: 0.0,
-                        skipped: Some(why),
+                        rows: q.out_features,
+                        cols: q.in_features,
+                        error,
+                        error_rtn,
+                        damp,
+                        seconds,
+                        skipped: None,
                     };
                     progress.layer_done(&r);
                     reports.push(r);
-                    continue;
+                    done.push((full, q));
                 }
-                let t = Instant::now();
-                let w: &Tensor = &lin.weight;
-                let (mut q, error, error_rtn, damp) = match &hs {
-                    Some(hs) => {
-                        let h = hs.for_name(name).expect("every group layer was observed");
-                        let r =
-                            gptq_quant::gptq_quantize(w, h, &opts.params).map_err(|source| {
-                                Error::Solver {
-                                    layer: full.clone(),
-                                    source,
-                                }
-                            })?;
-                        (r.q, r.error_gptq, r.error_rtn, r.damp_used)
-                    }
-                    None => {
-                        let q = gptq_quant::rtn_quantize(w, &opts.params).map_err(|source| {
-                            Error::Solver {
-                                layer: full.clone(),
-                                source,
-                            }
-                        })?;
-                        (q, 0.0, 0.0, 0.0)
-                    }
-                };
-                q.bias = lin.bias.clone();
-                // What the checkpoint will hold (f16 scales and bias), so the
-                // next layers calibrate against exactly the weights that run.
-                let q = gptq_core::pack::round_to_f16(&q);
-                lin.weight = std::sync::Arc::new(q.dequantize());
-                let r = LayerReport {
-                    name: full.clone(),
-                    block: b,
-                    rows,
-                    cols,
-                    error,
-                    error_rtn,
-                    damp,
-                    seconds: t.elapsed().as_secs_f64(),
-                    skipped: None,
-                };
-                progress.layer_done(&r);
-                reports.push(r);
-                done.push((full, q));
             }
         }
         for x in inputs.iter_mut() {

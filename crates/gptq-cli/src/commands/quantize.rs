@@ -145,6 +145,7 @@ struct Bars {
     blocks: ProgressBar,
     layers: ProgressBar,
     per_block: usize,
+    started: std::time::Instant,
 }
 
 impl Progress for Bars {
@@ -167,8 +168,19 @@ impl Progress for Bars {
             .join(".");
         self.layers.set_message(name);
     }
-    fn block_done(&mut self, _block: usize) {
+    fn block_done(&mut self, block: usize) {
         self.blocks.inc(1);
+        // Without a terminal the bars are hidden: log a line per block instead.
+        if self.blocks.is_hidden() {
+            let n = self.blocks.length().unwrap_or(1) as f64;
+            let t = self.started.elapsed().as_secs_f64();
+            let done = (block + 1) as f64;
+            tracing::info!(
+                "block {}/{n} done, {t:.0}s elapsed, ETA {:.0}s",
+                block + 1,
+                t / done * (n - done)
+            );
+        }
     }
 }
 
@@ -345,6 +357,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         blocks: blocks_bar,
         layers: layers_bar,
         per_block: arch.linear_layers().count(),
+        started: std::time::Instant::now(),
     };
     let weights = files.weights.as_ref();
     let mut sink =
