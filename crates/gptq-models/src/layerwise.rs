@@ -50,6 +50,26 @@ pub fn layerwise(files: &ModelFiles) -> Result<Box<dyn LayerwiseModel + '_>> {
     }
 }
 
+/// Runs `f` with the [`Step`](crate::attention::Step) of one unpadded
+/// sequence of `seq` tokens at positions `0..seq` and an empty KV cache —
+/// how a block runner sees a calibration sample.
+pub(crate) fn single_sequence<R>(
+    seq: usize,
+    f: impl FnOnce(&crate::attention::Step<'_>, &mut [crate::kv_cache::SeqCache]) -> R,
+) -> R {
+    let tokens = vec![0u32; seq];
+    let len = [seq];
+    let batch = crate::Batch::single(&tokens, &len);
+    let pos: Vec<usize> = (0..seq).collect();
+    let step = crate::attention::Step {
+        batch: &batch,
+        pos: &pos,
+        past: &[0],
+    };
+    let mut cache = [crate::kv_cache::SeqCache::default()];
+    f(&step, &mut cache)
+}
+
 /// Validates tokens against a vocabulary.
 pub(crate) fn check_tokens(tokens: &[u32], vocab: usize) -> Result<()> {
     match tokens.iter().find(|&&t| t as usize >= vocab) {

@@ -500,19 +500,10 @@ struct OptBlockRunner {
 
 impl BlockRunner for OptBlockRunner {
     fn forward(&self, x: &mut [f32], seq: usize, observe: Observer<'_>) -> Result<bool> {
-        let tokens = vec![0u32; seq];
-        let len = [seq];
-        let batch = Batch::single(&tokens, &len);
-        let pos: Vec<usize> = (0..seq).collect();
-        let step = Step {
-            batch: &batch,
-            pos: &pos,
-            past: &[0],
-        };
-        let mut cache = [crate::kv_cache::SeqCache::default()];
-        Ok(self
-            .block
-            .forward_observed(x, &step, self.pre_ln, self.relu, &mut cache, observe))
+        Ok(crate::layerwise::single_sequence(seq, |step, cache| {
+            self.block
+                .forward_observed(x, step, self.pre_ln, self.relu, cache, observe)
+        }))
     }
 
     fn linear_mut(&mut self, name: &str) -> Option<&mut Linear> {
