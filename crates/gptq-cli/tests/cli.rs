@@ -557,3 +557,60 @@ fn quantize_bad_input_fails_cleanly_and_writes_nothing() {
         .collect();
     assert!(leftovers.is_empty(), "temp folders left: {leftovers:?}");
 }
+
+#[test]
+fn quantize_lists_dense_layers_for_gptqmodel_and_transformers() {
+    // stories260K's 172-wide MLP does not pack at 4 bits: those layers stay f16,
+    // excluded by `dynamic` rules (GPTQModel) and by `modules_in_block_to_quantize`
+    // (transformers/optimum, which ignores `dynamic`).
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("q4");
+    let o = gptq(&[
+        "quantize",
+        &stories(),
+        "-o",
+        out.to_str().unwrap(),
+        "--bits",
+        "4",
+        "--group-size",
+        "32",
+        "--dataset",
+        &brown(),
+        "--nsamples",
+        "4",
+        "--seqlen",
+        "128",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        stdout(&o).contains("20 layers quantized, 15 skipped"),
+        "{}",
+        stdout(&o)
+    );
+    let qc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("quantize_config.json")).unwrap()).unwrap();
+    assert_eq!(
+        qc["modules_in_block_to_quantize"],
+        serde_json::json!([
+            ["self_attn.k_proj", "self_attn.v_proj", "self_attn.q_proj"],
+            ["self_attn.o_proj"]
+        ])
+    );
+    let rules = qc["dynamic"].as_object().unwrap();
+    assert_eq!(rules.len(), 15);
+    assert!(rules.contains_key("-:^model\\.layers\\.0\\.mlp\\.up_proj$"));
+    let e = gptq(&[
+        "eval",
+        out.to_str().unwrap(),
+        "--dataset",
+        shared()
+            .join("text/tinystories/tinystories_val.txt")
+            .to_str()
+            .unwrap(),
+        "--seqlen",
+        "128",
+        "--max-windows",
+        "4",
+    ]);
+    assert!(e.status.success(), "{}", String::from_utf8_lossy(&e.stderr));
+}

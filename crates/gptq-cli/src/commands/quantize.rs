@@ -417,16 +417,30 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if !skipped.is_empty() {
         let local = |r: &LayerReport| r.name[(arch.block_prefix)(r.block).len()..].to_string();
         let per_block: Vec<HashSet<String>> = (0..model.num_blocks())
-            .map(|b| reports.iter().filter(|r| r.block == b && r.skipped.is_some()).map(local).collect())
+            .map(|b| {
+                reports
+                    .iter()
+                    .filter(|r| r.block == b && r.skipped.is_some())
+                    .map(local)
+                    .collect()
+            })
             .collect();
         if per_block.windows(2).all(|w| w[0] == w[1]) {
             let groups: Vec<Vec<&str>> = arch
                 .sequential_groups
                 .iter()
-                .map(|g| g.iter().copied().filter(|n| !per_block[0].contains(*n)).collect::<Vec<_>>())
+                .map(|g| {
+                    g.iter()
+                        .copied()
+                        .filter(|n| !per_block[0].contains(*n))
+                        .collect::<Vec<_>>()
+                })
                 .filter(|g| !g.is_empty())
                 .collect();
-            final_cfg.extra.insert("modules_in_block_to_quantize".into(), serde_json::json!(groups));
+            final_cfg.extra.insert(
+                "modules_in_block_to_quantize".into(),
+                serde_json::json!(groups),
+            );
         } else {
             tracing::warn!(
                 "blocks skip different layers: only GPTQModel (dynamic rules) will load this checkpoint correctly"
