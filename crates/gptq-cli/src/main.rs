@@ -2,7 +2,9 @@
 //!
 //! This binary only parses arguments and glues the library crates together
 //! (one file per subcommand in `commands/`). Errors print as one line and
-//! exit with status 2; nothing here panics on user input.
+//! exit with a status that says what kind of failure it was ([`exit_code`]:
+//! 2 bad input or usage, 3 an I/O failure, 130/143 interrupted); nothing here
+//! panics on user input.
 
 mod commands;
 mod progress;
@@ -83,8 +85,177 @@ fn tune_allocator() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn tune_allocator() {}
 
+/// Returns the heap's free memory to the system (the tuning above keeps up
+/// to 512 MiB of it). Called after a large temporary is dropped, e.g. the
+/// tokenized calibration corpus, so that it does not count in the peak
+/// resident memory of what follows.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub fn release_free_memory() {
+    extern "C" {
+        fn malloc_trim(pad: usize) -> i32;
+    }
+    // SAFETY: malloc_trim only returns unused heap pages to the kernel.
+    unsafe {
+        malloc_trim(0);
+    }
+}
+
+/// Returns the heap's free memory to the system (no-op here).
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub fn release_free_memory() {}
+
+/// Exit status of a bad input, a bad argument or an unsupported model.
+const EXIT_BAD_INPUT: u8 = 2;
+/// Exit status of an operating-system I/O failure (disk full, permission
+/// denied, read-only or file-size-limited filesystem, ...).
+const EXIT_IO: u8 = 3;
+
+/// The `std::io::ErrorKind`s that mean "your input is wrong" rather than
+/// "the system failed": a missing input, an existing output, bad data.
+fn is_input_kind(k: std::io::ErrorKind) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        k,
+        NotFound | AlreadyExists | InvalidData | InvalidInput | UnexpectedEof
+    )
+}
+
+/// The OS error inside one error of the chain, looking through this
+/// project's error enums (whose I/O variants keep the OS error in the
+/// message rather than as a `source`).
+fn io_kind(e: &(dyn std::error::Error + 'static)) -> Option<std::io::ErrorKind> {
+    if let Some(io) = e.downcast_ref::<std::io::Error>() {
+        return Some(io.kind());
+    }
+    let from_io = |e: &gptq_io::Error| match e {
+        gptq_io::Error::Io { error, .. } => Some(error.kind()),
+        _ => None,
+    };
+    let from_models = |e: &gptq_models::Error| match e {
+        gptq_models::Error::Io(e) => from_io(e),
+        _ => None,
+    };
+    if let Some(e) = e.downcast_ref::<gptq_io::Error>() {
+        return from_io(e);
+    }
+    if let Some(e) = e.downcast_ref::<gptq_models::Error>() {
+        return from_models(e);
+    }
+    if let Some(e) = e.downcast_ref::<gptq_infer::Error>() {
+        return match e {
+            gptq_infer::Error::Io(e) => from_io(e),
+            gptq_infer::Error::Model(e) => from_models(e),
+            _ => None,
+        };
+    }
+    None
+}
+
+/// The exit status of a failed command: [`EXIT_IO`] when an operating-system
+/// I/O error other than a missing input or an existing output caused it
+/// (found in the typed error chain, else from the `(os error N)` that an OS
+/// error leaves in a message), [`EXIT_BAD_INPUT`] otherwise.
+fn exit_code(e: &anyhow::Error) -> u8 {
+    let kind = e.chain().find_map(io_kind).or_else(|| {
+        let msg = format!("{e:#}");
+        let at = msg.rfind("(os error ")?;
+        let n: i32 = msg[at + 10..].split(')').next()?.parse().ok()?;
+        Some(std::io::Error::from_raw_os_error(n).kind())
+    });
+    match kind {
+        Some(k) if !is_input_kind(k) => EXIT_IO,
+        _ => EXIT_BAD_INPUT,
+    }
+}
+
+/// Ctrl-C (SIGINT), SIGTERM and SIGHUP: remove every temporary output
+/// ([`gptq_io::atomic::abandon_all`], which also blocks any later rename into
+/// place), print one line and exit with 128 + the signal number. A second
+/// signal during that cleanup exits at once. SIGXFSZ is ignored so that a
+/// write past `ulimit -f` fails with an error (EFBIG) instead of killing the
+/// process. The handler only writes the signal number to a pipe; a thread
+/// does the work.
+#[cfg(unix)]
+mod signals {
+    use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+
+    static PIPE_W: AtomicI32 = AtomicI32::new(-1);
+    static CAUGHT: AtomicBool = AtomicBool::new(false);
+
+    extern "C" fn on_signal(sig: libc::c_int) {
+        if CAUGHT.swap(true, Ordering::SeqCst) {
+            // SAFETY: _exit is async-signal-safe.
+            unsafe { libc::_exit(128 + sig) };
+        }
+        let b = sig as u8;
+        // SAFETY: write is async-signal-safe; the fd stays open for the
+        // life of the process.
+        unsafe { libc::write(PIPE_W.load(Ordering::SeqCst), (&b as *const u8).cast(), 1) };
+    }
+
+    pub fn install() {
+        // SAFETY: plain libc calls on valid arguments, made before any other
+        // thread exists.
+        unsafe {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            let mut fds = [0 as libc::c_int; 2];
+            if libc::pipe(fds.as_mut_ptr()) != 0 {
+                return;
+            }
+            let read_fd = fds[0];
+            PIPE_W.store(fds[1], Ordering::SeqCst);
+            let spawned = std::thread::Builder::new()
+                .name("signals".into())
+                .spawn(move || loop {
+                    let mut b = 0u8;
+                    // SAFETY: reads one byte into a valid buffer. (Lexically
+                    // inside the setup's unsafe block, but it runs later, on
+                    // the signal thread: kept explicit.)
+                    #[allow(unused_unsafe)]
+                    let n = unsafe { libc::read(read_fd, (&mut b as *mut u8).cast(), 1) };
+                    if n == 1 {
+                        let removed = gptq_io::atomic::abandon_all();
+                        let name = match i32::from(b) {
+                            libc::SIGINT => "interrupted (Ctrl-C)",
+                            libc::SIGTERM => "terminated (SIGTERM)",
+                            _ => "hung up (SIGHUP)",
+                        };
+                        let note = if removed > 0 {
+                            "; partial output removed"
+                        } else {
+                            ""
+                        };
+                        eprintln!("\nerror: {name}{note}");
+                        std::process::exit(128 + i32::from(b));
+                    }
+                    if n < 0
+                        && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted
+                    {
+                        return;
+                    }
+                });
+            if spawned.is_err() {
+                return;
+            }
+            for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+                let mut sa: libc::sigaction = std::mem::zeroed();
+                sa.sa_sigaction = on_signal as *const () as libc::sighandler_t;
+                sa.sa_flags = libc::SA_RESTART;
+                libc::sigemptyset(&mut sa.sa_mask);
+                libc::sigaction(sig, &sa, std::ptr::null_mut());
+            }
+        }
+    }
+}
+
+#[cfg(not(unix))]
+mod signals {
+    pub fn install() {}
+}
+
 fn main() -> ExitCode {
     tune_allocator();
+    signals::install();
     let cli = Cli::parse();
     let filter = if cli.verbose { "debug" } else { "info" };
     tracing_subscriber::fmt()
@@ -99,7 +270,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(2)
+            ExitCode::from(exit_code(&e))
         }
     }
 }

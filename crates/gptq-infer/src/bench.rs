@@ -5,7 +5,11 @@
 //!   against the plain GEMM throughput of the same library on the model's own
 //!   linear shapes at `M = seqlen`;
 //! - **decode**: tokens/s at batch 1 with a KV cache, as bytes of weights
-//!   read per token ÷ a measured memory-copy bandwidth.
+//!   read per token (as stored: f32, f16 or packed int) ÷ a measured
+//!   memory-copy bandwidth;
+//! - **kernels** ([`kernels`]): single GEMV timings of the int4 (GPTQ g128),
+//!   f16 and f32 kernels on SmolLM2-135M's shapes and a 4096×14336 one, with
+//!   the bytes streamed per second against the same copy bandwidth.
 
 use crate::Result;
 use gptq_kernels::cpu;
@@ -140,14 +144,13 @@ pub fn run(model: &dyn CausalLm, seqlen: usize, decode_tokens: usize) -> Result<
     // Decode: batch 1 after a short prompt.
     let copy_gbps = copy_bandwidth();
     let read_gbps = read_bandwidth();
-    let weight_bytes_per_token = 4
-        * (model
-            .block_linears(0)
-            .iter()
-            .map(|(_, l)| l.num_params())
-            .sum::<usize>()
-            * layers
-            + model.lm_head().num_params());
+    let weight_bytes_per_token = model
+        .block_linears(0)
+        .iter()
+        .map(|(_, l)| l.weight_bytes())
+        .sum::<usize>()
+        * layers
+        + model.lm_head().weight_bytes();
     let prompt = ids(16, v, 2);
     let plen = [prompt.len()];
     let mut cache = model.new_cache(1);
@@ -190,5 +193,150 @@ pub fn run(model: &dyn CausalLm, seqlen: usize, decode_tokens: usize) -> Result<
         decode_vs_copy: decode_gbps / copy_gbps,
         read_gbps,
         decode_vs_read: decode_gbps / read_gbps,
+    })
+}
+
+/// One shape of [`kernels`].
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KernelRow {
+    /// Input width.
+    pub k: usize,
+    /// Output width.
+    pub n: usize,
+    /// int4 GEMV time, µs.
+    pub int4_us: f64,
+    /// Bytes the int4 GEMV streams (codes + f32 scales and zero terms).
+    pub int4_bytes: usize,
+    /// `int4_bytes / int4_us`, GB/s.
+    pub int4_gbps: f64,
+    /// `int4_gbps / copy_gbps`.
+    pub int4_vs_copy: f64,
+    /// f16 GEMV time, µs.
+    pub f16_us: f64,
+    /// f16 GB/s.
+    pub f16_gbps: f64,
+    /// f32 GEMV time, µs.
+    pub f32_us: f64,
+    /// f32 GB/s.
+    pub f32_gbps: f64,
+}
+
+/// Results of [`kernels`].
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KernelsReport {
+    /// Kernel level used (`avx512`, `avx2`, `scalar`).
+    pub isa: String,
+    /// Threads used.
+    pub threads: usize,
+    /// Group size of the int4 weights.
+    pub group_size: usize,
+    /// Memory-copy bandwidth, GB/s (bytes read + written).
+    pub copy_gbps: f64,
+    /// One row per shape.
+    pub rows: Vec<KernelRow>,
+}
+
+/// SmolLM2-135M's linear shapes `(k, n)` (q/o, k/v, gate/up, down, the
+/// output layer) and a Llama-3-8B-sized MLP shape.
+pub const KERNEL_SHAPES: &[(usize, usize)] = &[
+    (576, 576),
+    (576, 192),
+    (576, 1536),
+    (1536, 576),
+    (576, 49152),
+    (4096, 14336),
+];
+
+/// Bytes cycled through per measurement, so every call streams its weights
+/// from memory (well above the last-level cache), as decoding a whole
+/// model does.
+const COLD_BYTES: usize = 96 << 20;
+
+/// Best time of one call, in seconds, over `rounds` passes through `mats`
+/// (one call each, so each call finds its weights out of cache).
+fn time_cold<T>(mats: &[T], rounds: usize, mut call: impl FnMut(&T)) -> f64 {
+    for m in mats.iter().take(2) {
+        call(m);
+    }
+    let mut best = f64::MAX;
+    for _ in 0..rounds {
+        let t = Instant::now();
+        for m in mats {
+            call(m);
+        }
+        best = best.min(t.elapsed().as_secs_f64() / mats.len() as f64);
+    }
+    best
+}
+
+/// Times single-row products (GEMV) of random int4 g128 (asymmetric,
+/// act-order off), f16 and f32 weights for each of [`KERNEL_SHAPES`].
+pub fn kernels(copy_gbps: f64, rounds: usize) -> Result<KernelsReport> {
+    let group_size = 128;
+    let mut rows = Vec::new();
+    let mut rng = crate::generate::Rng::new(7);
+    for &(k, n) in KERNEL_SHAPES {
+        let groups = k.div_ceil(group_size);
+        let q = gptq_core::QLinear {
+            out_features: n,
+            in_features: k,
+            bits: 4,
+            group_size: Some(group_size),
+            codes: (0..n * k).map(|_| (rng.next_u64() % 16) as u8).collect(),
+            scales: (0..groups * n)
+                .map(|_| 0.001 + (rng.next_u64() % 1000) as f32 * 1e-5)
+                .collect(),
+            zeros: (0..groups * n)
+                .map(|_| (rng.next_u64() % 16) as u8)
+                .collect(),
+            g_idx: gptq_core::pack::default_g_idx(k, Some(group_size)),
+            bias: None,
+        };
+        let base = cpu::QMatrix::from_qlinear(&q).map_err(gptq_io::Error::from)?;
+        drop(q);
+        let x: Vec<f32> = (0..k)
+            .map(|_| (rng.next_u64() % 2001) as f32 / 1000.0 - 1.0)
+            .collect();
+        let mut y = vec![0f32; n];
+        let copies = |bytes: usize| COLD_BYTES.div_ceil(bytes).clamp(1, 256);
+        let int4_bytes = base.bytes();
+        let mats: Vec<cpu::QMatrix> = (0..copies(int4_bytes)).map(|_| base.clone()).collect();
+        drop(base);
+        let int4 = time_cold(&mats, rounds, |m| m.matmul(&x, 1, &mut y));
+        drop(mats);
+
+        let w: Vec<f32> = (0..n * k)
+            .map(|_| (rng.next_u64() % 2001) as f32 / 1e5 - 0.01)
+            .collect();
+        let f16 = cpu::F16Matrix::from_f32(&w, n, k).map_err(gptq_io::Error::from)?;
+        let mats: Vec<cpu::F16Matrix> = (0..copies(f16.bytes())).map(|_| f16.clone()).collect();
+        let f16_time = time_cold(&mats, rounds, |m| m.matmul(&x, 1, &mut y));
+        drop(mats);
+        let f32_bytes = 4 * n * k;
+        let mats: Vec<Vec<f32>> = (0..copies(f32_bytes)).map(|_| w.clone()).collect();
+        drop(w);
+        let f32_time = time_cold(&mats, rounds, |m| cpu::matmul_nt(&x, m, 1, k, n, &mut y));
+        drop(mats);
+        std::hint::black_box(&y);
+        let gbps = |bytes: usize, t: f64| bytes as f64 / t / 1e9;
+        rows.push(KernelRow {
+            k,
+            n,
+            int4_us: int4 * 1e6,
+            int4_bytes,
+            int4_gbps: gbps(int4_bytes, int4),
+            int4_vs_copy: gbps(int4_bytes, int4) / copy_gbps,
+            f16_us: f16_time * 1e6,
+            f16_gbps: gbps(f16.bytes(), f16_time),
+            f32_us: f32_time * 1e6,
+            f32_gbps: gbps(f32_bytes, f32_time),
+        });
+    }
+    Ok(KernelsReport {
+        isa: cpu::Isa::detect().name().to_string(),
+        threads: rayon::current_num_threads(),
+        group_size,
+        copy_gbps,
+        rows,
     })
 }

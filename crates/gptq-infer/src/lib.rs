@@ -8,6 +8,10 @@ pub mod chat;
 pub mod datasets;
 pub mod eval;
 pub mod generate;
+pub mod hub_data;
+#[cfg(feature = "parquet")]
+mod pq;
+pub mod pyrandom;
 pub mod tokenizer;
 
 pub use tokenizer::Tokenizer;

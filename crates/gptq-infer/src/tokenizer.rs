@@ -38,6 +38,23 @@ fn ids_of(v: Option<&serde_json::Value>) -> Vec<u32> {
     }
 }
 
+/// Parses `tokenizer.json` with the `tokenizers` crate, defensively: the
+/// text must first be valid JSON (tokenizers 0.23 panics instead of failing
+/// on, e.g., a raw control character inside a `decoder` — found by fuzzing),
+/// and any panic left inside the library is caught (with the panic message
+/// silenced) and returned as an error.
+fn parse_tokenizer_json(json: &str) -> std::result::Result<tokenizers::Tokenizer, String> {
+    serde_json::from_str::<serde::de::IgnoredAny>(json).map_err(|e| e.to_string())?;
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let r = std::panic::catch_unwind(|| json.parse::<tokenizers::Tokenizer>());
+    std::panic::set_hook(hook);
+    match r {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err("the tokenizers library failed on it (malformed tokenizer)".into()),
+    }
+}
+
 impl Tokenizer {
     /// Loads the tokenizer of `files`.
     pub fn from_model(files: &ModelFiles) -> Result<Self> {
@@ -47,7 +64,7 @@ impl Tokenizer {
                 files.name
             ))
         })?;
-        let inner: tokenizers::Tokenizer = json.parse().map_err(|e| {
+        let inner = parse_tokenizer_json(json).map_err(|e| {
             Error::Tokenizer(format!("{}: tokenizer.json does not load: {e}", files.name))
         })?;
         let tc = files.tokenizer_config.as_ref();
@@ -98,5 +115,43 @@ impl Tokenizer {
     /// The id of a token string.
     pub fn token_to_id(&self, t: &str) -> Option<u32> {
         self.inner.token_to_id(t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files(json: &str) -> ModelFiles {
+        ModelFiles {
+            name: "t".into(),
+            dir: None,
+            config: serde_json::json!({}),
+            weights: Box::new(gptq_io::safetensors::SafetensorsSource::open(&[]).unwrap()),
+            tokenizer_json: Some(json.into()),
+            tokenizer_config: None,
+            generation_config: None,
+        }
+    }
+
+    /// Fuzzing regression (fuzz/ `tokenizer` target): a raw control
+    /// character in a decoder made tokenizers 0.23.2 panic
+    /// (`decoders/mod.rs:90`, "Helper"); it is now a clean error.
+    #[test]
+    fn control_character_in_decoder_is_an_error_not_a_panic() {
+        let json = "{\"version\": \"1.0\", \"truncation\": null, \"padding\": null, \
+            \"added_tokens\": [], \"normalizer\": null, \"pre_tokenizer\": null, \
+            \"post_processor\": null, \"decoder\": {\"type\": \"Seq\u{1}\u{0}\u{0}\u{12}e\", \
+            \"decoders\": [{\"type\": \"Fuse\"}]}, \
+            \"model\": {\"type\": \"WordLevel\", \"vocab\": {\"a\": 0}, \"unk_token\": \"a\"}}";
+        let e = Tokenizer::from_model(&files(json)).err().expect("refused");
+        assert!(e.to_string().contains("does not load"), "{e}");
+    }
+
+    #[test]
+    fn not_json_is_an_error() {
+        for bad in ["", "{", "[1]", "{\"model\": 3}"] {
+            assert!(Tokenizer::from_model(&files(bad)).is_err(), "{bad}");
+        }
     }
 }

@@ -1064,7 +1064,7 @@ impl CheckpointWriter {
             }
             match f {
                 ExtraFile::Copy(p) => {
-                    fs::copy(p, &dest).map_err(|e| Error::io(p, e))?;
+                    crate::atomic::copy_file(p, &dest)?;
                 }
                 ExtraFile::Bytes { bytes, .. } => write_file(&dest, bytes)?,
             }
@@ -1204,13 +1204,21 @@ pub fn read_qlinear(
     let (qz_shape, qzeros) = load_i32(src, &name("qzeros"), 2)?;
     let (sc_shape, scales) = load_float(src, &name("scales"))?;
     let (rows, out) = (qw_shape[0], qw_shape[1]);
-    if !(rows * 32).is_multiple_of(bits as usize) {
-        return Err(quant_err(
-            prefix,
-            format!("qweight {qw_shape:?} does not hold whole {bits}-bit input rows"),
-        ));
+    // An empty qweight would let the other dims be anything (no bytes back
+    // them), so sizes derived from it could be absurd.
+    if rows == 0 || out == 0 {
+        return Err(quant_err(prefix, format!("qweight {qw_shape:?} is empty")));
     }
-    let inp = rows * 32 / bits as usize;
+    let inp = rows
+        .checked_mul(32)
+        .filter(|r| r.is_multiple_of(bits as usize))
+        .ok_or_else(|| {
+            quant_err(
+                prefix,
+                format!("qweight {qw_shape:?} does not hold whole {bits}-bit input rows"),
+            )
+        })?
+        / bits as usize;
     let groups = sc_shape.first().copied().unwrap_or(0);
     if sc_shape != [groups, out] {
         return Err(quant_err(
@@ -1218,7 +1226,11 @@ pub fn read_qlinear(
             format!("scales {sc_shape:?} is not [groups, {out}] for qweight {qw_shape:?}"),
         ));
     }
-    if !(out * bits as usize).is_multiple_of(32) || qz_shape != [groups, out * bits as usize / 32] {
+    let zero_words = out
+        .checked_mul(bits as usize)
+        .filter(|b| b.is_multiple_of(32))
+        .map(|b| b / 32);
+    if zero_words.is_none_or(|w| qz_shape != [groups, w]) {
         return Err(quant_err(
             prefix,
             format!(
@@ -1276,9 +1288,11 @@ pub fn read_qlinear(
 // ============================================================================
 
 mod mini_regex {
-    //! Backtracking matcher for the Python-`re` subset used in GPTQModel
-    //! `dynamic` keys. Module names are short, so exponential worst cases do
-    //! not matter.
+    //! Matcher for the Python-`re` subset used in GPTQModel `dynamic` keys:
+    //! a parser to a small syntax tree, compiled to a Thompson NFA and run
+    //! breadth-first, so no pattern can take exponential time (a
+    //! backtracking matcher hung on `(.*)*x`-like keys) and counted repeats
+    //! are bounded by the program size cap.
 
     #[derive(Debug, Clone)]
     enum Item {
@@ -1311,14 +1325,13 @@ mod mini_regex {
             node: Box<Node>,
             min: u32,
             max: Option<u32>,
-            greedy: bool,
         },
     }
 
     /// A compiled pattern.
     #[derive(Debug, Clone)]
     pub struct Regex {
-        alts: Vec<Vec<Node>>,
+        prog: Vec<Inst>,
     }
 
     struct Parser {
@@ -1410,12 +1423,10 @@ mod mini_regex {
                 if matches!(atom, Node::Start | Node::End | Node::Repeat { .. }) {
                     return Err(format!("nothing to repeat at position {}", self.i));
                 }
-                let greedy = if self.peek() == Some('?') {
+                // Lazy `?`: the same matches exist (only their length differs).
+                if self.peek() == Some('?') {
                     self.i += 1;
-                    false
-                } else {
-                    true
-                };
+                }
                 if self.peek() == Some('+') {
                     return Err("possessive quantifiers are not supported".into());
                 }
@@ -1423,7 +1434,6 @@ mod mini_regex {
                     node: Box::new(atom),
                     min,
                     max,
-                    greedy,
                 };
                 // A further quantifier would repeat a repeat: refused above.
             }
@@ -1557,61 +1567,144 @@ mod mini_regex {
         }
     }
 
-    type K<'k> = &'k mut dyn FnMut(usize) -> bool;
-
-    fn seq(nodes: &[Node], s: &[char], i: usize, k: K) -> bool {
-        match nodes.split_first() {
-            None => k(i),
-            Some((n, rest)) => node(n, s, i, &mut |j| seq(rest, s, j, k)),
-        }
+    /// One instruction of the compiled pattern (a Thompson NFA).
+    #[derive(Debug, Clone)]
+    enum Inst {
+        Char(char),
+        Any,
+        Class(Vec<Item>, bool),
+        Start,
+        End,
+        /// Try both targets.
+        Split(usize, usize),
+        Jmp(usize),
+        Match,
     }
 
-    fn node(n: &Node, s: &[char], i: usize, k: K) -> bool {
-        match n {
-            Node::Char(c) => s.get(i) == Some(c) && k(i + 1),
-            Node::Any => s.get(i).is_some_and(|&c| c != '\n') && k(i + 1),
-            Node::Class(items, neg) => {
-                s.get(i)
-                    .is_some_and(|&c| items.iter().any(|it| it.matches(c)) != *neg)
-                    && k(i + 1)
+    /// Most instructions a pattern may compile to (counted repeats are
+    /// expanded); module-name patterns need a few hundred at most.
+    const MAX_PROGRAM: usize = 20_000;
+
+    struct Compiler {
+        prog: Vec<Inst>,
+    }
+
+    impl Compiler {
+        fn push(&mut self, i: Inst) -> Result<usize, String> {
+            if self.prog.len() >= MAX_PROGRAM {
+                return Err(format!(
+                    "pattern is too large (more than {MAX_PROGRAM} steps once repeats are expanded)"
+                ));
             }
-            Node::Start => i == 0 && k(i),
-            Node::End => i == s.len() && k(i),
-            Node::Group(alts) => alts.iter().any(|a| seq(a, s, i, k)),
-            Node::Repeat {
-                node: n,
-                min,
-                max,
-                greedy,
-            } => repeat(n, *min, *max, *greedy, 0, s, i, k),
+            self.prog.push(i);
+            Ok(self.prog.len() - 1)
+        }
+
+        fn alts(&mut self, alts: &[Vec<Node>]) -> Result<(), String> {
+            let Some((last, init)) = alts.split_last() else {
+                return Ok(());
+            };
+            let mut jumps = Vec::new();
+            for a in init {
+                let split = self.push(Inst::Split(0, 0))?;
+                self.seq(a)?;
+                jumps.push(self.push(Inst::Jmp(0))?);
+                let next = self.prog.len();
+                self.prog[split] = Inst::Split(split + 1, next);
+            }
+            self.seq(last)?;
+            let end = self.prog.len();
+            for j in jumps {
+                self.prog[j] = Inst::Jmp(end);
+            }
+            Ok(())
+        }
+
+        fn seq(&mut self, nodes: &[Node]) -> Result<(), String> {
+            nodes.iter().try_for_each(|n| self.node(n))
+        }
+
+        fn node(&mut self, n: &Node) -> Result<(), String> {
+            match n {
+                Node::Char(c) => self.push(Inst::Char(*c)).map(drop),
+                Node::Any => self.push(Inst::Any).map(drop),
+                Node::Class(items, neg) => self.push(Inst::Class(items.clone(), *neg)).map(drop),
+                Node::Start => self.push(Inst::Start).map(drop),
+                Node::End => self.push(Inst::End).map(drop),
+                Node::Group(alts) => self.alts(alts),
+                Node::Repeat { node, min, max } => {
+                    // A node that compiles to nothing (`()`) repeats to nothing.
+                    let start = self.prog.len();
+                    self.node(node)?;
+                    if self.prog.len() == start {
+                        return Ok(());
+                    }
+                    self.prog.truncate(start);
+                    // Greedy and lazy only change which match is found, not
+                    // whether one exists, which is all `re.match` needs here.
+                    for _ in 0..*min {
+                        self.node(node)?;
+                    }
+                    match max {
+                        None => {
+                            let split = self.push(Inst::Split(0, 0))?;
+                            self.node(node)?;
+                            self.push(Inst::Jmp(split))?;
+                            let next = self.prog.len();
+                            self.prog[split] = Inst::Split(split + 1, next);
+                        }
+                        Some(max) => {
+                            let mut splits = Vec::new();
+                            for _ in *min..*max {
+                                splits.push(self.push(Inst::Split(0, 0))?);
+                                self.node(node)?;
+                            }
+                            let end = self.prog.len();
+                            for sp in splits {
+                                self.prog[sp] = Inst::Split(sp + 1, end);
+                            }
+                        }
+                    }
+                    Ok(())
+                }
+            }
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn repeat(
-        n: &Node,
-        min: u32,
-        max: Option<u32>,
-        greedy: bool,
-        count: u32,
-        s: &[char],
+    /// Adds thread `pc` and everything reachable from it without reading a
+    /// character at position `i` of a string of `len` characters.
+    fn add(
+        prog: &[Inst],
+        list: &mut Vec<usize>,
+        seen: &mut [bool],
+        pc: usize,
         i: usize,
-        k: K,
-    ) -> bool {
-        let more = |k: K| {
-            max.is_none_or(|m| count < m)
-                && node(n, s, i, &mut |j| {
-                    // An empty iteration past the minimum cannot help: stop.
-                    (j != i || count < min) && repeat(n, min, max, greedy, count + 1, s, j, k)
-                })
-        };
-        #[allow(clippy::if_same_then_else)] // `||` order differs: greedy vs lazy
-        if count < min {
-            more(k)
-        } else if greedy {
-            more(k) || k(i)
-        } else {
-            k(i) || more(k)
+        len: usize,
+    ) {
+        let mut stack = vec![pc];
+        while let Some(pc) = stack.pop() {
+            if seen[pc] {
+                continue;
+            }
+            seen[pc] = true;
+            match prog[pc] {
+                Inst::Split(a, b) => {
+                    stack.push(b);
+                    stack.push(a);
+                }
+                Inst::Jmp(a) => stack.push(a),
+                Inst::Start => {
+                    if i == 0 {
+                        stack.push(pc + 1)
+                    }
+                }
+                Inst::End => {
+                    if i == len {
+                        stack.push(pc + 1)
+                    }
+                }
+                _ => list.push(pc),
+            }
         }
     }
 
@@ -1626,14 +1719,45 @@ mod mini_regex {
             if p.i != p.c.len() {
                 return Err(format!("unbalanced `)` at position {}", p.i));
             }
-            Ok(Self { alts })
+            let mut c = Compiler { prog: Vec::new() };
+            c.alts(&alts)?;
+            c.push(Inst::Match)?;
+            Ok(Self { prog: c.prog })
         }
 
         /// Python `re.match`: a match starting at the beginning of `s`
-        /// (it need not reach the end).
+        /// (it need not reach the end). Linear in `s` times the pattern size
+        /// (a breadth-first NFA simulation, no backtracking).
         pub fn match_start(&self, s: &str) -> bool {
             let s: Vec<char> = s.chars().collect();
-            self.alts.iter().any(|a| seq(a, &s, 0, &mut |_| true))
+            let prog = &self.prog;
+            let mut seen = vec![false; prog.len()];
+            let mut cur = Vec::new();
+            add(prog, &mut cur, &mut seen, 0, 0, s.len());
+            for i in 0..=s.len() {
+                if cur.iter().any(|&pc| matches!(prog[pc], Inst::Match)) {
+                    return true;
+                }
+                let Some(&c) = s.get(i) else { break };
+                seen.iter_mut().for_each(|x| *x = false);
+                let mut next = Vec::new();
+                for &pc in &cur {
+                    let ok = match &prog[pc] {
+                        Inst::Char(x) => *x == c,
+                        Inst::Any => c != '\n',
+                        Inst::Class(items, neg) => items.iter().any(|it| it.matches(c)) != *neg,
+                        _ => false,
+                    };
+                    if ok {
+                        add(prog, &mut next, &mut seen, pc + 1, i + 1, s.len());
+                    }
+                }
+                if next.is_empty() {
+                    return false;
+                }
+                cur = next;
+            }
+            false
         }
     }
 
@@ -1664,6 +1788,24 @@ mod mini_regex {
             assert!(m(r"[\w.]+_proj", name));
             assert!(m("lm_head", "lm_head"));
             assert!(m("", name));
+        }
+
+        /// Patterns that made the old backtracking matcher take exponential
+        /// time or overflow the stack now answer at once.
+        #[test]
+        fn pathological_patterns_are_fast_and_bounded() {
+            let name = "model.layers.17.self_attn.q_proj.weight.extra.long.name";
+            let t = std::time::Instant::now();
+            assert!(!m(r"(.*)*z", name));
+            assert!(!m(r"(a|a)*b", &"a".repeat(60)));
+            assert!(!m(r"(.*.*)*=", name));
+            assert!(m(r"(a?){4000}", "aaa"));
+            assert!(m(r"(){100}model", name));
+            assert!(m(r"(){4000000000}model", name));
+            assert!(t.elapsed() < std::time::Duration::from_secs(2));
+            // Counted repeats are expanded under a size cap.
+            assert!(Regex::new(r"((a{1000}){1000}){1000}").is_err());
+            assert!(Regex::new(r"(a?){4000000000}").is_err());
         }
 
         #[test]

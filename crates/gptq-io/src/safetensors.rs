@@ -257,9 +257,15 @@ impl SafetensorsSource {
             .collect();
         others.sort();
         if others.is_empty() {
+            if let Some(pickle) = torch_checkpoint_in(dir) {
+                return Err(Error::Safetensors {
+                    path: pickle,
+                    msg: TORCH_REFUSAL.into(),
+                });
+            }
             return Err(Error::MissingFile {
                 path: single,
-                hint: "; expected model.safetensors or model.safetensors.index.json (pytorch .bin files are not supported)".into(),
+                hint: "; expected model.safetensors or model.safetensors.index.json".into(),
             });
         }
         Self::open(&others)
@@ -283,38 +289,86 @@ impl SafetensorsSource {
     }
 }
 
-/// The shard files named by a `model.safetensors.index.json`, in order.
-pub fn shards_of_index(index: &Path) -> Result<Vec<PathBuf>> {
-    let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Json {
-        path: index.into(),
-        msg: e.to_string(),
-    })?;
+/// Why PyTorch pickle checkpoints are refused, and what to do instead.
+pub const TORCH_REFUSAL: &str = "PyTorch pickle checkpoints (.bin/.pt/.pth) are not loaded because unpickling can run arbitrary code; convert the model to safetensors first (e.g. `model.save_pretrained(dir, safe_serialization=True)` in transformers)";
+
+/// True when `path` names a PyTorch pickle checkpoint (`.bin`, `.pt`, `.pth`,
+/// `.ckpt`), which is never opened.
+pub fn is_torch_checkpoint(path: &Path) -> bool {
+    path.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+        ["bin", "pt", "pth", "ckpt"]
+            .iter()
+            .any(|x| e.eq_ignore_ascii_case(x))
+    })
+}
+
+/// The first PyTorch checkpoint file (or index) in `dir`, if any.
+fn torch_checkpoint_in(dir: &Path) -> Option<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            is_torch_checkpoint(p)
+                || p.file_name()
+                    .is_some_and(|n| n == "pytorch_model.bin.index.json")
+        })
+        .collect();
+    v.sort();
+    v.into_iter().next()
+}
+
+/// True when `name` is a bare file name that stays inside the folder it is
+/// joined to: one normal path component, no separators of any platform, no
+/// drive or NUL, not `.` or `..`.
+pub fn is_plain_file_name(name: &str) -> bool {
+    let mut comps = Path::new(name).components();
+    matches!(
+        (comps.next(), comps.next()),
+        (Some(std::path::Component::Normal(c)), None) if c == std::ffi::OsStr::new(name)
+    ) && !name.contains(['/', '\\', ':', '\0'])
+}
+
+/// The shard file names listed by the text of a `model.safetensors.index.json`,
+/// sorted and deduplicated. Each must be a plain `.safetensors` file name
+/// ([`is_plain_file_name`]): an index cannot point outside its folder.
+pub fn parse_index(text: &str) -> std::result::Result<Vec<String>, String> {
+    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
     let map = v
         .get("weight_map")
         .and_then(|m| m.as_object())
-        .ok_or_else(|| Error::Json {
-            path: index.into(),
-            msg: "missing `weight_map` object".into(),
-        })?;
-    let dir = index.parent().unwrap_or(Path::new("."));
+        .ok_or("missing `weight_map` object")?;
     let mut shards: Vec<String> = Vec::new();
     for (name, f) in map {
-        let f = f.as_str().ok_or_else(|| Error::Json {
-            path: index.into(),
-            msg: format!("weight_map entry `{name}` is not a file name"),
-        })?;
-        if f.contains('/') || f.contains('\\') || f == ".." {
-            return Err(Error::Json {
-                path: index.into(),
-                msg: format!("shard name `{f}` is not a plain file name"),
-            });
+        let f = f
+            .as_str()
+            .ok_or_else(|| format!("weight_map entry `{name}` is not a file name"))?;
+        if !is_plain_file_name(f) {
+            return Err(format!(
+                "shard name `{f}` is not a plain file name inside the model folder"
+            ));
+        }
+        if !f.ends_with(".safetensors") {
+            return Err(format!("shard `{f}` is not a .safetensors file"));
         }
         if !shards.iter().any(|s| s == f) {
             shards.push(f.to_string());
         }
     }
+    if shards.is_empty() {
+        return Err("`weight_map` lists no shards".into());
+    }
     shards.sort();
+    Ok(shards)
+}
+
+/// The shard files named by a `model.safetensors.index.json`, in order.
+pub fn shards_of_index(index: &Path) -> Result<Vec<PathBuf>> {
+    let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
+    let shards = parse_index(&text).map_err(|msg| Error::Json {
+        path: index.into(),
+        msg,
+    })?;
+    let dir = index.parent().unwrap_or(Path::new("."));
     Ok(shards.into_iter().map(|s| dir.join(s)).collect())
 }
 

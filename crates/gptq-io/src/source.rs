@@ -10,6 +10,7 @@
 use crate::safetensors::{shards_of_index, SafetensorsSource};
 use crate::{Error, Result, WeightSource};
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// A model's files, opened: config, lazy weights and tokenizer.
@@ -159,12 +160,21 @@ fn download(repo_id: &str) -> Result<PathBuf> {
         .build()
         .map_err(|e| err(format!("cannot start the Hub client: {e}")))?;
     let repo = api.model(repo_id.to_string());
-    let info = repo.info().map_err(|e| {
-        err(format!(
-            "cannot reach the Hugging Face Hub: {e} (set HF_HUB_OFFLINE=1 to use only the cache)"
-        ))
-    })?;
-    let files: Vec<String> = info.siblings.into_iter().map(|s| s.rfilename).collect();
+    // The repository listing with each file's size and, for LFS files, its
+    // SHA-256 (`?blobs=true`), to check every download against.
+    let listing = repo
+        .info_request()
+        .query("blobs", "true")
+        .call()
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.into_string().map_err(|e| e.to_string()))
+        .map_err(|e| {
+            err(format!(
+                "cannot reach the Hugging Face Hub: {e} (set HF_HUB_OFFLINE=1 to use only the cache)"
+            ))
+        })?;
+    let blobs = parse_blob_listing(&listing).map_err(|m| err(format!("Hub listing: {m}")))?;
+    let files: Vec<String> = blobs.keys().cloned().collect();
     let has = |f: &str| files.iter().any(|x| x == f);
     let mut wanted: Vec<String> = [
         "config.json",
@@ -210,9 +220,96 @@ fn download(repo_id: &str) -> Result<PathBuf> {
         let p = repo
             .get(f)
             .map_err(|e| err(format!("downloading {f}: {e}")))?;
+        if let Some(want) = blobs.get(f) {
+            if let Err(m) = verify_blob(&p, want) {
+                // Drop the bad copy so that the next run downloads it again.
+                if let Ok(blob) = std::fs::canonicalize(&p) {
+                    let _ = std::fs::remove_file(blob);
+                }
+                let _ = std::fs::remove_file(&p);
+                return Err(err(format!(
+                    "downloading {f}: {m}; the corrupt copy was removed, run again"
+                )));
+            }
+        }
         dir = p.parent().map(Path::to_path_buf);
     }
     dir.ok_or_else(|| err("nothing was downloaded".into()))
+}
+
+/// What the Hub says about one file of a repository.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BlobInfo {
+    /// Size in bytes, when listed.
+    pub size: Option<u64>,
+    /// Lowercase hex SHA-256 of an LFS file's contents.
+    pub sha256: Option<String>,
+}
+
+/// Parses the Hub's `GET /api/models/ORG/NAME/revision/REV?blobs=true`
+/// answer: `siblings` of `{rfilename, size, lfs: {sha256, size}}`.
+pub fn parse_blob_listing(text: &str) -> std::result::Result<BTreeMap<String, BlobInfo>, String> {
+    let v: Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    let sibs = v
+        .get("siblings")
+        .and_then(Value::as_array)
+        .ok_or("no `siblings` list")?;
+    let mut out = BTreeMap::new();
+    for s in sibs {
+        let Some(name) = s.get("rfilename").and_then(Value::as_str) else {
+            return Err("a sibling has no `rfilename`".into());
+        };
+        let lfs = s.get("lfs").filter(|l| l.is_object());
+        let sha256 = lfs
+            .and_then(|l| l.get("sha256").or_else(|| l.get("oid")))
+            .and_then(Value::as_str)
+            .map(|h| h.trim_start_matches("sha256:").to_ascii_lowercase())
+            .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+        let size = s
+            .get("size")
+            .and_then(Value::as_u64)
+            .or_else(|| lfs.and_then(|l| l.get("size")).and_then(Value::as_u64));
+        out.insert(name.to_string(), BlobInfo { size, sha256 });
+    }
+    Ok(out)
+}
+
+/// Lowercase hex SHA-256 of a file's contents.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        ctx.update(&buf[..n]);
+    }
+    Ok(ctx
+        .finish()
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+/// Checks a downloaded file against the Hub's size and SHA-256.
+pub fn verify_blob(path: &Path, want: &BlobInfo) -> std::result::Result<(), String> {
+    let len = std::fs::metadata(path).map_err(|e| e.to_string())?.len();
+    if let Some(size) = want.size {
+        if len != size {
+            return Err(format!("{len} bytes, but the Hub lists {size}"));
+        }
+    }
+    if let Some(h) = &want.sha256 {
+        let got = sha256_file(path).map_err(|e| e.to_string())?;
+        if &got != h {
+            return Err(format!("SHA-256 {got} differs from the Hub's {h}"));
+        }
+    }
+    Ok(())
 }
 
 /// Resolves `spec` (folder, `.gguf` file or Hub id) and opens it.
@@ -227,6 +324,12 @@ pub fn open_model(spec: &str) -> Result<ModelFiles> {
             .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
         {
             return crate::gguf::open_model(path);
+        }
+        if crate::safetensors::is_torch_checkpoint(path) {
+            return Err(Error::Source {
+                spec: spec.to_string(),
+                msg: crate::safetensors::TORCH_REFUSAL.into(),
+            });
         }
         return Err(Error::Source {
             spec: spec.to_string(),
@@ -288,6 +391,32 @@ mod tests {
             Some(root.join("snapshots/abc"))
         );
         assert_eq!(find_in_cache(d.path(), "org/other"), None);
+    }
+
+    #[test]
+    fn downloads_are_checked_against_the_hub_listing() {
+        let listing = r#"{"id": "o/m", "siblings": [
+            {"rfilename": "config.json", "size": 5},
+            {"rfilename": "model.safetensors", "size": 3, "lfs": {
+                "sha256": "BA7816BF8F01CFEA414140DE5DAE2223B00361A396177A9CB410FF61F20015AD",
+                "size": 3, "pointerSize": 130}},
+            {"rfilename": "weird", "lfs": {"sha256": "not-hex"}}]}"#;
+        let b = parse_blob_listing(listing).unwrap();
+        assert_eq!(b["config.json"].size, Some(5));
+        assert_eq!(b["config.json"].sha256, None);
+        assert_eq!(b["weird"], BlobInfo::default());
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("m");
+        std::fs::write(&p, "abc").unwrap();
+        verify_blob(&p, &b["model.safetensors"]).unwrap();
+        std::fs::write(&p, "abd").unwrap();
+        let e = verify_blob(&p, &b["model.safetensors"]).unwrap_err();
+        assert!(e.contains("SHA-256"), "{e}");
+        std::fs::write(&p, "abcd").unwrap();
+        let e = verify_blob(&p, &b["model.safetensors"]).unwrap_err();
+        assert!(e.contains("4 bytes, but the Hub lists 3"), "{e}");
+        assert!(parse_blob_listing("{}").is_err());
+        assert!(parse_blob_listing("[").is_err());
     }
 
     #[test]

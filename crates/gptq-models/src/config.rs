@@ -3,6 +3,11 @@
 use crate::{Error, Result};
 use serde_json::Value;
 
+/// Largest size a config field may hold (2^31): far above any real
+/// dimension, vocabulary or context length, small enough that products of
+/// two sizes fit in 64 bits.
+pub(crate) const MAX_SIZE: usize = 1 << 31;
+
 /// A view of `config.json` for one architecture.
 pub(crate) struct Cfg<'a> {
     pub v: &'a Value,
@@ -17,15 +22,26 @@ impl<'a> Cfg<'a> {
         self.v.get(key).filter(|x| !x.is_null())
     }
 
+    /// A size field: a non-negative integer no larger than [`MAX_SIZE`], so
+    /// sums and products of a few sizes cannot overflow and nothing is
+    /// allocated from an absurd value.
     pub fn usize(&self, key: &str) -> Result<usize> {
         match self.get(key) {
             None => Err(Error::Config(format!("missing `{key}`"))),
-            Some(x) => x
-                .as_u64()
-                .and_then(|u| usize::try_from(u).ok())
-                .ok_or_else(|| {
-                    Error::Config(format!("`{key}` must be a non-negative integer, found {x}"))
-                }),
+            Some(x) => {
+                let v = x
+                    .as_u64()
+                    .and_then(|u| usize::try_from(u).ok())
+                    .ok_or_else(|| {
+                        Error::Config(format!("`{key}` must be a non-negative integer, found {x}"))
+                    })?;
+                if v > MAX_SIZE {
+                    return Err(Error::Config(format!(
+                        "`{key}` is {v}, larger than any model could use (limit {MAX_SIZE})"
+                    )));
+                }
+                Ok(v)
+            }
         }
     }
 
@@ -94,5 +110,20 @@ impl<'a> Cfg<'a> {
             )));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absurd_sizes_are_refused() {
+        let v = serde_json::json!({"a": 4096, "b": 1u64 << 40, "c": -1, "d": u64::MAX});
+        let c = Cfg::new(&v);
+        assert_eq!(c.usize("a").unwrap(), 4096);
+        assert!(c.usize("b").unwrap_err().to_string().contains("limit"));
+        assert!(c.usize("c").is_err());
+        assert!(c.usize("d").is_err());
     }
 }

@@ -9,10 +9,35 @@ use gptq_io::ModelFiles;
 
 /// One block, loaded.
 pub trait BlockRunner: Send + Sync {
-    /// Runs the block on one sequence `x` `[seq, hidden]` in place (causal,
-    /// positions `0..seq`), showing linear inputs to `observe`; returns false
-    /// when `observe` stopped it early.
-    fn forward(&self, x: &mut [f32], seq: usize, observe: Observer<'_>) -> Result<bool>;
+    /// Runs segment `s` of the block's forward on one sequence (causal,
+    /// positions `0..seq`). The forward is the chain of segments
+    /// `0..=P` (`P` = the number of [`ArchSpec::input_points`]); between
+    /// them a sequence's state is `x`, the residual stream `[seq, hidden]`,
+    /// and `t`, the pending intermediate: after segment `s < P`, `t` is the
+    /// input of the linears `input_points[s]`; after segment `P`, `x` is the
+    /// block's output and `t` is empty. A state can be copied and resumed
+    /// later, which is how GPTQ calibration avoids recomputing the block
+    /// from its input for every group of layers.
+    fn segment(&self, s: usize, x: &mut [f32], t: &mut Vec<f32>, seq: usize) -> Result<()>;
+
+    /// Runs the whole block on `x` in place, showing each linear's input to
+    /// `observe`; returns false when `observe` stopped it early.
+    fn forward(&self, x: &mut [f32], seq: usize, observe: Observer<'_>) -> Result<bool> {
+        let points = self.arch().input_points;
+        let mut t = Vec::new();
+        for s in 0..=points.len() {
+            self.segment(s, x, &mut t, seq)?;
+            for &n in points.get(s).copied().unwrap_or_default() {
+                if !observe(n, &t) {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// The architecture this block belongs to.
+    fn arch(&self) -> &'static ArchSpec;
     /// The linear layer `name` (an [`ArchSpec`] name).
     fn linear_mut(&mut self, name: &str) -> Option<&mut Linear>;
 }

@@ -81,9 +81,19 @@ pub struct ArchSpec {
     /// grouped in true-sequential order: each group is quantized from the
     /// inputs produced by the already-quantized groups before it.
     pub sequential_groups: &'static [&'static [&'static str]],
+    /// The block's forward as a chain of segments: after segment `i` the
+    /// linears `input_points[i]` read one shared input (in forward order);
+    /// the final segment, `input_points.len()`, finishes the block. Every
+    /// linear appears exactly once. See [`BlockRunner::segment`].
+    pub input_points: &'static [&'static [&'static str]],
 }
 
 impl ArchSpec {
+    /// The input point (index into [`Self::input_points`]) of linear `name`.
+    pub fn point_of(&self, name: &str) -> Option<usize> {
+        self.input_points.iter().position(|p| p.contains(&name))
+    }
+
     /// All linear layers of a block, in true-sequential order.
     pub fn linear_layers(&self) -> impl Iterator<Item = &'static str> + '_ {
         self.sequential_groups

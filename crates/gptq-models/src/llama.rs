@@ -30,6 +30,12 @@ pub static ARCH: ArchSpec = ArchSpec {
         &["mlp.up_proj", "mlp.gate_proj"],
         &["mlp.down_proj"],
     ],
+    input_points: &[
+        &["self_attn.k_proj", "self_attn.v_proj", "self_attn.q_proj"],
+        &["self_attn.o_proj"],
+        &["mlp.up_proj", "mlp.gate_proj"],
+        &["mlp.down_proj"],
+    ],
 };
 
 /// The fields of `config.json` this file uses.
@@ -136,7 +142,8 @@ pub struct Llama {
     /// Parsed config.
     pub cfg: LlamaConfig,
     info: ModelInfo,
-    embed: Arc<gptq_core::Tensor>,
+    /// Embedding matrix `[vocab, hidden]` (f16 for quantized checkpoints).
+    embed: Linear,
     /// Blocks.
     pub blocks: Vec<Block>,
     norm: Vec<f32>,
@@ -197,35 +204,61 @@ impl Block {
         cache: &mut [crate::kv_cache::SeqCache],
         observe: Observer<'_>,
     ) -> bool {
-        let rows = step.batch.batch * step.batch.seq;
-        let mut hn = vec![0.0f32; x.len()];
-        cpu::rms_norm(x, &self.input_layernorm, eps, &mut hn);
-        for n in ["self_attn.k_proj", "self_attn.v_proj", "self_attn.q_proj"] {
-            if !observe(n, &hn) {
-                return false;
+        let mut t = Vec::new();
+        for s in 0..=ARCH.input_points.len() {
+            self.segment(s, x, &mut t, step, rope, eps, cache);
+            for &n in ARCH.input_points.get(s).copied().unwrap_or_default() {
+                if !observe(n, &t) {
+                    return false;
+                }
             }
         }
-        let a = self.attn.attend(&hn, step, Some(rope), cache);
-        if !observe("self_attn.o_proj", &a) {
-            return false;
-        }
-        let a = self.attn.o.forward(&a, rows);
-        cpu::add_in_place(x, &a);
-        cpu::rms_norm(x, &self.post_attention_layernorm, eps, &mut hn);
-        for n in ["mlp.up_proj", "mlp.gate_proj"] {
-            if !observe(n, &hn) {
-                return false;
-            }
-        }
-        let mut g = self.gate.forward(&hn, rows);
-        let u = self.up.forward(&hn, rows);
-        cpu::silu_mul(&mut g, &u);
-        if !observe("mlp.down_proj", &g) {
-            return false;
-        }
-        let m = self.down.forward(&g, rows);
-        cpu::add_in_place(x, &m);
         true
+    }
+
+    /// Segment `s` of the forward (see [`crate::BlockRunner::segment`]):
+    /// `x` is the residual stream, `t` the input of the linears at
+    /// [`ArchSpec::input_points`]`[s]` once the segment is done.
+    #[allow(clippy::too_many_arguments)]
+    pub fn segment(
+        &self,
+        s: usize,
+        x: &mut [f32],
+        t: &mut Vec<f32>,
+        step: &Step<'_>,
+        rope: &Rope,
+        eps: f32,
+        cache: &mut [crate::kv_cache::SeqCache],
+    ) {
+        let rows = step.batch.batch * step.batch.seq;
+        match s {
+            // -> k, v, q
+            0 => {
+                t.resize(x.len(), 0.0);
+                cpu::rms_norm(x, &self.input_layernorm, eps, t);
+            }
+            // -> o
+            1 => *t = self.attn.attend(t, step, Some(rope), cache),
+            // -> up, gate
+            2 => {
+                let a = self.attn.o.forward(t, rows);
+                cpu::add_in_place(x, &a);
+                t.resize(x.len(), 0.0);
+                cpu::rms_norm(x, &self.post_attention_layernorm, eps, t);
+            }
+            // -> down
+            3 => {
+                let mut g = self.gate.forward(t, rows);
+                let u = self.up.forward(t, rows);
+                cpu::silu_mul(&mut g, &u);
+                *t = g;
+            }
+            _ => {
+                let m = self.down.forward(t, rows);
+                cpu::add_in_place(x, &m);
+                t.clear();
+            }
+        }
     }
 
     /// The linear layer named `name` (an [`ARCH`] name).
@@ -248,28 +281,38 @@ impl Llama {
     pub fn load(config: &Value, w: &Weights<'_>) -> Result<Self> {
         let cfg = LlamaConfig::from_json(config)?;
         let rope = Rope::from_config(config, cfg.head_dim)?;
-        let embed = Arc::new(w.get(
-            "model.embed_tokens.weight",
-            &[cfg.vocab_size, cfg.hidden_size],
-        )?);
+        // Quantized checkpoints keep an f16-stored embedding (usually also
+        // the tied output layer, which dominates decode bytes) as f16.
+        let embed = if w.quant().is_some() {
+            Linear::load_f16(w, "model.embed_tokens", cfg.hidden_size, cfg.vocab_size)?
+        } else {
+            Linear::new(
+                Arc::new(w.get(
+                    "model.embed_tokens.weight",
+                    &[cfg.vocab_size, cfg.hidden_size],
+                )?),
+                None,
+            )
+        };
         let blocks = (0..cfg.num_hidden_layers)
             .map(|i| Block::load(&cfg, w, i))
             .collect::<Result<Vec<_>>>()?;
         let norm = w.get("model.norm.weight", &[cfg.hidden_size])?.into_data();
         // Tied models usually omit lm_head; an untied one must have it.
         let lm_head = if !cfg.tie_word_embeddings && w.contains("lm_head.weight") {
-            Linear::load(w, "lm_head", cfg.hidden_size, cfg.vocab_size)?
+            if w.quant().is_some() {
+                Linear::load_f16(w, "lm_head", cfg.hidden_size, cfg.vocab_size)?
+            } else {
+                Linear::load(w, "lm_head", cfg.hidden_size, cfg.vocab_size)?
+            }
         } else {
             if !cfg.tie_word_embeddings {
                 tracing::warn!("lm_head.weight is missing; using the tied embedding matrix");
             }
-            Linear {
-                weight: embed.clone(),
-                bias: None,
-            }
+            embed.clone()
         };
         let c = Cfg::new(config);
-        let num_params = embed.len()
+        let num_params = embed.num_params()
             + blocks
                 .iter()
                 .map(|b| {
@@ -283,7 +326,7 @@ impl Llama {
                 })
                 .sum::<usize>()
             + norm.len()
-            + if Arc::ptr_eq(&lm_head.weight, &embed) {
+            + if lm_head.shares_weight(&embed) {
                 0
             } else {
                 lm_head.num_params()
@@ -319,7 +362,7 @@ impl Llama {
             for t in 0..batch.lengths[b] {
                 let id = batch.tokens[b * batch.seq + t] as usize;
                 let r = b * batch.seq + t;
-                x[r * h..(r + 1) * h].copy_from_slice(self.embed.row(id));
+                self.embed.row_into(id, &mut x[r * h..(r + 1) * h]);
             }
         }
         x
@@ -428,15 +471,20 @@ struct LlamaBlockRunner<'m> {
 }
 
 impl BlockRunner for LlamaBlockRunner<'_> {
-    fn forward(&self, x: &mut [f32], seq: usize, observe: Observer<'_>) -> Result<bool> {
-        Ok(crate::layerwise::single_sequence(seq, |step, cache| {
+    fn segment(&self, s: usize, x: &mut [f32], t: &mut Vec<f32>, seq: usize) -> Result<()> {
+        crate::layerwise::single_sequence(seq, |step, cache| {
             self.block
-                .forward_observed(x, step, self.rope, self.eps, cache, observe)
-        }))
+                .segment(s, x, t, step, self.rope, self.eps, cache)
+        });
+        Ok(())
     }
 
     fn linear_mut(&mut self, name: &str) -> Option<&mut Linear> {
         self.block.linear_mut(name)
+    }
+
+    fn arch(&self) -> &'static ArchSpec {
+        &ARCH
     }
 }
 

@@ -35,6 +35,12 @@ pub static ARCH: ArchSpec = ArchSpec {
         &["fc1"],
         &["fc2"],
     ],
+    input_points: &[
+        &["self_attn.k_proj", "self_attn.v_proj", "self_attn.q_proj"],
+        &["self_attn.out_proj"],
+        &["fc1"],
+        &["fc2"],
+    ],
 };
 
 /// The fields of `config.json` this file uses.
@@ -212,55 +218,76 @@ impl Block {
         cache: &mut [crate::kv_cache::SeqCache],
         observe: Observer<'_>,
     ) -> bool {
-        let rows = step.batch.batch * step.batch.seq;
-        let normed;
-        let attn_in: &[f32] = if pre_ln {
-            let mut hn = vec![0.0f32; x.len()];
-            self.self_attn_layer_norm.apply(x, &mut hn);
-            normed = hn;
-            &normed
-        } else {
-            x
-        };
-        for n in ["self_attn.k_proj", "self_attn.v_proj", "self_attn.q_proj"] {
-            if !observe(n, attn_in) {
-                return false;
+        let mut t = Vec::new();
+        for s in 0..=ARCH.input_points.len() {
+            self.segment(s, x, &mut t, step, pre_ln, relu, cache);
+            for &n in ARCH.input_points.get(s).copied().unwrap_or_default() {
+                if !observe(n, &t) {
+                    return false;
+                }
             }
         }
-        let a = self.attn.attend(attn_in, step, None, cache);
-        if !observe("self_attn.out_proj", &a) {
-            return false;
-        }
-        let a = self.attn.o.forward(&a, rows);
-        cpu::add_in_place(x, &a);
-        if !pre_ln {
-            self.self_attn_layer_norm.apply_in_place(x);
-        }
-        let mlp_in = if pre_ln {
-            let mut hn = vec![0.0f32; x.len()];
-            self.final_layer_norm.apply(x, &mut hn);
-            hn
-        } else {
-            x.to_vec()
-        };
-        if !observe("fc1", &mlp_in) {
-            return false;
-        }
-        let mut m = self.fc1.forward(&mlp_in, rows);
-        if relu {
-            cpu::relu(&mut m);
-        } else {
-            cpu::gelu(&mut m);
-        }
-        if !observe("fc2", &m) {
-            return false;
-        }
-        let m = self.fc2.forward(&m, rows);
-        cpu::add_in_place(x, &m);
-        if !pre_ln {
-            self.final_layer_norm.apply_in_place(x);
-        }
         true
+    }
+
+    /// Segment `s` of the forward (see [`crate::BlockRunner::segment`]):
+    /// `x` is the residual stream, `t` the input of the linears at
+    /// [`ArchSpec::input_points`]`[s]` once the segment is done.
+    #[allow(clippy::too_many_arguments)]
+    pub fn segment(
+        &self,
+        s: usize,
+        x: &mut [f32],
+        t: &mut Vec<f32>,
+        step: &Step<'_>,
+        pre_ln: bool,
+        relu: bool,
+        cache: &mut [crate::kv_cache::SeqCache],
+    ) {
+        let rows = step.batch.batch * step.batch.seq;
+        // The input of a sublayer: the normalized stream (pre-LN) or the
+        // stream itself (post-LN, normalized after the residual add).
+        let sublayer_input = |x: &[f32], t: &mut Vec<f32>, ln: &LayerNorm| {
+            t.resize(x.len(), 0.0);
+            if pre_ln {
+                ln.apply(x, t);
+            } else {
+                t.copy_from_slice(x);
+            }
+        };
+        match s {
+            // -> k, v, q
+            0 => sublayer_input(x, t, &self.self_attn_layer_norm),
+            // -> out_proj
+            1 => *t = self.attn.attend(t, step, None, cache),
+            // -> fc1
+            2 => {
+                let a = self.attn.o.forward(t, rows);
+                cpu::add_in_place(x, &a);
+                if !pre_ln {
+                    self.self_attn_layer_norm.apply_in_place(x);
+                }
+                sublayer_input(x, t, &self.final_layer_norm);
+            }
+            // -> fc2
+            3 => {
+                let mut m = self.fc1.forward(t, rows);
+                if relu {
+                    cpu::relu(&mut m);
+                } else {
+                    cpu::gelu(&mut m);
+                }
+                *t = m;
+            }
+            _ => {
+                let m = self.fc2.forward(t, rows);
+                cpu::add_in_place(x, &m);
+                if !pre_ln {
+                    self.final_layer_norm.apply_in_place(x);
+                }
+                t.clear();
+            }
+        }
     }
 
     /// The linear layer named `name` (an [`ARCH`] name).
@@ -304,10 +331,7 @@ impl Opt {
         } else {
             None
         };
-        let lm_head = Linear {
-            weight: embed.clone(),
-            bias: None,
-        };
+        let lm_head = Linear::new(embed.clone(), None);
         let c = Cfg::new(config);
         let num_params = embed.len()
             + positions.len()
@@ -499,15 +523,20 @@ struct OptBlockRunner {
 }
 
 impl BlockRunner for OptBlockRunner {
-    fn forward(&self, x: &mut [f32], seq: usize, observe: Observer<'_>) -> Result<bool> {
-        Ok(crate::layerwise::single_sequence(seq, |step, cache| {
+    fn segment(&self, s: usize, x: &mut [f32], t: &mut Vec<f32>, seq: usize) -> Result<()> {
+        crate::layerwise::single_sequence(seq, |step, cache| {
             self.block
-                .forward_observed(x, step, self.pre_ln, self.relu, cache, observe)
-        }))
+                .segment(s, x, t, step, self.pre_ln, self.relu, cache)
+        });
+        Ok(())
     }
 
     fn linear_mut(&mut self, name: &str) -> Option<&mut Linear> {
         self.block.linear_mut(name)
+    }
+
+    fn arch(&self) -> &'static ArchSpec {
+        &ARCH
     }
 }
 

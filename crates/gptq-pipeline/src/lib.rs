@@ -3,15 +3,22 @@
 //!
 //! 1. the calibration samples are embedded: the inputs of block 0;
 //! 2. for each block, loaded alone from the checkpoint: for each
-//!    true-sequential group of linear layers, the block is run on every
-//!    sample (stopping as soon as the group's inputs have been seen) and each
-//!    group input's Hessian `H = (2/n)·Σ x xᵀ` is accumulated; the group's
+//!    true-sequential group of linear layers, every sample is run forward to
+//!    the group's input (resuming from where the previous group left it) and
+//!    each input's Hessian `H = (2/n)·Σ x xᵀ` is accumulated; the group's
 //!    layers are quantized and their weights replaced by the dequantized
 //!    result, so later groups see the quantized earlier ones;
-//! 3. the block is run once more with all its quantized layers, and its
-//!    outputs become the next block's inputs;
+//! 3. the samples are run to the end of the block, whose quantized outputs
+//!    become the next block's inputs;
 //! 4. the block's quantized layers go to a sink (the checkpoint writer) and
 //!    the block is dropped — peak memory is one block plus the activations.
+//!
+//! Between groups a sample's state (residual stream plus the pending
+//! intermediate, see [`BlockRunner::segment`]) is kept when it fits in
+//! [`PipelineOptions::state_budget`], so each block costs about one forward
+//! pass; a state that does not fit is recomputed from the last kept one.
+//! Either way the arithmetic is the same, so results do not depend on the
+//! budget (tested).
 
 use gptq_core::{QLinear, Tensor};
 use gptq_models::{BlockRunner, LayerwiseModel};
@@ -65,10 +72,41 @@ pub struct PipelineOptions {
     pub true_sequential: bool,
     /// Layers (full names) to leave unquantized.
     pub skip: Vec<String>,
+    /// Bytes the sequences' states inside a block may hold, to resume from
+    /// a later point instead of recomputing the block from its input for
+    /// each group (`None`: twice the block inputs, the reference's
+    /// `inps` + `outs`). More memory only saves time; results are the same.
+    pub state_budget: Option<usize>,
+    /// Outlier-token clipping for the Hessians: a token whose layer input
+    /// is longer than `c` times the median token's (in its sample) enters
+    /// `H` scaled down to that length. The forward pass is unchanged.
+    pub token_clip: Option<f32>,
+}
+
+/// Scales down, in place, the rows (tokens) of `t` (`[seq, cols]`) longer
+/// than `c` × the median row length to that length.
+pub fn clip_tokens(t: &mut [f32], seq: usize, c: f32) {
+    if seq == 0 {
+        return;
+    }
+    let cols = t.len() / seq;
+    let norms: Vec<f32> = t
+        .chunks_exact(cols)
+        .map(|r| r.iter().map(|v| v * v).sum::<f32>().sqrt())
+        .collect();
+    let mut sorted = norms.clone();
+    sorted.sort_unstable_by(f32::total_cmp);
+    let cap = c * sorted[seq / 2];
+    for (r, n) in t.chunks_exact_mut(cols).zip(norms) {
+        if n > cap && n > 0.0 {
+            let k = cap / n;
+            r.iter_mut().for_each(|v| *v *= k);
+        }
+    }
 }
 
 /// What happened to one linear layer.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct LayerReport {
     /// Full name, e.g. `model.layers.0.self_attn.q_proj`.
     pub name: String,
@@ -102,75 +140,129 @@ pub trait Progress {
 
 impl Progress for () {}
 
-/// Hessians of one group pass, one per distinct input (layers that share an
-/// input, like k/v/q, share one Hessian).
-struct GroupHessians {
-    entries: Vec<(Vec<&'static str>, Hessian)>,
+/// A block from an earlier run: its quantized layers (full names, in the
+/// order the sink got them) and its layer reports.
+pub type SavedBlock = (Vec<(String, QLinear)>, Vec<LayerReport>);
+
+/// Blocks finished by an earlier, interrupted run (see
+/// [`quantize_resumable`]).
+pub trait Replay {
+    /// Whether block `b` was already quantized.
+    fn has(&self, b: usize) -> bool;
+    /// Block `b`'s quantized layers (full names, in the order the sink got
+    /// them) and its layer reports.
+    fn load(&self, b: usize) -> Result<SavedBlock>;
 }
 
-impl GroupHessians {
-    fn for_name(&self, name: &str) -> Option<&Hessian> {
-        self.entries
-            .iter()
-            .find(|(n, _)| n.contains(&name))
-            .map(|(_, h)| h)
+/// No earlier run.
+impl Replay for () {
+    fn has(&self, _: usize) -> bool {
+        false
+    }
+    fn load(&self, b: usize) -> Result<SavedBlock> {
+        Err(Error::Input(format!("block {b} was not quantized before")))
     }
 }
 
-/// Runs every sample through `block`, accumulating the Hessians of the
-/// linears in `group` and stopping each run once all of them were seen.
+/// One calibration sequence's state inside the current block: the
+/// residual stream `x` and the pending intermediate `t` after `done`
+/// segments (see [`BlockRunner::segment`]); `done = 0` is the block input.
+struct SeqState {
+    x: Vec<f32>,
+    t: Vec<f32>,
+    done: usize,
+}
+
+impl SeqState {
+    fn bytes(&self) -> usize {
+        (self.x.len() + self.t.len()) * std::mem::size_of::<f32>()
+    }
+
+    /// Runs segments until `done == until`, calling `at_point(p, t)` after
+    /// each segment that ends at input point `p`.
+    fn advance(
+        &mut self,
+        block: &dyn BlockRunner,
+        seq: usize,
+        until: usize,
+        at_point: &mut dyn FnMut(usize, &[f32]) -> Result<()>,
+    ) -> Result<()> {
+        let points = block.arch().input_points.len();
+        while self.done < until {
+            let s = self.done;
+            block.segment(s, &mut self.x, &mut self.t, seq)?;
+            self.done += 1;
+            if s < points {
+                at_point(s, &self.t)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs every sequence up to the last input point of `group`, accumulating
+/// one Hessian per input point the group reads (layers reading the same
+/// input share it). A sequence's advanced state replaces its kept one when
+/// `adopt` (the segments it ran use only final weights) and the kept states
+/// stay within `budget` bytes; otherwise it is a scratch copy, and the next
+/// group recomputes from the kept state.
+#[allow(clippy::too_many_arguments)]
 fn collect_hessians(
     block: &dyn BlockRunner,
-    inputs: &[Vec<f32>],
+    states: &mut [SeqState],
     hidden: usize,
-    group: &[&'static str],
-) -> Result<GroupHessians> {
-    let mut hs = GroupHessians {
-        entries: Vec::new(),
-    };
-    for x0 in inputs {
-        let seq = x0.len() / hidden;
-        let mut x = x0.clone();
-        let mut seen = 0usize;
-        // Per sample: which entry the previous observed input went to, keyed by
-        // the input's address (layers sharing an input get the same slice).
-        let mut last: Option<(*const f32, usize)> = None;
-        let mut failed: Option<gptq_quant::Error> = None;
-        let mut observe = |name: &'static str, inp: &[f32]| -> bool {
-            if !group.contains(&name) {
-                return true;
-            }
-            seen += 1;
-            let key = inp.as_ptr();
-            match last {
-                Some((p, idx)) if p == key => {
-                    if !hs.entries[idx].0.contains(&name) {
-                        hs.entries[idx].0.push(name);
-                    }
-                }
-                _ => {
-                    let idx = match hs.entries.iter().position(|(n, _)| n.contains(&name)) {
-                        Some(i) => i,
-                        None => {
-                            let cols = inp.len() / seq;
-                            hs.entries.push((vec![name], Hessian::new(cols)));
-                            hs.entries.len() - 1
-                        }
-                    };
-                    if let Err(e) = hs.entries[idx].1.add_batch(inp, seq) {
-                        failed.get_or_insert(e);
-                    }
-                    last = Some((key, idx));
-                }
-            }
-            seen < group.len()
+    group_points: &[usize],
+    adopt: bool,
+    budget: usize,
+    kept: &mut usize,
+    token_clip: Option<f32>,
+    times: &mut Times,
+) -> Result<Vec<(usize, Hessian)>> {
+    let last = group_points.iter().copied().max().unwrap_or(0);
+    let mut hs: Vec<(usize, Hessian)> = Vec::new();
+    for st in states.iter_mut() {
+        let seq = st.x.len() / hidden;
+        let mut scratch = SeqState {
+            x: st.x.clone(),
+            t: st.t.clone(),
+            done: st.done,
         };
-        block.forward(&mut x, seq, &mut observe)?;
-        if let Some(source) = failed {
-            return Err(Error::Solver {
-                layer: group.join(","),
+        let start = Instant::now();
+        let mut in_hessian = 0.0f64;
+        scratch.advance(block, seq, last + 1, &mut |p, t| {
+            if !group_points.contains(&p) {
+                return Ok(());
+            }
+            let h = match hs.iter_mut().position(|(q, _)| *q == p) {
+                Some(i) => &mut hs[i].1,
+                None => {
+                    hs.push((p, Hessian::new(t.len() / seq)));
+                    &mut hs.last_mut().expect("just pushed").1
+                }
+            };
+            let clipped;
+            let t = match token_clip {
+                Some(c) => {
+                    let mut v = t.to_vec();
+                    clip_tokens(&mut v, seq, c);
+                    clipped = v;
+                    &clipped[..]
+                }
+                None => t,
+            };
+            let t0 = Instant::now();
+            let r = h.add_batch(t, seq).map_err(|source| Error::Solver {
+                layer: block.arch().input_points[p].join(","),
                 source,
             });
+            in_hessian += t0.elapsed().as_secs_f64();
+            r
+        })?;
+        times.hessian += in_hessian;
+        times.forward += start.elapsed().as_secs_f64() - in_hessian;
+        if adopt && *kept - st.bytes() + scratch.bytes() <= budget {
+            *kept = *kept - st.bytes() + scratch.bytes();
+            *st = scratch;
         }
     }
     Ok(hs)
@@ -185,30 +277,121 @@ pub fn quantize(
     progress: &mut dyn Progress,
     sink: &mut dyn FnMut(usize, Vec<(String, QLinear)>) -> Result<()>,
 ) -> Result<Vec<LayerReport>> {
+    quantize_resumable(model, samples, opts, progress, sink, &())
+}
+
+/// [`quantize`], taking the blocks that `replay` has from an earlier run
+/// instead of quantizing them again: their layers are swapped into the
+/// block, which is run forward (when a later block still needs its
+/// outputs) and handed to `sink` as if just quantized. Since the forward
+/// pass is deterministic, the result is bit-identical to an uninterrupted
+/// run.
+pub fn quantize_resumable(
+    model: &dyn LayerwiseModel,
+    samples: &[Vec<u32>],
+    opts: &PipelineOptions,
+    progress: &mut dyn Progress,
+    sink: &mut dyn FnMut(usize, Vec<(String, QLinear)>) -> Result<()>,
+    replay: &dyn Replay,
+) -> Result<Vec<LayerReport>> {
     if samples.is_empty() {
         return Err(Error::Input("no calibration samples".into()));
     }
     let arch = model.arch();
     let hidden = model.hidden_size();
-    let mut inputs: Vec<Vec<f32>> = samples
+    let mut states: Vec<SeqState> = samples
         .iter()
-        .map(|s| model.embed(s))
-        .collect::<Result<_, _>>()?;
+        .map(|s| {
+            Ok(SeqState {
+                x: model.embed(s)?,
+                t: Vec::new(),
+                done: 0,
+            })
+        })
+        .collect::<Result<_>>()?;
+    let input_bytes: usize = states.iter().map(SeqState::bytes).sum();
+    let budget = opts.state_budget.unwrap_or(2 * input_bytes);
     let groups: Vec<Vec<&'static str>> = if opts.true_sequential {
         arch.sequential_groups.iter().map(|g| g.to_vec()).collect()
     } else {
         vec![arch.linear_layers().collect()]
     };
+    // Input point of every group member, checked once.
+    let point_of = |name: &str| {
+        arch.point_of(name).ok_or_else(|| {
+            Error::Input(format!(
+                "architecture {}: layer {name} is in no input point",
+                arch.name
+            ))
+        })
+    };
     let mut reports = Vec::new();
+    let mut times = Times::default();
     let blocks = model.num_blocks();
     for b in 0..blocks {
         progress.block_start(b, blocks);
         let mut block = model.block(b)?;
         let prefix = (arch.block_prefix)(b);
+        if replay.has(b) {
+            let (layers, block_reports) = replay.load(b)?;
+            for (full, q) in &layers {
+                let lin = full
+                    .strip_prefix(&prefix)
+                    .and_then(|n| block.linear_mut(n))
+                    .ok_or_else(|| {
+                        Error::Input(format!("saved block {b} names an unknown layer {full}"))
+                    })?;
+                if (lin.out_dim(), lin.in_dim()) != (q.out_features, q.in_features) {
+                    return Err(Error::Input(format!(
+                        "saved layer {full} is {}x{}, the model's is {}x{}",
+                        q.out_features,
+                        q.in_features,
+                        lin.out_dim(),
+                        lin.in_dim()
+                    )));
+                }
+                lin.weight = std::sync::Arc::new(q.dequantize());
+            }
+            for r in block_reports {
+                progress.layer_done(&r);
+                reports.push(r);
+            }
+            let needed = (b + 1..blocks).any(|c| !replay.has(c));
+            if opts.method == Method::Gptq && needed {
+                finish_block(block.as_ref(), &mut states, hidden, &mut times)?;
+            }
+            sink(b, layers)?;
+            progress.block_done(b);
+            continue;
+        }
         let mut done: Vec<(String, QLinear)> = Vec::new();
-        for group in &groups {
+        let mut kept: usize = states.iter().map(SeqState::bytes).sum();
+        for (gi, group) in groups.iter().enumerate() {
+            let mut group_points: Vec<usize> =
+                group.iter().map(|n| point_of(n)).collect::<Result<_>>()?;
+            group_points.sort_unstable();
+            group_points.dedup();
+            // A state advanced to this group's inputs can be kept for the next
+            // groups only if the segments it ran use final weights: no layer
+            // before the group's last input point is quantized later.
+            let last = group_points.last().copied().unwrap_or(0);
+            let later: Vec<&str> = groups[gi..].iter().flatten().copied().collect();
+            let adopt = arch.input_points[..last]
+                .iter()
+                .flat_map(|p| p.iter())
+                .all(|n| !later.contains(n));
             let hs = if opts.method == Method::Gptq {
-                Some(collect_hessians(block.as_ref(), &inputs, hidden, group)?)
+                Some(collect_hessians(
+                    block.as_ref(),
+                    &mut states,
+                    hidden,
+                    &group_points,
+                    adopt,
+                    budget,
+                    &mut kept,
+                    opts.token_clip,
+                    &mut times,
+                )?)
             } else {
                 None
             };
@@ -243,12 +426,11 @@ pub fn quantize(
             // Layers reading the same input share one Hessian factorization.
             let batches: Vec<Vec<&'static str>> = match &hs {
                 Some(hs) => hs
-                    .entries
                     .iter()
-                    .map(|(names, _)| {
+                    .map(|(p, _)| {
                         todo.iter()
                             .copied()
-                            .filter(|n| names.contains(n))
+                            .filter(|n| arch.point_of(n) == Some(*p))
                             .collect::<Vec<_>>()
                     })
                     .filter(|v| !v.is_empty())
@@ -265,7 +447,9 @@ pub fn quantize(
                 let results: Vec<(QLinear, f64, f64, f32)> = match &hs {
                     Some(hs) => {
                         let h = hs
-                            .for_name(names[0])
+                            .iter()
+                            .find(|(p, _)| arch.point_of(names[0]) == Some(*p))
+                            .map(|(_, h)| h)
                             .expect("every group layer was observed");
                         let refs: Vec<&Tensor> = weights.iter().map(|w| w.as_ref()).collect();
                         gptq_quant::gptq_quantize_many(&refs, h, &opts.params)
@@ -289,6 +473,7 @@ pub fn quantize(
                         0.0,
                     )],
                 };
+                times.solve += t.elapsed().as_secs_f64();
                 let seconds = t.elapsed().as_secs_f64() / names.len() as f64;
                 for (name, (mut q, error, error_rtn, damp)) in names.iter().zip(results) {
                     let full = format!("{prefix}{name}");
@@ -315,14 +500,50 @@ pub fn quantize(
                 }
             }
         }
-        for x in inputs.iter_mut() {
-            let seq = x.len() / hidden;
-            block.forward(x, seq, &mut |_, _| true)?;
+        // The block's outputs (with its quantized layers) are the next
+        // block's inputs. Round-to-nearest needs no activations at all.
+        if opts.method == Method::Gptq && b + 1 < blocks {
+            finish_block(block.as_ref(), &mut states, hidden, &mut times)?;
         }
         sink(b, done)?;
+        tracing::debug!("block {b}: {times:?} so far");
         progress.block_done(b);
     }
+    tracing::info!(
+        "time: forward {:.1}s, Hessians {:.1}s, solver {:.1}s",
+        times.forward,
+        times.hessian,
+        times.solve
+    );
     Ok(reports)
+}
+
+/// Runs every sequence to the end of `block`: its outputs become the next
+/// block's inputs.
+fn finish_block(
+    block: &dyn BlockRunner,
+    states: &mut [SeqState],
+    hidden: usize,
+    times: &mut Times,
+) -> Result<()> {
+    let t0 = Instant::now();
+    let end = block.arch().input_points.len() + 1;
+    for st in states.iter_mut() {
+        let seq = st.x.len() / hidden;
+        st.advance(block, seq, end, &mut |_, _| Ok(()))?;
+        st.done = 0;
+        st.t = Vec::new();
+    }
+    times.forward += t0.elapsed().as_secs_f64();
+    Ok(())
+}
+
+/// Wall time per phase, for the log.
+#[derive(Debug, Default)]
+struct Times {
+    forward: f64,
+    hessian: f64,
+    solve: f64,
 }
 
 /// Why a layer cannot be stored in the packed GPTQ format, if so.

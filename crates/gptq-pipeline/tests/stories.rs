@@ -74,6 +74,8 @@ fn quantize(
         method,
         true_sequential: true,
         skip: vec![],
+        state_budget: None,
+        token_clip: None,
     };
     let mut qcfg = QuantizeConfig::new(bits, Some(32));
     qcfg.sym = false;
@@ -144,6 +146,65 @@ fn gptq_beats_rtn_and_reload_is_bit_identical() {
                 .unwrap()
                 .unwrap();
             assert_eq!(back.dequantize().data(), q.dequantize().data(), "{name}");
+        }
+    }
+}
+
+/// The quantized layers of stories260K under `opts`, in sink order.
+fn quantized_layers(opts: &PipelineOptions, calib: &[Vec<u32>]) -> Vec<(String, QLinear)> {
+    let files = gptq_io::source::open_dir(&shared().join("models/stories260K")).unwrap();
+    let model = gptq_models::layerwise(&files).unwrap();
+    let mut out = Vec::new();
+    let mut sink = |_: usize, qs: Vec<(String, QLinear)>| -> gptq_pipeline::Result<()> {
+        out.extend(qs);
+        Ok(())
+    };
+    gptq_pipeline::quantize(model.as_ref(), calib, opts, &mut (), &mut sink).unwrap();
+    out
+}
+
+/// Keeping sequence states between groups only saves time: with no memory
+/// for states (everything recomputed from the block input), the default
+/// budget and an unlimited one, every quantized integer and scale is the
+/// same, for true-sequential and all-at-once quantization.
+#[test]
+fn state_budget_does_not_change_results() {
+    let calib_ids = tokens("text/brown/brown.txt");
+    let calib = windows(&calib_ids, 12, 256, 0);
+    let params = GptqParams {
+        bits: 8,
+        group_size: Some(32),
+        sym: false,
+        desc_act: true,
+        static_groups: false,
+        damp_percent: 0.01,
+        block_size: 128,
+        mse: false,
+    };
+    for true_sequential in [true, false] {
+        let run = |state_budget| {
+            let opts = PipelineOptions {
+                params,
+                method: Method::Gptq,
+                true_sequential,
+                skip: vec![],
+                state_budget,
+                token_clip: None,
+            };
+            quantized_layers(&opts, &calib)
+        };
+        let reference = run(Some(0));
+        // 8 bits pack every stories260K shape, so all 7 linears × 5 blocks.
+        assert_eq!(reference.len(), 35);
+        for budget in [None, Some(usize::MAX)] {
+            let other = run(budget);
+            assert_eq!(other.len(), reference.len());
+            for ((n1, q1), (n2, q2)) in reference.iter().zip(&other) {
+                assert_eq!(n1, n2);
+                assert_eq!(q1.codes, q2.codes, "{n1} (budget {budget:?})");
+                assert_eq!(q1.scales, q2.scales, "{n1} (budget {budget:?})");
+                assert_eq!(q1.zeros, q2.zeros, "{n1} (budget {budget:?})");
+            }
         }
     }
 }

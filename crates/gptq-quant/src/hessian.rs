@@ -14,7 +14,8 @@
 //!   step in that order and rounded in f32 (the scalar factors are computed
 //!   in f64 and rounded to f32 once, as PyTorch does with Python scalars).
 //!   `n` counts samples (sequences), not tokens.
-//! * `X̃ᵀX̃` is one `gemm` call through `gptq_kernels::cpu::matmul_strided`;
+//! * `X̃ᵀX̃` is computed as its upper triangle, in strips of rows, each one
+//!   `gemm` call through `gptq_kernels::cpu::matmul_strided`, then mirrored;
 //!   `gemm` splits the output among threads and reduces over tokens in a
 //!   fixed `kc`-blocked order that depends on the shapes only, never on the
 //!   thread count, and uses no atomics, so `H` is bit-identical for a given
@@ -126,14 +127,37 @@ impl Hessian {
         }
         let a = (2.0 / new as f64).sqrt() as f32;
         let xs: Vec<f32> = x.par_iter().map(|v| v * a).collect();
-        let xm = Mat::row_major(&xs, tokens, n);
-        matmul_strided(
-            MatMut::row_major(&mut self.h, n, n),
-            xm.t(),
-            xm,
-            if old > 0 { 1.0 } else { 0.0 },
-            rayon::current_num_threads(),
-        );
+        let beta = if old > 0 { 1.0 } else { 0.0 };
+        let threads = rayon::current_num_threads();
+        // H is symmetric: only the upper triangle is computed, one strip of
+        // HESSIAN_STRIP rows at a time (`H[I, i0..] += X[:, I]ᵀ X[:, i0..]`,
+        // about half the work of the full product), then mirrored.
+        for i0 in (0..n).step_by(HESSIAN_STRIP) {
+            let i1 = (i0 + HESSIAN_STRIP).min(n);
+            let xi = Mat {
+                data: &xs[i0..],
+                rows: i1 - i0,
+                cols: tokens,
+                row_stride: 1,
+                col_stride: n,
+            };
+            let xj = Mat {
+                data: &xs[i0..],
+                rows: tokens,
+                cols: n - i0,
+                row_stride: n,
+                col_stride: 1,
+            };
+            let dst = MatMut {
+                data: &mut self.h[i0 * n + i0..],
+                rows: i1 - i0,
+                cols: n - i0,
+                row_stride: n,
+                col_stride: 1,
+            };
+            matmul_strided(dst, xi, xj, beta, threads);
+        }
+        mirror_upper(&mut self.h, n);
         Ok(())
     }
 
@@ -152,6 +176,25 @@ impl Hessian {
         Ok(weighted_error(&self.h, n, delta, rows))
     }
 }
+
+/// Copies the upper triangle of `h` (`[n, n]`) onto the lower one, in
+/// tiles so that the transposed reads stay in cache.
+fn mirror_upper(h: &mut [f32], n: usize) {
+    const T: usize = 32;
+    for bi in (0..n).step_by(T) {
+        for bj in (0..=bi).step_by(T) {
+            for i in bi..(bi + T).min(n) {
+                for j in bj..(bj + T).min(i) {
+                    h[i * n + j] = h[j * n + i];
+                }
+            }
+        }
+    }
+}
+
+/// Rows per strip of the triangular Hessian update in
+/// [`Hessian::add_samples`].
+const HESSIAN_STRIP: usize = 128;
 
 /// Columns per block of the triangular product in [`weighted_error`].
 const ERR_BLOCK: usize = 256;
@@ -243,7 +286,13 @@ mod tests {
 
     #[test]
     fn accumulation_matches_naive_f64() {
-        let n = 37;
+        // 37: one strip; 300: three strips of the triangular update.
+        for n in [37, 300] {
+            accumulation_matches_naive_f64_at(n);
+        }
+    }
+
+    fn accumulation_matches_naive_f64_at(n: usize) {
         let mut h = Hessian::new(n);
         let mut naive = vec![0.0f64; n * n];
         let lens = [5usize, 64, 1, 200, 33];

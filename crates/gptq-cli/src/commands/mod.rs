@@ -1,11 +1,13 @@
 //! One module per subcommand.
 
 pub mod bench;
+pub mod bench_cuda;
 pub mod convert;
 pub mod eval;
 pub mod generate;
 pub mod inspect;
 pub mod quantize;
+pub mod resume;
 
 use anyhow::Context;
 use gptq_io::ModelFiles;

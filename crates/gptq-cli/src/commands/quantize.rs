@@ -8,7 +8,7 @@ use gptq_infer::Tokenizer;
 use gptq_io::gptq::{
     auxiliary_files, CheckpointWriter, DynamicRule, ExtraFile, QuantizeConfig, TensorData,
 };
-use gptq_pipeline::{LayerReport, Method, PipelineOptions, Progress};
+use gptq_pipeline::{LayerReport, Method, PipelineOptions, Progress, Replay};
 use gptq_quant::GptqParams;
 use indicatif::{MultiProgress, ProgressBar};
 use std::collections::HashSet;
@@ -50,7 +50,7 @@ pub struct Args {
     pub asym: bool,
     /// Dampening as a fraction of the mean Hessian diagonal [default: 0.01, the paper's].
     #[arg(long)]
-    pub damp_percent: Option<f32>,
+    pub damp_percent: Option<f64>,
     /// Quantize a block's linear layers in dependency groups [default: on].
     #[arg(long, value_name = "BOOL")]
     pub true_sequential: Option<bool>,
@@ -66,13 +66,17 @@ pub struct Args {
     /// Columns per lazy batch of the solver.
     #[arg(long, default_value_t = 128)]
     pub block_size: usize,
-    /// Calibration text files (.txt, .jsonl); repeatable.
-    #[arg(long, value_name = "FILE")]
-    pub dataset: Vec<PathBuf>,
+    /// Calibration data; repeatable. A named set: wikitext2 (WikiText-2 raw train; needs a build
+    /// with the `parquet` feature), c4 or c4-new (allenai/c4 en train shard 0), fetched from the
+    /// Hugging Face Hub into the HF cache (HF_HUB_OFFLINE=1: cache only). Or a file: .txt,
+    /// .jsonl/.ndjson, .json.gz/.jsonl.gz (JSON lines), .parquet (`parquet` feature). An existing
+    /// file wins over a name.
+    #[arg(long, value_name = "NAME|FILE")]
+    pub dataset: Vec<String>,
     /// A calibration string, used as one sample; repeatable.
     #[arg(long, value_name = "TEXT")]
     pub calib_text: Vec<String>,
-    /// JSON-lines field holding the text.
+    /// JSON-lines field or parquet column holding the text (files only).
     #[arg(long, default_value = "text")]
     pub text_field: String,
     /// Calibration samples.
@@ -90,6 +94,24 @@ pub struct Args {
     /// Replace OUT_DIR if it exists.
     #[arg(long)]
     pub overwrite: bool,
+
+    /// Outlier tokens in the Hessians: a token whose layer input is longer
+    /// than C times the median token's enters H scaled down to that length
+    /// (the forward pass is unchanged). Off by default.
+    #[arg(long, value_name = "C")]
+    pub token_clip: Option<f32>,
+
+    /// Continue an interrupted run of the same command from its last
+    /// finished block (progress is kept in OUT_DIR.gptq-resume/ while a run
+    /// goes on); the result is bit-identical to an uninterrupted run.
+    #[arg(long)]
+    pub resume: bool,
+
+    /// Memory (MiB) for calibration states kept between layer groups
+    /// inside a block [default: twice the block inputs]. Less memory costs
+    /// recomputation, never accuracy.
+    #[arg(long, value_name = "MIB", hide = true)]
+    pub state_budget_mib: Option<usize>,
 }
 
 /// Checkpoint format flag.
@@ -142,6 +164,8 @@ pub fn peak_rss() -> Option<u64> {
 }
 
 struct Bars {
+    /// Reports of the block in progress, for the resume folder.
+    pending: std::rc::Rc<std::cell::RefCell<Vec<LayerReport>>>,
     blocks: ProgressBar,
     layers: ProgressBar,
     per_block: usize,
@@ -156,6 +180,7 @@ impl Progress for Bars {
         self.layers.set_position(0);
     }
     fn layer_done(&mut self, r: &LayerReport) {
+        self.pending.borrow_mut().push(r.clone());
         self.layers.inc(1);
         let name = r
             .name
@@ -213,7 +238,7 @@ fn resolve(a: &Args) -> anyhow::Result<QuantizeConfig> {
         q.sym = true;
     }
     if let Some(d) = a.damp_percent {
-        q.damp_percent = d as f64;
+        q.damp_percent = d;
     }
     if let Some(t) = a.true_sequential {
         q.true_sequential = t;
@@ -274,15 +299,15 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let mut sources: Vec<CalibSource> = a
         .dataset
         .iter()
-        .map(|p| CalibSource::File {
-            path: p.clone(),
-            text_field: a.text_field.clone(),
-        })
+        .map(|s| CalibSource::from_spec(s, &a.text_field))
         .collect();
     if !a.calib_text.is_empty() {
         sources.push(CalibSource::Texts(a.calib_text.clone()));
     }
     let samples = calib::samples(&tok, &sources, a.nsamples, seqlen, a.seed)?;
+    // The tokenized corpus is gone; give its memory back before the
+    // activations are allocated.
+    crate::release_free_memory();
     let tokens: usize = samples.iter().map(Vec::len).sum();
     eprintln!(
         "calibration: {} samples, {tokens} tokens; {}-bit, group {}, {}, desc_act {}, static_groups {}, damp {}, {}",
@@ -292,7 +317,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         if qcfg.sym { "sym" } else { "asym" },
         qcfg.desc_act,
         qcfg.static_groups,
-        qcfg.damp_percent,
+        qcfg.damp_percent as f32,
         match a.method {
             MethodArg::Gptq => "GPTQ",
             MethodArg::Rtn => "RTN",
@@ -312,6 +337,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     params
         .validate()
         .map_err(|e| anyhow::anyhow!("quantization settings: {e}"))?;
+    if let Some(c) = a.token_clip {
+        if !(c.is_finite() && c > 0.0) {
+            anyhow::bail!("--token-clip must be a positive number, got {c}");
+        }
+    }
     let opts = PipelineOptions {
         params,
         method: match a.method {
@@ -320,6 +350,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         },
         true_sequential: qcfg.true_sequential,
         skip: Vec::new(),
+        state_budget: a.state_budget_mib.map(|m| m << 20),
+        token_clip: a.token_clip,
     };
     // A last, partial group (e.g. 576 inputs at group size 128) is valid GPTQ
     // and loads in transformers/GPTQModel, but vLLM refuses such layers.
@@ -342,6 +374,20 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
 
     let format = qcfg.format().map_err(|e| anyhow::anyhow!(e))?;
+    // Everything that determines the result, to refuse resuming a different run.
+    let settings = serde_json::json!({
+        "model": files.name,
+        "config": files.config,
+        "quantize_config": serde_json::from_str::<serde_json::Value>(&qcfg.to_json_string())?,
+        "method": opts.method,
+        "mse": a.mse,
+        "block_size": a.block_size,
+        "token_clip": a.token_clip,
+        "calibration_tokens": crate::commands::resume::token_hash(&samples),
+        "gptq_version": env!("CARGO_PKG_VERSION"),
+    });
+    let work =
+        crate::commands::resume::WorkDir::open(&a.output, &settings, &qcfg, a.resume, a.overwrite)?;
     let mut writer = CheckpointWriter::create(&a.output, a.overwrite, max_shard)
         .with_context(|| format!("cannot write {}", a.output.display()))?;
     let all_names = files.weights.names();
@@ -353,7 +399,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         arch.linear_layers().count() as u64,
         "layers",
     ));
+    let pending = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
     let mut bars = Bars {
+        pending: pending.clone(),
         blocks: blocks_bar,
         layers: layers_bar,
         per_block: arch.linear_layers().count(),
@@ -386,9 +434,21 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                     .map_err(|e| err(e.to_string()))?;
                 written.insert(n.clone());
             }
+            let block_reports: Vec<LayerReport> = pending.borrow_mut().drain(..).collect();
+            if !work.has(b) {
+                work.save_block(b, &layers, &block_reports)
+                    .map_err(|e| err(format!("saving progress: {e:#}")))?;
+            }
             Ok(())
         };
-    let reports = gptq_pipeline::quantize(model.as_ref(), &samples, &opts, &mut bars, &mut sink)?;
+    let reports = gptq_pipeline::quantize_resumable(
+        model.as_ref(),
+        &samples,
+        &opts,
+        &mut bars,
+        &mut sink,
+        &work,
+    )?;
     bars.blocks.finish_and_clear();
     bars.layers.finish_and_clear();
     for n in all_names.iter().filter(|n| !written.contains(*n)) {
@@ -455,7 +515,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         "method": opts.method,
         "quantize_config": serde_json::from_str::<serde_json::Value>(&final_cfg.to_json_string()).unwrap_or_default(),
         "calibration": {"samples": samples.len(), "tokens": tokens, "seqlen": seqlen, "seed": a.seed,
-                         "sources": a.dataset.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+                         "sources": a.dataset,
                          "strings": a.calib_text.len()},
         "seconds": elapsed,
         "peak_rss_bytes": rss,
@@ -493,6 +553,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         .finish(&files.config, &final_cfg, &extra)
         .with_context(|| format!("cannot write {}", a.output.display()))?;
 
+    work.remove();
     print_summary(&reports, elapsed, rss);
     println!("wrote {}", a.output.display());
     Ok(())

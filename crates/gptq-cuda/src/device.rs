@@ -1,0 +1,752 @@
+//! The CUDA device: context, stream, compiled module, cuBLAS; GPTQ layers on
+//! the GPU and the matmul dispatcher.
+
+use crate::compile::{self, CubinSource};
+use crate::kernels::{self, W4Variant, W4_VARIANTS};
+use crate::layout::{AnyLayout, W4Layout};
+use crate::{Error, Result};
+use cudarc::cublas::{sys as cb, CudaBlas};
+use cudarc::driver::{
+    sys as cu, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr,
+    LaunchConfig, PushKernelArg,
+};
+use gptq_core::QLinear;
+use half::f16;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+pub(crate) trait Ctx<T> {
+    fn ctx(self, what: &str) -> Result<T>;
+}
+
+impl<T> Ctx<T> for std::result::Result<T, cudarc::driver::DriverError> {
+    fn ctx(self, what: &str) -> Result<T> {
+        self.map_err(|e| Error::Driver(format!("{what}: {e}")))
+    }
+}
+
+impl<T> Ctx<T> for std::result::Result<T, cudarc::cublas::result::CublasError> {
+    fn ctx(self, what: &str) -> Result<T> {
+        self.map_err(|e| Error::Cublas(format!("{what}: {e:?}")))
+    }
+}
+
+/// Whether a shared library can be loaded; cudarc panics when it cannot, so
+/// the check runs under `catch_unwind` (the release profile unwinds).
+fn present(check: impl FnOnce() -> bool + std::panic::UnwindSafe) -> bool {
+    std::panic::catch_unwind(check).unwrap_or(false)
+}
+
+/// Checks that the NVIDIA driver, NVRTC and cuBLAS libraries can be loaded,
+/// without touching a device. `Err(Error::NoCuda)` says which is missing.
+pub fn probe_libraries() -> Result<()> {
+    if !present(|| unsafe { cu::is_culib_present() }) {
+        return Err(Error::NoCuda(
+            "the NVIDIA driver library (libcuda.so) was not found: no CUDA driver on this machine"
+                .into(),
+        ));
+    }
+    if !compile::nvrtc_available() {
+        return Err(Error::NoCuda(
+            "the NVRTC library (libnvrtc.so) was not found: install the CUDA toolkit (or the nvidia-cuda-nvrtc \
+             wheel) and put its lib folder on LD_LIBRARY_PATH"
+                .into(),
+        ));
+    }
+    if !present(|| unsafe { cb::is_culib_present() }) {
+        return Err(Error::NoCuda(
+            "the cuBLAS library (libcublas.so) was not found: install it and put it on LD_LIBRARY_PATH".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// What the device is.
+#[derive(Debug, Clone)]
+pub struct DeviceInfo {
+    pub name: String,
+    pub compute_capability: (i32, i32),
+    pub arch: String,
+    pub sms: u32,
+    pub driver_version: i32,
+    pub total_mem: usize,
+    pub cubin: CubinSource,
+}
+
+/// A CUDA device with the GPTQ kernels loaded.
+pub struct Cuda {
+    pub(crate) ctx: Arc<CudaContext>,
+    pub(crate) stream: Arc<CudaStream>,
+    _module: Arc<CudaModule>,
+    funcs: HashMap<String, CudaFunction>,
+    blas: CudaBlas,
+    _blas_workspace: CudaSlice<u8>,
+    pub info: DeviceInfo,
+}
+
+pub(crate) fn dptr<T>(s: &CudaSlice<T>, stream: &CudaStream) -> u64 {
+    let (p, _sync) = s.device_ptr(stream);
+    p
+}
+
+impl Cuda {
+    /// Opens device `ordinal`, compiles (or loads from the cache) the kernels
+    /// for its architecture and creates a cuBLAS handle. Never panics:
+    /// missing libraries or devices are `Error::NoCuda`.
+    pub fn new(ordinal: usize) -> Result<Self> {
+        probe_libraries()?;
+        let ctx = std::panic::catch_unwind(|| CudaContext::new(ordinal))
+            .map_err(|_| Error::NoCuda("the CUDA driver could not be initialised".into()))?
+            .map_err(|e| {
+                if matches!(
+                    e.0,
+                    cu::cudaError_enum::CUDA_ERROR_NO_DEVICE
+                        | cu::cudaError_enum::CUDA_ERROR_INVALID_DEVICE
+                        | cu::cudaError_enum::CUDA_ERROR_NOT_INITIALIZED
+                ) {
+                    Error::NoCuda(format!("no CUDA device {ordinal}: {e}"))
+                } else {
+                    Error::Driver(format!("opening CUDA device {ordinal}: {e}"))
+                }
+            })?;
+        // One stream, synchronised by the caller: no per-buffer events.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream().ctx("creating a stream")?;
+        let name = ctx.name().ctx("device name")?;
+        let (major, minor) = ctx.compute_capability().ctx("compute capability")?;
+        if major < 8 {
+            return Err(Error::Unsupported(format!(
+                "{name} has compute capability {major}.{minor}; the kernels need 8.0 or newer"
+            )));
+        }
+        let sms = ctx
+            .attribute(cu::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .ctx("multiprocessor count")? as u32;
+        let total_mem = ctx.total_mem().ctx("device memory")?;
+        let mut driver_version = 0i32;
+        let r = unsafe { cu::cuDriverGetVersion(&mut driver_version) };
+        if r != cu::cudaError_enum::CUDA_SUCCESS {
+            return Err(Error::Driver(format!("cuDriverGetVersion: {r:?}")));
+        }
+        let arch = compile::arch_for(major, minor);
+        let (image, cubin) =
+            compile::cubin_cached(compile::W4_SOURCE, "w4.cu", &arch, driver_version)?;
+        let module = match ctx.load_module(cudarc::nvrtc::Ptx::from_binary(image)) {
+            Ok(m) => m,
+            Err(e) if matches!(cubin, CubinSource::Cache(_)) => {
+                // A stale or damaged cache entry: compile afresh.
+                let (image, _) = compile::compile_cubin(compile::W4_SOURCE, "w4.cu", &arch, &[])
+                    .map_err(|c| {
+                        Error::Nvrtc(format!("{c} (after the cached CUBIN failed: {e})"))
+                    })?;
+                ctx.load_module(cudarc::nvrtc::Ptx::from_binary(image))
+                    .ctx("loading the kernels")?
+            }
+            Err(e) => return Err(Error::Driver(format!("loading the kernels: {e}"))),
+        };
+        let mut funcs = HashMap::new();
+        for &f in kernels::ALL_FUNCTIONS {
+            funcs.insert(
+                f.to_string(),
+                module.load_function(f).ctx(&format!("kernel {f}"))?,
+            );
+        }
+        for v in W4_VARIANTS {
+            if v.shared_bytes() > 48 * 1024 {
+                let f = funcs
+                    .get(&v.symbol())
+                    .ok_or_else(|| Error::Driver(format!("kernel {} missing", v.symbol())))?;
+                f.set_attribute(
+                    cu::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    v.shared_bytes() as i32,
+                )
+                .ctx("raising the shared-memory limit")?;
+            }
+        }
+        let blas = CudaBlas::new(stream.clone()).ctx("creating a cuBLAS handle")?;
+        // A fixed workspace keeps cuBLAS from allocating (and lets its calls
+        // be captured into graphs).
+        let ws_bytes = 32usize << 20;
+        let ws = stream.alloc_zeros::<u8>(ws_bytes).ctx("cuBLAS workspace")?;
+        let r = unsafe {
+            cb::cublasSetWorkspace_v2(*blas.handle(), dptr(&ws, &stream) as *mut _, ws_bytes)
+        };
+        if r != cb::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+            return Err(Error::Cublas(format!("cublasSetWorkspace: {r:?}")));
+        }
+        Ok(Cuda {
+            ctx,
+            stream,
+            _module: module,
+            funcs,
+            blas,
+            _blas_workspace: ws,
+            info: DeviceInfo {
+                name,
+                compute_capability: (major, minor),
+                arch,
+                sms,
+                driver_version,
+                total_mem,
+                cubin,
+            },
+        })
+    }
+
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    pub(crate) fn func(&self, name: &str) -> Result<&CudaFunction> {
+        self.funcs
+            .get(name)
+            .ok_or_else(|| Error::Driver(format!("kernel {name} is not in the module")))
+    }
+
+    /// Waits for the stream.
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream.synchronize().ctx("synchronizing")
+    }
+
+    /// Copies host data to a new device buffer.
+    pub fn upload<T: DeviceRepr>(&self, v: &[T]) -> Result<CudaSlice<T>> {
+        self.stream.clone_htod(v).ctx("copying to the device")
+    }
+
+    /// Copies a device buffer to the host.
+    pub fn download<T: DeviceRepr>(&self, s: &CudaSlice<T>) -> Result<Vec<T>> {
+        self.stream.clone_dtoh(s).ctx("copying from the device")
+    }
+
+    /// A zeroed device buffer.
+    pub fn zeros<T: DeviceRepr + cudarc::driver::ValidAsZeroBits>(
+        &self,
+        n: usize,
+    ) -> Result<CudaSlice<T>> {
+        self.stream.alloc_zeros::<T>(n.max(1)).ctx("allocating")
+    }
+
+    /// Fills an f16 buffer with a bit pattern (NaN poisoning in checks).
+    pub fn fill_f16(&self, s: &mut CudaSlice<f16>, bits: u16) -> Result<()> {
+        let n = s.len() as u64;
+        let p = dptr(s, &self.stream);
+        let f = self.func(kernels::FILL_U16)?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&p).arg(&bits).arg(&n);
+        unsafe { b.launch(LaunchConfig::for_num_elems(n.max(1) as u32)) }.ctx("fill_u16")?;
+        Ok(())
+    }
+
+    /// Uploads a quantized layer, repacked for the fused int4 kernel when it
+    /// can use it, and for dequantize-then-GEMM otherwise (or also, with
+    /// `keep_generic`).
+    pub fn load_qlinear(&self, q: &QLinear, keep_generic: bool) -> Result<GpuLinear> {
+        q.validate().map_err(|e| Error::Shape(e.to_string()))?;
+        let (w4, w4_reason) = match W4Layout::new(q) {
+            Ok(l) => (Some(self.upload_w4(&l)?), None),
+            Err(why) => (None, Some(why)),
+        };
+        let any = if w4.is_none() || keep_generic {
+            Some(self.upload_any(&AnyLayout::new(q).map_err(Error::Shape)?)?)
+        } else {
+            None
+        };
+        let bias = match &q.bias {
+            Some(b) => Some(self.upload(&b.iter().map(|&v| f16::from_f32(v)).collect::<Vec<_>>())?),
+            None => None,
+        };
+        Ok(GpuLinear {
+            n: q.out_features,
+            k: q.in_features,
+            bits: q.bits,
+            group_size: q.group_size,
+            w4,
+            any,
+            bias,
+            w4_reason,
+        })
+    }
+
+    fn upload_w4(&self, l: &W4Layout) -> Result<W4Gpu> {
+        Ok(W4Gpu {
+            qw: self.upload(&l.qw)?,
+            sz: self.upload(&l.sz)?,
+            perm: match &l.perm {
+                Some(p) => Some(self.upload(p)?),
+                None => None,
+            },
+            nt: l.nt,
+            kc: l.kc,
+            groups: l.groups,
+            gshift: l.gshift,
+            bytes: l.bytes(),
+        })
+    }
+
+    fn upload_any(&self, l: &AnyLayout) -> Result<AnyGpu> {
+        Ok(AnyGpu {
+            qw: self.upload(&l.qw)?,
+            scales: self.upload(&l.scales)?,
+            zeros: self.upload(&l.zeros)?,
+            g_idx: self.upload(&l.g_idx)?,
+            kb: l.kb,
+            monotone: l.g_idx[..l.k].windows(2).all(|w| w[0] <= w[1]),
+        })
+    }
+
+    /// The fused variant the dispatcher picks for `m` batch rows of `l`.
+    pub fn pick_variant(&self, l: &GpuLinear, m: usize) -> W4Variant {
+        pick_variant(l.n, l.k, m, l.fold_ok())
+    }
+
+    /// The path [`Path::Auto`] takes.
+    pub fn auto_path(&self, l: &GpuLinear, m: usize) -> Path {
+        if l.w4.is_some() && (m <= FUSED_MAX_M || l.any.is_none()) {
+            Path::Fused(self.pick_variant(l, m))
+        } else {
+            Path::DequantGemm
+        }
+    }
+
+    /// `y[m][n] = Σ_k x[m][k]·Ŵ[n][k] (+ bias)`, f16 in and out, on the
+    /// stream (asynchronous). `x` holds at least `m·k` values, `y` `m·n`.
+    pub fn matmul(
+        &self,
+        l: &GpuLinear,
+        x: &CudaSlice<f16>,
+        m: usize,
+        y: &mut CudaSlice<f16>,
+        ws: &mut Workspace,
+    ) -> Result<()> {
+        self.matmul_path(l, x, m, y, ws, Path::Auto)
+    }
+
+    /// [`Cuda::matmul`] along a chosen path.
+    pub fn matmul_path(
+        &self,
+        l: &GpuLinear,
+        x: &CudaSlice<f16>,
+        m: usize,
+        y: &mut CudaSlice<f16>,
+        ws: &mut Workspace,
+        path: Path,
+    ) -> Result<()> {
+        if m == 0 || m > i32::MAX as usize / l.k.max(1) || m > i32::MAX as usize / l.n.max(1) {
+            return Err(Error::Shape(format!("batch of {m} rows")));
+        }
+        if x.len() < m * l.k || y.len() < m * l.n {
+            return Err(Error::Shape(format!(
+                "x has {} values and y {} for {m} rows of a {}x{} layer",
+                x.len(),
+                y.len(),
+                l.n,
+                l.k
+            )));
+        }
+        let path = match path {
+            Path::Auto => self.auto_path(l, m),
+            p => p,
+        };
+        match path {
+            Path::Fused(v) => self.fused(l, v, x, m, y, ws),
+            _ => self.dequant_gemm(l, x, m, y, ws),
+        }
+    }
+
+    fn fused(
+        &self,
+        l: &GpuLinear,
+        v: W4Variant,
+        x: &CudaSlice<f16>,
+        m: usize,
+        y: &mut CudaSlice<f16>,
+        ws: &mut Workspace,
+    ) -> Result<()> {
+        let w4 = l.w4.as_ref().ok_or_else(|| {
+            Error::Unsupported(format!(
+                "no fused int4 path for this layer: {}",
+                l.w4_reason.as_deref().unwrap_or("not loaded")
+            ))
+        })?;
+        if !W4_VARIANTS.contains(&v) {
+            return Err(Error::Unsupported(format!("no kernel {}", v.symbol())));
+        }
+        if v.fold && !l.fold_ok() {
+            return Err(Error::Unsupported(format!(
+                "{} needs groups of 64 columns or more",
+                v.symbol()
+            )));
+        }
+        let st = &self.stream;
+        let xp = match &w4.perm {
+            Some(perm) => {
+                let need = m * l.k;
+                let buf = ws.xperm(self, need)?;
+                let total = need as u64;
+                let (px, pp, pb) = (dptr(x, st), dptr(perm, st), dptr(buf, st));
+                let (mi, ki) = (m as i32, l.k as i32);
+                let f = self.func(kernels::GATHER)?;
+                let mut b = st.launch_builder(f);
+                b.arg(&px).arg(&pp).arg(&pb).arg(&mi).arg(&ki);
+                unsafe {
+                    b.launch(LaunchConfig {
+                        grid_dim: (total.div_ceil(256) as u32, 1, 1),
+                        block_dim: (256, 1, 1),
+                        shared_mem_bytes: 0,
+                    })
+                }
+                .ctx("gather_cols")?;
+                pb
+            }
+            None => dptr(x, st),
+        };
+        let f = self.func(&v.symbol())?;
+        let (pq, ps, py) = (dptr(&w4.qw, st), dptr(&w4.sz, st), dptr(y, st));
+        let pbias = l.bias.as_ref().map(|b| dptr(b, st)).unwrap_or(0u64);
+        let (mi, ni, ki) = (m as i32, l.n as i32, l.k as i32);
+        let (kci, gi, gs) = (w4.kc as i32, w4.groups as i32, w4.gshift as i32);
+        let cfg = LaunchConfig {
+            grid_dim: (m.div_ceil(v.rows()) as u32, (w4.nt / v.tiles()) as u32, 1),
+            block_dim: (v.kw * 32, 1, 1),
+            shared_mem_bytes: v.shared_bytes(),
+        };
+        let mut b = st.launch_builder(f);
+        b.arg(&pq)
+            .arg(&ps)
+            .arg(&xp)
+            .arg(&py)
+            .arg(&pbias)
+            .arg(&mi)
+            .arg(&ni)
+            .arg(&ki)
+            .arg(&kci)
+            .arg(&gi)
+            .arg(&gs);
+        unsafe { b.launch(cfg) }.ctx(&v.symbol())?;
+        Ok(())
+    }
+
+    /// Dequantizes the layer into `ws` (f16 `[n][ldw]`) and returns `ldw`.
+    pub fn dequantize_into(&self, l: &GpuLinear, ws: &mut Workspace) -> Result<usize> {
+        let any = l.any.as_ref().ok_or_else(|| {
+            Error::Unsupported("the layer was loaded without its dequantization layout".into())
+        })?;
+        let ldw = l.k.next_multiple_of(8);
+        let st = &self.stream;
+        let buf = ws.wdeq(self, l.n * ldw)?;
+        let f = self.func(&kernels::dequant_symbol(l.bits))?;
+        let (pq, ps, pz, pg, pw) = (
+            dptr(&any.qw, st),
+            dptr(&any.scales, st),
+            dptr(&any.zeros, st),
+            dptr(&any.g_idx, st),
+            dptr(buf, st),
+        );
+        let (ni, ki, li) = (l.n as i32, l.k as i32, ldw as i32);
+        let mono = any.monotone as i32;
+        let mut b = st.launch_builder(f);
+        b.arg(&pq)
+            .arg(&ps)
+            .arg(&pz)
+            .arg(&pg)
+            .arg(&pw)
+            .arg(&ni)
+            .arg(&ki)
+            .arg(&li)
+            .arg(&mono);
+        unsafe {
+            b.launch(LaunchConfig {
+                grid_dim: (l.n.div_ceil(128) as u32, any.kb as u32, 1),
+                block_dim: (128, 1, 1),
+                shared_mem_bytes: 0,
+            })
+        }
+        .ctx("dequant")?;
+        Ok(ldw)
+    }
+
+    fn dequant_gemm(
+        &self,
+        l: &GpuLinear,
+        x: &CudaSlice<f16>,
+        m: usize,
+        y: &mut CudaSlice<f16>,
+        ws: &mut Workspace,
+    ) -> Result<()> {
+        let ldw = self.dequantize_into(l, ws)?;
+        let w = ws
+            .wdeq
+            .as_ref()
+            .ok_or_else(|| Error::Driver("no dequantization buffer".into()))?;
+        let st = &self.stream;
+        self.gemm_f16_raw(dptr(w, st), ldw, dptr(x, st), dptr(y, st), m, l.n, l.k)?;
+        if let Some(bias) = &l.bias {
+            let total = (m * l.n) as u64;
+            let (py, pb) = (dptr(y, st), dptr(bias, st));
+            let (mi, ni) = (m as i32, l.n as i32);
+            let f = self.func(kernels::ADD_BIAS)?;
+            let mut b = st.launch_builder(f);
+            b.arg(&py).arg(&pb).arg(&mi).arg(&ni);
+            unsafe {
+                b.launch(LaunchConfig {
+                    grid_dim: (total.div_ceil(256) as u32, 1, 1),
+                    block_dim: (256, 1, 1),
+                    shared_mem_bytes: 0,
+                })
+            }
+            .ctx("add_bias")?;
+        }
+        Ok(())
+    }
+
+    /// `y[m][n] = x[m][k] · w[n][k]ᵀ` with cuBLAS (f16 in/out, f32 compute).
+    pub fn gemm_f16(
+        &self,
+        w: &CudaSlice<f16>,
+        x: &CudaSlice<f16>,
+        y: &mut CudaSlice<f16>,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<()> {
+        if w.len() < n * k || x.len() < m * k || y.len() < m * n {
+            return Err(Error::Shape(format!(
+                "gemm buffers too small for {m}x{n}x{k}"
+            )));
+        }
+        let st = &self.stream;
+        self.gemm_f16_raw(dptr(w, st), k, dptr(x, st), dptr(y, st), m, n, k)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_f16_raw(
+        &self,
+        w: u64,
+        ldw: usize,
+        x: u64,
+        y: u64,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<()> {
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        // Column-major view: Yᵀ[n×m] = W[n×k] (row-major = k×n col-major, transposed) · Xᵀ[k×m].
+        unsafe {
+            cudarc::cublas::result::gemm_ex(
+                *self.blas.handle(),
+                cb::cublasOperation_t::CUBLAS_OP_T,
+                cb::cublasOperation_t::CUBLAS_OP_N,
+                n as i32,
+                m as i32,
+                k as i32,
+                &alpha as *const f32 as *const _,
+                w as *const _,
+                cb::cudaDataType::CUDA_R_16F,
+                ldw as i32,
+                x as *const _,
+                cb::cudaDataType::CUDA_R_16F,
+                k as i32,
+                &beta as *const f32 as *const _,
+                y as *mut _,
+                cb::cudaDataType::CUDA_R_16F,
+                n as i32,
+                cb::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                cb::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .ctx("cublasGemmEx")
+    }
+}
+
+/// Batches above this take dequantize-then-GEMM when the layer has that
+/// layout loaded (see `bench/results/cuda-int4-kernels.md`).
+pub const FUSED_MAX_M: usize = 1 << 30;
+
+/// The dispatcher's choice of fused variant, from the `--sweep` of
+/// `gptq bench kernels --device cuda` on an H200 (see
+/// `bench/results/cuda-int4-kernels.md`): one n8 tile for up to 8 rows (two
+/// row tiles per warp once there are enough rows to fill the GPU, else 16
+/// warps splitting K), two for up to 16, four for up to 32, 64-row blocks
+/// beyond (32 rows × 64 outputs on narrow layers). The folded variants
+/// (`fold`) were correct but not faster, so the dispatcher does not use
+/// them.
+pub fn pick_variant(n: usize, _k: usize, m: usize, _fold: bool) -> W4Variant {
+    let wide = n >= 12288;
+    match m {
+        0..=8 if wide => W4Variant::new(1, 2, 1, 8, 4),
+        0..=8 => W4Variant::new(1, 1, 1, 16, 4),
+        9..=16 if n >= 8192 => W4Variant::new(2, 2, 1, 8, 4),
+        9..=16 => W4Variant::new(2, 1, 1, 8, 6),
+        17..=32 => W4Variant::new(4, 1, 1, 8, 4),
+        33..=64 if n >= 8192 => W4Variant::new(8, 2, 2, 8, 3),
+        33..=64 => W4Variant::new(4, 2, 2, 8, 4),
+        _ => W4Variant::new(8, 2, 4, 8, 3),
+    }
+}
+
+/// How a matmul runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    /// The dispatcher decides (fused int4 when the layer has it).
+    Auto,
+    /// The fused int4 kernel, this variant.
+    Fused(W4Variant),
+    /// Dequantize to f16, then cuBLAS.
+    DequantGemm,
+}
+
+pub(crate) struct W4Gpu {
+    qw: CudaSlice<u32>,
+    sz: CudaSlice<u32>,
+    perm: Option<CudaSlice<i32>>,
+    nt: usize,
+    kc: usize,
+    groups: usize,
+    gshift: u32,
+    bytes: usize,
+}
+
+pub(crate) struct AnyGpu {
+    qw: CudaSlice<u32>,
+    scales: CudaSlice<u16>,
+    zeros: CudaSlice<u8>,
+    g_idx: CudaSlice<i32>,
+    kb: usize,
+    /// `g_idx` non-decreasing (no act-order).
+    monotone: bool,
+}
+
+/// A quantized linear layer on the GPU.
+pub struct GpuLinear {
+    pub n: usize,
+    pub k: usize,
+    pub bits: u32,
+    pub group_size: Option<usize>,
+    pub(crate) w4: Option<W4Gpu>,
+    pub(crate) any: Option<AnyGpu>,
+    pub(crate) bias: Option<CudaSlice<f16>>,
+    /// Why the fused int4 path is not available, if it is not.
+    pub w4_reason: Option<String>,
+}
+
+impl W4Gpu {
+    fn try_clone(&self, st: &Arc<CudaStream>) -> Result<Self> {
+        Ok(W4Gpu {
+            qw: st.clone_dtod(&self.qw).ctx("copy")?,
+            sz: st.clone_dtod(&self.sz).ctx("copy")?,
+            perm: match &self.perm {
+                Some(p) => Some(st.clone_dtod(p).ctx("copy")?),
+                None => None,
+            },
+            ..*self
+        })
+    }
+}
+
+impl AnyGpu {
+    fn try_clone(&self, st: &Arc<CudaStream>) -> Result<Self> {
+        Ok(AnyGpu {
+            qw: st.clone_dtod(&self.qw).ctx("copy")?,
+            scales: st.clone_dtod(&self.scales).ctx("copy")?,
+            zeros: st.clone_dtod(&self.zeros).ctx("copy")?,
+            g_idx: st.clone_dtod(&self.g_idx).ctx("copy")?,
+            kb: self.kb,
+            monotone: self.monotone,
+        })
+    }
+}
+
+impl GpuLinear {
+    /// A second device copy of this layer.
+    pub fn try_clone(&self, st: &Arc<CudaStream>) -> Result<Self> {
+        Ok(GpuLinear {
+            n: self.n,
+            k: self.k,
+            bits: self.bits,
+            group_size: self.group_size,
+            w4: self.w4.as_ref().map(|w| w.try_clone(st)).transpose()?,
+            any: self.any.as_ref().map(|a| a.try_clone(st)).transpose()?,
+            bias: self
+                .bias
+                .as_ref()
+                .map(|b| st.clone_dtod(b).ctx("copy"))
+                .transpose()?,
+            w4_reason: self.w4_reason.clone(),
+        })
+    }
+
+    /// Whether the fused int4 kernel can run this layer.
+    pub fn has_fused(&self) -> bool {
+        self.w4.is_some()
+    }
+
+    /// Whether the folded fused variants apply (groups of 64 or more).
+    pub fn fold_ok(&self) -> bool {
+        self.w4.as_ref().is_some_and(|w| w.gshift >= 6)
+    }
+
+    /// Whether act-order columns are gathered before the fused kernel.
+    pub fn act_order(&self) -> bool {
+        self.w4.as_ref().is_some_and(|w| w.perm.is_some())
+    }
+
+    /// Bytes the fused kernel streams per call.
+    pub fn fused_bytes(&self) -> Option<usize> {
+        self.w4.as_ref().map(|w| w.bytes)
+    }
+}
+
+/// Scratch buffers the paths need (grown on demand; size them before a
+/// graph capture by running once).
+#[derive(Default)]
+pub struct Workspace {
+    xperm: Option<CudaSlice<f16>>,
+    wdeq: Option<CudaSlice<f16>>,
+}
+
+fn grow<'a>(
+    slot: &'a mut Option<CudaSlice<f16>>,
+    dev: &Cuda,
+    n: usize,
+) -> Result<&'a mut CudaSlice<f16>> {
+    if slot.as_ref().is_none_or(|b| b.len() < n) {
+        *slot = None;
+        *slot = Some(dev.zeros::<f16>(n)?);
+    }
+    slot.as_mut()
+        .ok_or_else(|| Error::Driver("workspace allocation".into()))
+}
+
+impl Workspace {
+    /// The last weight [`Cuda::dequantize_into`] wrote (f16 `[n][ldw]`).
+    pub fn dequantized(&self) -> Option<&CudaSlice<f16>> {
+        self.wdeq.as_ref()
+    }
+    fn xperm(&mut self, dev: &Cuda, n: usize) -> Result<&mut CudaSlice<f16>> {
+        grow(&mut self.xperm, dev, n)
+    }
+    fn wdeq(&mut self, dev: &Cuda, n: usize) -> Result<&mut CudaSlice<f16>> {
+        grow(&mut self.wdeq, dev, n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dispatcher_picks_compiled_variants_covering_the_batch() {
+        for n in [64, 4096, 8192, 14336, 28672] {
+            for m in [1, 2, 8, 9, 16, 17, 32, 33, 64, 65, 256, 1000] {
+                let v = pick_variant(n, 4096, m, true);
+                assert!(W4_VARIANTS.contains(&v), "{n} {m}: {v:?}");
+                assert!(!v.fold);
+                assert!(m <= 64 || v.rows() == 64, "{n} {m}: {v:?}");
+            }
+        }
+    }
+}
