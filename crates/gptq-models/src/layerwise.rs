@@ -23,17 +23,8 @@ pub trait BlockRunner: Send + Sync {
     /// Runs the whole block on `x` in place, showing each linear's input to
     /// `observe`; returns false when `observe` stopped it early.
     fn forward(&self, x: &mut [f32], seq: usize, observe: Observer<'_>) -> Result<bool> {
-        let points = self.arch().input_points;
-        let mut t = Vec::new();
-        for s in 0..=points.len() {
-            self.segment(s, x, &mut t, seq)?;
-            for &n in points.get(s).copied().unwrap_or_default() {
-                if !observe(n, &t) {
-                    return Ok(false);
-                }
-            }
-        }
-        Ok(true)
+        self.arch()
+            .run_segments(|s, t| self.segment(s, x, t, seq), observe)
     }
 
     /// The architecture this block belongs to.

@@ -89,6 +89,27 @@ pub struct ArchSpec {
 }
 
 impl ArchSpec {
+    /// Runs a block's forward as its chain of segments `0..=P`
+    /// (`segment(s, t)` runs segment `s`; `t` is the pending intermediate),
+    /// showing `t` to `observe` under the names of each input point;
+    /// returns `Ok(false)` as soon as `observe` does.
+    pub fn run_segments<E>(
+        &self,
+        mut segment: impl FnMut(usize, &mut Vec<f32>) -> std::result::Result<(), E>,
+        observe: Observer<'_>,
+    ) -> std::result::Result<bool, E> {
+        let mut t = Vec::new();
+        for s in 0..=self.input_points.len() {
+            segment(s, &mut t)?;
+            for &n in self.input_points.get(s).copied().unwrap_or_default() {
+                if !observe(n, &t) {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+
     /// The input point (index into [`Self::input_points`]) of linear `name`.
     pub fn point_of(&self, name: &str) -> Option<usize> {
         self.input_points.iter().position(|p| p.contains(&name))

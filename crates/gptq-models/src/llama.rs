@@ -204,16 +204,12 @@ impl Block {
         cache: &mut [crate::kv_cache::SeqCache],
         observe: Observer<'_>,
     ) -> bool {
-        let mut t = Vec::new();
-        for s in 0..=ARCH.input_points.len() {
-            self.segment(s, x, &mut t, step, rope, eps, cache);
-            for &n in ARCH.input_points.get(s).copied().unwrap_or_default() {
-                if !observe(n, &t) {
-                    return false;
-                }
-            }
-        }
-        true
+        let run = |s, t: &mut Vec<f32>| {
+            self.segment(s, x, t, step, rope, eps, cache);
+            Ok::<(), std::convert::Infallible>(())
+        };
+        let Ok(done) = ARCH.run_segments(run, observe);
+        done
     }
 
     /// Segment `s` of the forward (see [`crate::BlockRunner::segment`]):
