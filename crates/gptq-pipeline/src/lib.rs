@@ -22,7 +22,7 @@
 
 use gptq_core::{QLinear, Tensor};
 use gptq_models::{BlockRunner, LayerwiseModel};
-use gptq_quant::{GptqParams, Hessian};
+use gptq_quant::{CrossTerm, GptqParams, Hessian};
 use std::time::Instant;
 
 /// Errors of the pipeline.
@@ -81,6 +81,12 @@ pub struct PipelineOptions {
     /// is longer than `c` times the median token's (in its sample) enters
     /// `H` scaled down to that length. The forward pass is unchanged.
     pub token_clip: Option<f32>,
+    /// Asymmetric calibration (see `gptq_quant::asym`): each layer is fit
+    /// to the full-precision model's outputs `WX` from the quantized
+    /// model's inputs `X̃`, instead of to `WX̃`. Runs the unquantized block
+    /// beside the quantized one (twice the forward work and calibration
+    /// states). GPTQ only.
+    pub asym_calib: bool,
 }
 
 /// Scales down, in place, the rows (tokens) of `t` (`[seq, cols]`) longer
@@ -167,6 +173,7 @@ impl Replay for () {
 /// One calibration sequence's state inside the current block: the
 /// residual stream `x` and the pending intermediate `t` after `done`
 /// segments (see [`BlockRunner::segment`]); `done = 0` is the block input.
+#[derive(Clone)]
 struct SeqState {
     x: Vec<f32>,
     t: Vec<f32>,
@@ -200,16 +207,37 @@ impl SeqState {
     }
 }
 
+/// What one group's calibration pass collected per input point.
+struct PointStats {
+    point: usize,
+    h: Hessian,
+    /// The asymmetric cross term, when the full-precision path runs.
+    c: Option<CrossTerm>,
+}
+
+/// The full-precision block and its sequences' states, for asymmetric
+/// calibration: the same tokens through the unquantized model.
+struct FpPath<'a> {
+    block: &'a dyn BlockRunner,
+    states: &'a mut [SeqState],
+    /// No later group needs an input point before this group's last, so
+    /// the states can advance in place (the weights never change).
+    adopt: bool,
+}
+
 /// Runs every sequence up to the last input point of `group`, accumulating
 /// one Hessian per input point the group reads (layers reading the same
 /// input share it). A sequence's advanced state replaces its kept one when
 /// `adopt` (the segments it ran use only final weights) and the kept states
 /// stay within `budget` bytes; otherwise it is a scratch copy, and the next
-/// group recomputes from the kept state.
+/// group recomputes from the kept state. With `fp`, each sequence first
+/// runs through the full-precision block and the cross term of every point
+/// is accumulated too (see `gptq_quant::asym`).
 #[allow(clippy::too_many_arguments)]
 fn collect_hessians(
     block: &dyn BlockRunner,
     states: &mut [SeqState],
+    mut fp: Option<FpPath<'_>>,
     hidden: usize,
     group_points: &[usize],
     adopt: bool,
@@ -217,46 +245,82 @@ fn collect_hessians(
     kept: &mut usize,
     token_clip: Option<f32>,
     times: &mut Times,
-) -> Result<Vec<(usize, Hessian)>> {
+) -> Result<Vec<PointStats>> {
     let last = group_points.iter().copied().max().unwrap_or(0);
-    let mut hs: Vec<(usize, Hessian)> = Vec::new();
-    for st in states.iter_mut() {
+    let mut stats: Vec<PointStats> = Vec::new();
+    let clip = |t: &[f32], seq: usize| -> Option<Vec<f32>> {
+        token_clip.map(|c| {
+            let mut v = t.to_vec();
+            clip_tokens(&mut v, seq, c);
+            v
+        })
+    };
+    let layer_of = |p: usize| block.arch().input_points[p].join(",");
+    for (i, st) in states.iter_mut().enumerate() {
         let seq = st.x.len() / hidden;
-        let mut scratch = SeqState {
-            x: st.x.clone(),
-            t: st.t.clone(),
-            done: st.done,
-        };
         let start = Instant::now();
         let mut in_hessian = 0.0f64;
+        // The full-precision inputs of this sequence at the group's points.
+        let mut fp_inputs: Vec<(usize, Vec<f32>)> = Vec::new();
+        if let Some(fp) = fp.as_mut() {
+            let fst = &mut fp.states[i];
+            let mut scratch;
+            let run: &mut SeqState = if fp.adopt {
+                fst
+            } else {
+                scratch = fst.clone();
+                &mut scratch
+            };
+            if run.done > group_points.iter().copied().min().unwrap_or(0) {
+                return Err(Error::Input(format!(
+                    "architecture {}: true-sequential groups are not in input order",
+                    block.arch().name
+                )));
+            }
+            run.advance(fp.block, seq, last + 1, &mut |p, t| {
+                if group_points.contains(&p) {
+                    fp_inputs.push((p, clip(t, seq).unwrap_or_else(|| t.to_vec())));
+                }
+                Ok(())
+            })?;
+        }
+        let mut scratch = st.clone();
         scratch.advance(block, seq, last + 1, &mut |p, t| {
             if !group_points.contains(&p) {
                 return Ok(());
             }
-            let h = match hs.iter_mut().position(|(q, _)| *q == p) {
-                Some(i) => &mut hs[i].1,
+            let ps = match stats.iter().position(|s| s.point == p) {
+                Some(k) => &mut stats[k],
                 None => {
-                    hs.push((p, Hessian::new(t.len() / seq)));
-                    &mut hs.last_mut().expect("just pushed").1
+                    let cols = t.len() / seq;
+                    stats.push(PointStats {
+                        point: p,
+                        h: Hessian::new(cols),
+                        c: fp.is_some().then(|| CrossTerm::new(cols)),
+                    });
+                    stats.last_mut().expect("just pushed")
                 }
             };
-            let clipped;
-            let t = match token_clip {
-                Some(c) => {
-                    let mut v = t.to_vec();
-                    clip_tokens(&mut v, seq, c);
-                    clipped = v;
-                    &clipped[..]
-                }
-                None => t,
-            };
+            let clipped = clip(t, seq);
+            let t = clipped.as_deref().unwrap_or(t);
             let t0 = Instant::now();
-            let r = h.add_batch(t, seq).map_err(|source| Error::Solver {
-                layer: block.arch().input_points[p].join(","),
+            let solver = |source| Error::Solver {
+                layer: layer_of(p),
                 source,
-            });
+            };
+            ps.h.add_batch(t, seq).map_err(solver)?;
+            if let Some(c) = ps.c.as_mut() {
+                let x = fp_inputs
+                    .iter()
+                    .find(|(q, _)| *q == p)
+                    .map(|(_, x)| x)
+                    .ok_or_else(|| {
+                        Error::Input(format!("no full-precision input at {}", layer_of(p)))
+                    })?;
+                c.add_batch(x, t, seq).map_err(solver)?;
+            }
             in_hessian += t0.elapsed().as_secs_f64();
-            r
+            Ok(())
         })?;
         times.hessian += in_hessian;
         times.forward += start.elapsed().as_secs_f64() - in_hessian;
@@ -265,7 +329,7 @@ fn collect_hessians(
             *st = scratch;
         }
     }
-    Ok(hs)
+    Ok(stats)
 }
 
 /// Quantizes the model layer by layer. `sink(block, layers)` receives each
@@ -310,6 +374,9 @@ pub fn quantize_resumable(
         })
         .collect::<Result<_>>()?;
     let input_bytes: usize = states.iter().map(SeqState::bytes).sum();
+    // The full-precision model's states, for asymmetric calibration.
+    let asym = opts.asym_calib && opts.method == Method::Gptq;
+    let mut fp_states: Vec<SeqState> = if asym { states.clone() } else { Vec::new() };
     let budget = opts.state_budget.unwrap_or(2 * input_bytes);
     let groups: Vec<Vec<&'static str>> = if opts.true_sequential {
         arch.sequential_groups.iter().map(|g| g.to_vec()).collect()
@@ -331,6 +398,8 @@ pub fn quantize_resumable(
     for b in 0..blocks {
         progress.block_start(b, blocks);
         let mut block = model.block(b)?;
+        // A second, never quantized copy of the block for the fp path.
+        let fp_block = if asym { Some(model.block(b)?) } else { None };
         let prefix = (arch.block_prefix)(b);
         if replay.has(b) {
             let (layers, block_reports) = replay.load(b)?;
@@ -359,6 +428,9 @@ pub fn quantize_resumable(
             let needed = (b + 1..blocks).any(|c| !replay.has(c));
             if opts.method == Method::Gptq && needed {
                 finish_block(block.as_ref(), &mut states, hidden, &mut times)?;
+                if let Some(fb) = &fp_block {
+                    finish_block(fb.as_ref(), &mut fp_states, hidden, &mut times)?;
+                }
             }
             sink(b, layers)?;
             progress.block_done(b);
@@ -380,10 +452,20 @@ pub fn quantize_resumable(
                 .iter()
                 .flat_map(|p| p.iter())
                 .all(|n| !later.contains(n));
+            let fp = fp_block.as_ref().map(|fb| FpPath {
+                block: fb.as_ref(),
+                states: &mut fp_states,
+                adopt: groups[gi + 1..]
+                    .iter()
+                    .flatten()
+                    .filter_map(|n| arch.point_of(n))
+                    .all(|p| p > last),
+            });
             let hs = if opts.method == Method::Gptq {
                 Some(collect_hessians(
                     block.as_ref(),
                     &mut states,
+                    fp,
                     hidden,
                     &group_points,
                     adopt,
@@ -427,10 +509,10 @@ pub fn quantize_resumable(
             let batches: Vec<Vec<&'static str>> = match &hs {
                 Some(hs) => hs
                     .iter()
-                    .map(|(p, _)| {
+                    .map(|ps| {
                         todo.iter()
                             .copied()
-                            .filter(|n| arch.point_of(n) == Some(*p))
+                            .filter(|n| arch.point_of(n) == Some(ps.point))
                             .collect::<Vec<_>>()
                     })
                     .filter(|v| !v.is_empty())
@@ -446,13 +528,30 @@ pub fn quantize_resumable(
                 let full0 = format!("{prefix}{}", names.join(","));
                 let results: Vec<(QLinear, f64, f64, f32)> = match &hs {
                     Some(hs) => {
-                        let h = hs
+                        let ps = hs
                             .iter()
-                            .find(|(p, _)| arch.point_of(names[0]) == Some(*p))
-                            .map(|(_, h)| h)
+                            .find(|ps| arch.point_of(names[0]) == Some(ps.point))
                             .expect("every group layer was observed");
-                        let refs: Vec<&Tensor> = weights.iter().map(|w| w.as_ref()).collect();
-                        gptq_quant::gptq_quantize_many(&refs, h, &opts.params)
+                        let solver = |source| Error::Solver {
+                            layer: full0.clone(),
+                            source,
+                        };
+                        let mut refs: Vec<&Tensor> = weights.iter().map(|w| w.as_ref()).collect();
+                        // Asymmetric calibration: GPTQ towards W′ (see gptq_quant::asym).
+                        let targets = match &ps.c {
+                            Some(c) => gptq_quant::asymmetric_targets(
+                                &refs,
+                                &ps.h,
+                                c,
+                                opts.params.damp_percent,
+                            )
+                            .map_err(solver)?,
+                            None => Vec::new(),
+                        };
+                        if !targets.is_empty() {
+                            refs = targets.iter().collect();
+                        }
+                        gptq_quant::gptq_quantize_many(&refs, &ps.h, &opts.params)
                             .map_err(|source| Error::Solver {
                                 layer: full0,
                                 source,
@@ -504,6 +603,9 @@ pub fn quantize_resumable(
         // block's inputs. Round-to-nearest needs no activations at all.
         if opts.method == Method::Gptq && b + 1 < blocks {
             finish_block(block.as_ref(), &mut states, hidden, &mut times)?;
+            if let Some(fb) = &fp_block {
+                finish_block(fb.as_ref(), &mut fp_states, hidden, &mut times)?;
+            }
         }
         sink(b, done)?;
         tracing::debug!("block {b}: {times:?} so far");

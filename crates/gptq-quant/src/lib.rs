@@ -19,6 +19,8 @@
 //!   act-order, dead columns, damping retries and lazy batches.
 //! * [`rtn`]: round-to-nearest with the same grid and groups
 //!   ([`rtn_quantize`]), the baseline.
+//! * [`asym`]: asymmetric calibration, the target `W′` that makes GPTQ
+//!   match the full-precision model's outputs ([`asymmetric_targets`]).
 //!
 //! The output is the unpacked [`gptq_core::QLinear`]: codes `[out, in]` in
 //! the original column order, scales and true zero points `[groups, out]`
@@ -30,12 +32,14 @@
 //! `tr(ΔHΔᵀ)` with the undamped `H` (see [`gptq`]).
 #![deny(missing_docs)]
 
+pub mod asym;
 pub mod gptq;
 pub mod grid;
 pub mod hessian;
 mod hinv;
 pub mod rtn;
 
+pub use asym::{asymmetric_targets, CrossTerm};
 pub use gptq::{gptq_quantize, gptq_quantize_many, GptqParams, GptqResult, MAX_DAMP_RETRIES};
 pub use grid::{MseSearch, QuantGrid, RowGrid};
 pub use hessian::Hessian;
