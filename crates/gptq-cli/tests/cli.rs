@@ -615,3 +615,52 @@ fn quantize_lists_dense_layers_for_gptqmodel_and_transformers() {
     ]);
     assert!(e.status.success(), "{}", String::from_utf8_lossy(&e.stderr));
 }
+
+/// Asymmetric calibration is the default, can be switched off by flag or by
+/// `--config`, is recorded in `quantize_config.json` (`meta`), and changes
+/// the result.
+#[test]
+fn asym_calib_default_flag_and_config() {
+    let d = tempfile::tempdir().unwrap();
+    let run = |name: &str, extra: &[&str]| -> (serde_json::Value, Vec<u8>) {
+        let out = d.path().join(name);
+        let o_ = out.to_str().unwrap().to_string();
+        let mut args = vec![
+            "quantize",
+            &stories(),
+            "-o",
+            &o_,
+            "--dataset",
+            &brown(),
+            "--nsamples",
+            "4",
+            "--seqlen",
+            "64",
+            "--bits",
+            "8",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = gptq(&refs);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let qc: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(out.join("quantize_config.json")).unwrap(),
+        )
+        .unwrap();
+        (qc, std::fs::read(out.join("model.safetensors")).unwrap())
+    };
+    let (on, w_on) = run("on", &[]);
+    assert_eq!(on["meta"]["asym_calibration"], serde_json::json!(true));
+    let (off, w_off) = run("off", &["--asym-calib", "false"]);
+    assert_eq!(off["meta"]["asym_calibration"], serde_json::json!(false));
+    assert_ne!(w_on, w_off, "asymmetric calibration changed nothing");
+    // A config file written by an earlier run carries the setting.
+    let cfg = d.path().join("qc.json");
+    std::fs::write(&cfg, serde_json::to_string(&off).unwrap()).unwrap();
+    let (again, w_again) = run("again", &["--config", cfg.to_str().unwrap()]);
+    assert_eq!(again["meta"]["asym_calibration"], serde_json::json!(false));
+    assert_eq!(w_again, w_off);
+}
