@@ -179,8 +179,10 @@ fn ones_pattern(bits: u32) -> u32 {
 }
 
 /// Packs `values` (each `< 2^bits`) into a little-endian bit stream of
-/// 32-bit words, calling `emit(word_index, word)` for each word.
-fn pack_stream(values: impl Iterator<Item = u32>, bits: u32, mut emit: impl FnMut(usize, u32)) {
+/// 32-bit words, calling `emit(word_index, word)` for each word: the GPTQ
+/// word layout along one column, also used by kernels' repacked layouts.
+/// The number of values times `bits` must be a multiple of 32.
+pub fn pack_stream(values: impl Iterator<Item = u32>, bits: u32, mut emit: impl FnMut(usize, u32)) {
     let (mut acc, mut nbits, mut w) = (0u64, 0u32, 0usize);
     for v in values {
         acc |= (v as u64) << nbits;

@@ -285,25 +285,11 @@ impl AnyLayout {
         }
         let kb = k.div_ceil(32);
         let b = bits as usize;
+        // The GPTQ bit stream along K, padded to whole 32-value blocks.
         let mut qw = vec![0u32; kb * b * n];
         for o in 0..n {
-            for blk in 0..kb {
-                let mut acc = 0u64;
-                let mut nbits = 0u32;
-                let mut w = 0usize;
-                for v in 0..32 {
-                    let c = blk * 32 + v;
-                    let code = if c < k { q.codes[o * k + c] as u64 } else { 0 };
-                    acc |= code << nbits;
-                    nbits += bits;
-                    if nbits >= 32 {
-                        qw[(blk * b + w) * n + o] = acc as u32;
-                        w += 1;
-                        acc >>= 32;
-                        nbits -= 32;
-                    }
-                }
-            }
+            let col = (0..kb * 32).map(|c| if c < k { q.codes[o * k + c] as u32 } else { 0 });
+            gptq_core::pack::pack_stream(col, bits, |w, word| qw[w * n + o] = word);
         }
         let mut g_idx: Vec<i32> = q.g_idx.iter().map(|&g| g as i32).collect();
         g_idx.resize(kb * 32, 0);
