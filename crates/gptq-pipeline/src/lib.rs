@@ -398,8 +398,15 @@ pub fn quantize_resumable(
     for b in 0..blocks {
         progress.block_start(b, blocks);
         let mut block = model.block(b)?;
-        // A second, never quantized copy of the block for the fp path.
-        let fp_block = if asym { Some(model.block(b)?) } else { None };
+        // Whether a later block still needs this block's outputs.
+        let needed = (b + 1..blocks).any(|c| !replay.has(c));
+        // A second, never quantized copy of the block for the fp path
+        // (not loaded for a replayed block whose outputs nobody needs).
+        let fp_block = if asym && (needed || !replay.has(b)) {
+            Some(model.block(b)?)
+        } else {
+            None
+        };
         let prefix = (arch.block_prefix)(b);
         if replay.has(b) {
             let (layers, block_reports) = replay.load(b)?;
@@ -425,7 +432,6 @@ pub fn quantize_resumable(
                 progress.layer_done(&r);
                 reports.push(r);
             }
-            let needed = (b + 1..blocks).any(|c| !replay.has(c));
             if opts.method == Method::Gptq && needed {
                 finish_block(block.as_ref(), &mut states, hidden, &mut times)?;
                 if let Some(fb) = &fp_block {
