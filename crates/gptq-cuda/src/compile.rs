@@ -15,6 +15,9 @@ use std::path::PathBuf;
 /// The kernel sources (embedded in the binary).
 pub const W4_SOURCE: &str = include_str!("../kernels/w4.cu");
 
+/// The GPTQ solver's kernels (see `solve.rs`).
+pub const GPTQ_SOURCE: &str = include_str!("../kernels/gptq.cu");
+
 /// Options every compilation gets besides the architecture.
 const BASE_OPTIONS: &[&str] = &["-std=c++17"];
 
@@ -266,6 +269,19 @@ mod tests {
             return;
         }
         for arch in ["sm_90a", "sm_80"] {
+            let (image, log) = compile_cubin(GPTQ_SOURCE, "gptq.cu", arch, &["-Xptxas=-v"])
+                .unwrap_or_else(|e| panic!("{arch}: {e}"));
+            assert!(image.len() > 1000, "{arch}: CUBIN of {} bytes", image.len());
+            for name in crate::solve::SOLVE_FUNCTIONS {
+                assert!(log.contains(name), "{arch}: no {name} in the ptxas report");
+            }
+            // The batch kernel keeps its 128 columns per warp in registers:
+            // a spill would put them in local memory.
+            assert!(
+                !log.lines().any(|l| l.contains("spill")
+                    && !l.contains("0 bytes spill stores, 0 bytes spill loads")),
+                "{arch}: a solver kernel spills:\n{log}"
+            );
             let (image, log) = compile_cubin(W4_SOURCE, "w4.cu", arch, &["-Xptxas=-v"])
                 .unwrap_or_else(|e| panic!("{arch}: {e}"));
             assert!(image.len() > 1000, "{arch}: CUBIN of {} bytes", image.len());

@@ -79,7 +79,7 @@ pub struct Cuda {
     pub(crate) stream: Arc<CudaStream>,
     _module: Arc<CudaModule>,
     funcs: HashMap<String, CudaFunction>,
-    blas: CudaBlas,
+    pub(crate) blas: CudaBlas,
     _blas_workspace: CudaSlice<u8>,
     pub info: DeviceInfo,
 }
@@ -87,6 +87,39 @@ pub struct Cuda {
 pub(crate) fn dptr<T>(s: &CudaSlice<T>, stream: &CudaStream) -> u64 {
     let (p, _sync) = s.device_ptr(stream);
     p
+}
+
+/// The functions `names` of the CUDA source `src`, compiled for `arch` (or
+/// loaded from the CUBIN cache; a cache entry the driver rejects is
+/// recompiled).
+pub(crate) fn load_kernels(
+    ctx: &Arc<CudaContext>,
+    src: &str,
+    name: &str,
+    arch: &str,
+    driver_version: i32,
+    names: &[&str],
+) -> Result<(Arc<CudaModule>, HashMap<String, CudaFunction>, CubinSource)> {
+    let (image, cubin) = compile::cubin_cached(src, name, arch, driver_version)?;
+    let module = match ctx.load_module(cudarc::nvrtc::Ptx::from_binary(image)) {
+        Ok(m) => m,
+        Err(e) if matches!(cubin, CubinSource::Cache(_)) => {
+            // A stale or damaged cache entry: compile afresh.
+            let (image, _) = compile::compile_cubin(src, name, arch, &[])
+                .map_err(|c| Error::Nvrtc(format!("{c} (after the cached CUBIN failed: {e})")))?;
+            ctx.load_module(cudarc::nvrtc::Ptx::from_binary(image))
+                .ctx(&format!("loading the kernels of {name}"))?
+        }
+        Err(e) => return Err(Error::Driver(format!("loading the kernels of {name}: {e}"))),
+    };
+    let mut funcs = HashMap::new();
+    for &f in names {
+        funcs.insert(
+            f.to_string(),
+            module.load_function(f).ctx(&format!("kernel {f}"))?,
+        );
+    }
+    Ok((module, funcs, cubin))
 }
 
 impl Cuda {
@@ -129,28 +162,14 @@ impl Cuda {
             return Err(Error::Driver(format!("cuDriverGetVersion: {r:?}")));
         }
         let arch = compile::arch_for(major, minor);
-        let (image, cubin) =
-            compile::cubin_cached(compile::W4_SOURCE, "w4.cu", &arch, driver_version)?;
-        let module = match ctx.load_module(cudarc::nvrtc::Ptx::from_binary(image)) {
-            Ok(m) => m,
-            Err(e) if matches!(cubin, CubinSource::Cache(_)) => {
-                // A stale or damaged cache entry: compile afresh.
-                let (image, _) = compile::compile_cubin(compile::W4_SOURCE, "w4.cu", &arch, &[])
-                    .map_err(|c| {
-                        Error::Nvrtc(format!("{c} (after the cached CUBIN failed: {e})"))
-                    })?;
-                ctx.load_module(cudarc::nvrtc::Ptx::from_binary(image))
-                    .ctx("loading the kernels")?
-            }
-            Err(e) => return Err(Error::Driver(format!("loading the kernels: {e}"))),
-        };
-        let mut funcs = HashMap::new();
-        for &f in kernels::ALL_FUNCTIONS {
-            funcs.insert(
-                f.to_string(),
-                module.load_function(f).ctx(&format!("kernel {f}"))?,
-            );
-        }
+        let (module, funcs, cubin) = load_kernels(
+            &ctx,
+            compile::W4_SOURCE,
+            "w4.cu",
+            &arch,
+            driver_version,
+            kernels::ALL_FUNCTIONS,
+        )?;
         for v in W4_VARIANTS {
             if v.shared_bytes() > 48 * 1024 {
                 let f = funcs

@@ -14,13 +14,16 @@
 //! [`Error::NoCuda`] there instead of panicking.
 
 pub mod bench;
+pub mod bench_solve;
 pub mod compile;
 pub mod device;
 pub mod kernels;
 pub mod layout;
+pub mod solve;
 
 pub use device::{probe_libraries, Cuda, DeviceInfo, GpuLinear, Path, Workspace};
 pub use kernels::W4Variant;
+pub use solve::Solver;
 
 /// Errors of the CUDA backend.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +41,8 @@ pub enum Error {
     Shape(String),
     #[error("unsupported: {0}")]
     Unsupported(String),
+    #[error(transparent)]
+    Quant(#[from] gptq_quant::Error),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

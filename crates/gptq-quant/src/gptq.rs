@@ -212,7 +212,7 @@ pub fn gptq_quantize_many(
                 out = solved.q.out_features,
                 inn = solved.q.in_features,
                 damp = prep.damp_used,
-                dead = prep.ndead,
+                dead = prep.order.ndead,
                 error_gptq,
                 error_rtn,
                 secs = t0.elapsed().as_secs_f64(),
@@ -223,7 +223,7 @@ pub fn gptq_quantize_many(
                 damp_used: prep.damp_used,
                 error_gptq,
                 error_rtn,
-                dead_columns: prep.ndead,
+                dead_columns: prep.order.ndead,
             })
         })
         .collect()
@@ -279,6 +279,14 @@ enum Groups {
 }
 
 impl Groups {
+    fn new(params: &GptqParams, inn: usize) -> Self {
+        match params.group_size.map(|g| g.min(inn)) {
+            None => Groups::PerChannel,
+            Some(g) if params.static_groups => Groups::Static(g),
+            Some(g) => Groups::Dynamic(g),
+        }
+    }
+
     fn of(self, p: usize, perm: &[usize]) -> usize {
         match self {
             Groups::PerChannel => 0,
@@ -288,14 +296,106 @@ impl Groups {
     }
 }
 
+/// The columns of `H` as the solver sees them (steps 2 and 4): dead
+/// columns and the processing order. Shared by every backend.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ColumnOrder {
+    /// `H_ii = 0` per original column.
+    pub dead: Vec<bool>,
+    /// How many columns are dead.
+    pub ndead: usize,
+    /// Processing order: `perm[p]` is the original column processed `p`-th.
+    pub perm: Vec<usize>,
+    /// `diag(H)` with dead entries set to 1, original order.
+    pub diag: Vec<f32>,
+}
+
+/// Dead columns (`H_ii ← 1`; each weight's columns are zeroed by the
+/// solver) and act-order (stable argsort of `diag(H)`, descending). Errors
+/// on a non-finite `H`.
+pub fn column_order(h: &Hessian, params: &GptqParams) -> Result<ColumnOrder> {
+    if h.matrix().iter().any(|v| !v.is_finite()) {
+        return Err(Error::NonFinite { what: "Hessian" });
+    }
+    Ok(column_order_from_diag(h.diag(), params))
+}
+
+/// [`column_order`] from `diag(H)` alone (for a Hessian that lives on a
+/// device and was checked there).
+pub fn column_order_from_diag(mut diag: Vec<f32>, params: &GptqParams) -> ColumnOrder {
+    let inn = diag.len();
+    let dead: Vec<bool> = diag.iter().map(|&d| d == 0.0).collect();
+    let ndead = dead.iter().filter(|&&d| d).count();
+    for (d, &is_dead) in diag.iter_mut().zip(&dead) {
+        if is_dead {
+            *d = 1.0;
+        }
+    }
+    let mut perm: Vec<usize> = (0..inn).collect();
+    if params.desc_act {
+        perm.sort_by(|&a, &b| diag[b].total_cmp(&diag[a]));
+    }
+    ColumnOrder {
+        dead,
+        ndead,
+        perm,
+        diag,
+    }
+}
+
+impl ColumnOrder {
+    /// Step 5's damping loop: calls `factor(λ)` with
+    /// `λ = damp · mean(diag H)` (f32, as the CPU solver adds it), starting
+    /// at `params.damp_percent`; `Ok(None)` (not positive definite) retries
+    /// with 10× the damping (a warning each time), at most
+    /// [`MAX_DAMP_RETRIES`] times. Returns the factor and the relative
+    /// damping that worked. Every backend factorizes through this loop.
+    pub fn damped<T>(
+        &self,
+        params: &GptqParams,
+        mut factor: impl FnMut(f32) -> Result<Option<T>>,
+    ) -> Result<(T, f32)> {
+        let n = self.diag.len();
+        let mean = self.diag.iter().map(|&d| d as f64).sum::<f64>() / n.max(1) as f64;
+        let mut rel = params.damp_percent;
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let damp = (rel as f64 * mean) as f32;
+            match factor(damp)? {
+                Some(f) => return Ok((f, rel)),
+                None if tries > MAX_DAMP_RETRIES => {
+                    return Err(Error::NotPositiveDefinite { damp: rel, tries });
+                }
+                None => {
+                    let next = if rel > 0.0 { rel * 10.0 } else { 0.01 };
+                    tracing::warn!(
+                        damp = rel,
+                        next,
+                        "Hessian not positive definite after damping; retrying with more damping"
+                    );
+                    rel = next;
+                }
+            }
+        }
+    }
+
+    /// `g_idx` (group of each original column) for these settings: dynamic
+    /// groups in processing order (`g_idx[perm[p]] = p / gs`), static
+    /// groups in original order (`c / gs`), per-channel all 0.
+    pub fn g_idx(&self, params: &GptqParams) -> Vec<u32> {
+        let groups = Groups::new(params, self.perm.len());
+        let mut g_idx = vec![0u32; self.perm.len()];
+        for (p, &c) in self.perm.iter().enumerate() {
+            g_idx[c] = groups.of(p, &self.perm) as u32;
+        }
+        g_idx
+    }
+}
+
 /// The part of GPTQ that depends on `H` only (steps 2, 4, 5).
 pub(crate) struct Prepared {
-    inn: usize,
-    /// `H_ii = 0` per original column.
-    dead: Vec<bool>,
-    ndead: usize,
-    /// Processing order: `perm[p]` is the original column processed `p`-th.
-    perm: Vec<usize>,
+    order: ColumnOrder,
     /// `U`, `[in, in]` row-major, in processing order.
     u: Vec<f32>,
     damp_used: f32,
@@ -305,60 +405,22 @@ pub(crate) struct Prepared {
 pub(crate) fn prepare(h: &Hessian, params: &GptqParams) -> Result<Prepared> {
     let inn = h.columns();
     let hm = h.matrix();
-    if hm.iter().any(|v| !v.is_finite()) {
-        return Err(Error::NonFinite { what: "Hessian" });
-    }
-    // 2. Dead columns: H_ii ← 1 (W's columns are zeroed per weight).
-    let mut diag = h.diag();
-    let dead: Vec<bool> = diag.iter().map(|&d| d == 0.0).collect();
-    let ndead = dead.iter().filter(|&&d| d).count();
-    for (d, &is_dead) in diag.iter_mut().zip(&dead) {
-        if is_dead {
-            *d = 1.0;
-        }
-    }
-    // 4. Act-order.
-    let mut perm: Vec<usize> = (0..inn).collect();
-    if params.desc_act {
-        perm.sort_by(|&a, &b| diag[b].total_cmp(&diag[a]));
-    }
-    // 5. Damped inverse factor, with retries.
-    let mean = diag.iter().map(|&d| d as f64).sum::<f64>() / inn.max(1) as f64;
-    let mut rel = params.damp_percent;
-    let mut tries = 0;
-    let u = loop {
-        tries += 1;
-        let damp = (rel as f64 * mean) as f32;
-        let res = upper_inverse_factor(inn, |i, j| {
+    let order = column_order(h, params)?;
+    let (diag, perm) = (&order.diag, &order.perm);
+    let (u, damp_used) = order.damped(params, |damp| {
+        Ok(upper_inverse_factor(inn, |i, j| {
             if i == j {
                 (diag[perm[i]] + damp) as f64
             } else {
                 hm[perm[i] * inn + perm[j]] as f64
             }
-        });
-        match res {
-            Ok(u) => break u,
-            Err(_) if tries > MAX_DAMP_RETRIES => {
-                return Err(Error::NotPositiveDefinite { damp: rel, tries });
-            }
-            Err(_) => {
-                let next = if rel > 0.0 { rel * 10.0 } else { 0.01 };
-                tracing::warn!(
-                    damp = rel,
-                    next,
-                    "Hessian not positive definite after damping; retrying with more damping"
-                );
-                rel = next;
-            }
-        }
-    };
+        })
+        .ok())
+    })?;
     Ok(Prepared {
-        inn,
-        dead,
-        ndead,
-        perm,
+        order,
         u,
-        damp_used: rel,
+        damp_used,
     })
 }
 
@@ -371,10 +433,10 @@ pub(crate) fn solve_prepared(
     chunk: usize,
 ) -> Result<Solved> {
     let (out, inn) = weight_dims(w)?;
-    debug_assert_eq!(inn, prep.inn);
+    debug_assert_eq!(inn, prep.order.perm.len());
     let grid = params.grid();
     let maxq = grid.maxq();
-    let perm = &prep.perm[..];
+    let perm = &prep.order.perm[..];
 
     // 1. Per-channel grid from the original W.
     let per_channel: Option<Vec<RowGrid>> = match params.group_size {
@@ -384,9 +446,9 @@ pub(crate) fn solve_prepared(
 
     // 2. Dead columns of W.
     let mut w0 = w.data().to_vec();
-    if prep.ndead > 0 {
+    if prep.order.ndead > 0 {
         w0.par_chunks_mut(inn).for_each(|row| {
-            for (v, &is_dead) in row.iter_mut().zip(&prep.dead) {
+            for (v, &is_dead) in row.iter_mut().zip(&prep.order.dead) {
                 if is_dead {
                     *v = 0.0;
                 }
@@ -396,11 +458,7 @@ pub(crate) fn solve_prepared(
 
     // 3. Group mode (static grids are computed per chunk from w0).
     let gs = params.group_size.map(|g| g.min(inn));
-    let groups = match gs {
-        None => Groups::PerChannel,
-        Some(g) if params.static_groups => Groups::Static(g),
-        Some(g) => Groups::Dynamic(g),
-    };
+    let groups = Groups::new(params, inn);
     let ngroups = gs.map_or(1, |g| inn.div_ceil(g));
 
     // 6. Blocked solve, chunks of output rows in parallel.
@@ -442,10 +500,7 @@ pub(crate) fn solve_prepared(
             }
         }
     }
-    let mut g_idx = vec![0u32; inn];
-    for p in 0..inn {
-        g_idx[perm[p]] = groups.of(p, perm) as u32;
-    }
+    let g_idx = prep.order.g_idx(params);
     let q = QLinear {
         out_features: out,
         in_features: inn,

@@ -40,7 +40,10 @@ mod hinv;
 pub mod rtn;
 
 pub use asym::{asymmetric_targets, CrossTerm};
-pub use gptq::{gptq_quantize, gptq_quantize_many, GptqParams, GptqResult, MAX_DAMP_RETRIES};
+pub use gptq::{
+    column_order, gptq_quantize, gptq_quantize_many, ColumnOrder, GptqParams, GptqResult,
+    MAX_DAMP_RETRIES,
+};
 pub use grid::{MseSearch, QuantGrid, RowGrid};
 pub use hessian::Hessian;
 pub use rtn::rtn_quantize;
@@ -72,6 +75,9 @@ pub enum Error {
         /// Factorizations attempted.
         tries: usize,
     },
+    /// A compute backend (the GPU) failed while solving.
+    #[error("{0}")]
+    Backend(String),
     /// The produced layer failed `QLinear` validation (a bug) or another
     /// shared-type error.
     #[error(transparent)]

@@ -38,7 +38,8 @@ pub struct Args {
 pub fn run(a: Args) -> anyhow::Result<()> {
     if super::bench_cuda::wants(a.model.as_deref().unwrap_or(""), &a.cuda) {
         let cmd: Vec<String> = std::env::args().collect();
-        return super::bench_cuda::run(&a.cuda, &cmd.join(" "));
+        let model = a.model.as_deref().unwrap_or("");
+        return super::bench_cuda::run(&a.cuda, &cmd.join(" "), model);
     }
     let mut json = serde_json::json!({"version": env!("CARGO_PKG_VERSION")});
     let copy_gbps;

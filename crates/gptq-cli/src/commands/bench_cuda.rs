@@ -51,11 +51,20 @@ pub struct CudaArgs {
     /// CUDA device ordinal.
     #[arg(long, default_value_t = 0)]
     pub gpu: usize,
+    /// With MODEL = `solve`: timed solves per shape and setting (after a
+    /// warm-up); the mean is reported.
+    #[arg(long, default_value_t = 2)]
+    pub reps: usize,
+    /// With MODEL = `solve`: JSON lines of `scripts/research/gptq_torch.py
+    /// --bench-solve` run on the same GPU, for the ratio column.
+    #[arg(long, value_name = "PATH")]
+    pub torch_solve: Option<PathBuf>,
 }
 
-/// Whether `gptq bench MODEL ...` is this command.
+/// Whether `gptq bench MODEL ...` is this command (`kernels` or `solve`
+/// with `--device cuda`).
 pub fn wants(model: &str, a: &CudaArgs) -> bool {
-    model == "kernels"
+    (model == "kernels" || model == "solve")
         && a.device
             .as_deref()
             .is_some_and(|d| d.eq_ignore_ascii_case("cuda"))
@@ -171,14 +180,9 @@ fn check_report(rows: &[CheckRow], out: &mut String) -> bool {
     failed.is_empty()
 }
 
-pub fn run(a: &CudaArgs, command_line: &str) -> anyhow::Result<()> {
-    let dev = Cuda::new(a.gpu)?;
-    let info = &dev.info;
-    let mut out = String::new();
-    let _ = writeln!(out, "# CUDA int4 kernels\n");
-    let _ = writeln!(out, "- command: `{command_line}`");
-    let _ = writeln!(
-        out,
+/// The device line of a report.
+fn device_line(info: &gptq_cuda::DeviceInfo) -> String {
+    format!(
         "- GPU: {} (compute capability {}.{}, {} SMs, {:.0} GiB), driver {}.{}, kernels built by NVRTC for {} ({:?})",
         info.name,
         info.compute_capability.0,
@@ -189,7 +193,108 @@ pub fn run(a: &CudaArgs, command_line: &str) -> anyhow::Result<()> {
         (info.driver_version % 1000) / 10,
         info.arch,
         info.cubin
+    )
+}
+
+/// torch's solve seconds keyed by (cols, rows, act-order), from JSON lines.
+fn read_torch_solve(
+    path: &PathBuf,
+) -> anyhow::Result<(HashMap<(usize, usize, bool), f64>, String)> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut map = HashMap::new();
+    let mut about = String::from("torch");
+    for line in text.lines().filter(|l| l.trim_start().starts_with('{')) {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .with_context(|| format!("{}: a line is not JSON", path.display()))?;
+        if let Some(t) = v.get("torch").and_then(|x| x.as_str()) {
+            let dev = v.get("device").and_then(|x| x.as_str()).unwrap_or("?");
+            about = format!("torch {t} ({dev})");
+            continue;
+        }
+        let get = |k: &str| v.get(k).and_then(|x| x.as_u64());
+        if let (Some(c), Some(r), Some(act), Some(sec)) = (
+            get("cols"),
+            get("rows"),
+            get("actorder"),
+            v.get("seconds").and_then(|x| x.as_f64()),
+        ) {
+            map.insert((c as usize, r as usize, act != 0), sec);
+        }
+    }
+    Ok((map, about))
+}
+
+/// `gptq bench solve --device cuda`.
+fn run_solve(a: &CudaArgs, command_line: &str) -> anyhow::Result<()> {
+    let dev = Cuda::new(a.gpu)?;
+    let shapes = a
+        .shapes
+        .iter()
+        .map(|s| parse_shape(s))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let torch = a.torch_solve.as_ref().map(read_torch_solve).transpose()?;
+    let mut out = String::new();
+    let _ = writeln!(out, "# GPTQ per-layer solve on the GPU\n");
+    let _ = writeln!(out, "- command: `{command_line}`");
+    let _ = writeln!(out, "{}", device_line(&dev.info));
+    let _ = writeln!(out, "- date: {}", today());
+    let _ = writeln!(
+        out,
+        "- data: 4096 tokens of N(0,1) inputs, first 8 channels ×30, H = (2/4096)·XᵀX; W ~ N(0, 0.02²); \
+         4-bit, groups of 128, asymmetric, 1 % damping, lazy batches of 128; mean of {} solves after a warm-up",
+        a.reps.max(1)
     );
+    if let Some((_, about)) = &torch {
+        let _ = writeln!(
+            out,
+            "- reference: {about}, `scripts/research/gptq_torch.py --bench-solve` (the published column loop), same GPU, same run"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\n| in × out | act-order | ours s (prepare + loop) | torch s | speed-up | errors s | tr(ΔHΔᵀ) GPTQ / RTN |"
+    );
+    let _ = writeln!(out, "| --- | --- | ---: | ---: | ---: | ---: | ---: |");
+    print!("{out}");
+    let rows = gptq_cuda::bench_solve::bench_solve(&dev, &shapes, a.reps)?;
+    for r in &rows {
+        let t = torch
+            .as_ref()
+            .and_then(|(m, _)| m.get(&(r.cols, r.rows, r.act_order)).copied());
+        let line = format!(
+            "| {}×{} | {} | {:.4} ({:.4} + {:.4}) | {} | {} | {:.3} | {:.4} |",
+            r.cols,
+            r.rows,
+            if r.act_order { "on" } else { "off" },
+            r.solve_s,
+            r.prepare_s,
+            r.loop_s,
+            t.map_or("–".into(), |t| format!("{t:.3}")),
+            t.map_or("–".into(), |t| format!("{:.1}×", t / r.solve_s)),
+            r.errors_s,
+            r.error_gptq / r.error_rtn
+        );
+        println!("{line}");
+        let _ = writeln!(out, "{line}");
+    }
+    if let Some(p) = &a.markdown {
+        gptq_io::atomic::write_file(p, out.as_bytes())
+            .with_context(|| format!("cannot write {}", p.display()))?;
+    }
+    Ok(())
+}
+
+pub fn run(a: &CudaArgs, command_line: &str, model: &str) -> anyhow::Result<()> {
+    if model == "solve" {
+        return run_solve(a, command_line);
+    }
+    let dev = Cuda::new(a.gpu)?;
+    let info = &dev.info;
+    let mut out = String::new();
+    let _ = writeln!(out, "# CUDA int4 kernels\n");
+    let _ = writeln!(out, "- command: `{command_line}`");
+    let _ = writeln!(out, "{}", device_line(info));
     let _ = writeln!(out, "- date: {}\n", today());
     print!("{out}");
     let mut ok = true;

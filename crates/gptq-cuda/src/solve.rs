@@ -1,0 +1,824 @@
+//! The GPTQ solver on the GPU: the same algorithm, settings and result as
+//! the CPU solver (`gptq_quant::gptq`, whose module docs give the steps),
+//! with every `O(n²)`/`O(n³)` step on the device.
+//!
+//! * Dead columns and act-order come from [`gptq_quant::ColumnOrder`] (one
+//!   definition for both backends) built from `diag(H)` read off the
+//!   device; damping and its retries run through
+//!   [`ColumnOrder::damped`](gptq_quant::ColumnOrder::damped).
+//! * `U` (upper, `H⁻¹ = UᵀU`) as on the CPU (`hinv.rs`): `JAJ = MMᵀ` by
+//!   cuSOLVER `potrf` in f64, `M⁻¹` by `trtri`, `U = JM⁻¹J` rounded once to
+//!   f32. A failed `potrf`/`trtri` or a non-finite or non-positive-diagonal
+//!   `U` counts as "not positive definite".
+//! * The column loop runs one lazy batch (≤ 128 columns) per launch of
+//!   `gptq_block`: a warp per output row holds the batch in registers, `U`'s
+//!   batch block sits in shared memory; the batch's `−E` feeds one cuBLAS
+//!   f32 GEMM (`W[:, i2:] −= E·U[i1:i2, i2:]`, no TF32). Group parameters
+//!   are computed on the device when each group starts, from `W` as it is
+//!   at the start of the batch, like the CPU solver and the reference.
+//! * Errors `tr(ΔHΔᵀ)` (GPTQ and round-to-nearest) by one f32 GEMM each and
+//!   a per-row f64 reduction summed on the host in row order.
+//!
+//! # Agreement with the CPU solver
+//! The batch kernel rounds every operation as the CPU loop does, so codes
+//! agree wherever the inputs to a column agree. The trailing GEMM and `U`
+//! (cuSOLVER vs faer, both f64 then rounded) sum in other orders, so a
+//! value can land on the other side of a rounding boundary and that row's
+//! later columns then see a different error: a small fraction of codes
+//! differ (measured and bounded in the GPU test, `tests/solve_gpu.rs`).
+//!
+//! Not supported on the GPU (an `Unsupported` error; the caller falls back to
+//! the CPU): the MSE grid search and lazy batches wider than 128 columns.
+
+use crate::device::{dptr, load_kernels, Ctx, Cuda};
+use crate::{compile, Error, Result};
+use cudarc::cublas::sys as cb;
+use cudarc::cusolver::sys as cs;
+use cudarc::driver::{CudaFunction, CudaModule, CudaSlice, LaunchConfig, PushKernelArg};
+use gptq_core::{QLinear, Tensor};
+use gptq_quant::{ColumnOrder, GptqParams, GptqResult, Hessian};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Every kernel of `gptq.cu`.
+pub const SOLVE_FUNCTIONS: &[&str] = &[
+    "gptq_diag_check",
+    "gptq_build_damped",
+    "gptq_extract_u",
+    "gptq_permute",
+    "gptq_unpermute_codes",
+    "gptq_group_params",
+    "gptq_block",
+    "gptq_delta_codes",
+    "gptq_delta_rtn",
+    "gptq_row_dot",
+];
+
+/// Widest lazy batch the block kernel holds (4 columns per lane).
+pub const MAX_BLOCK: usize = 128;
+
+/// Threads per block of the batch kernel (one warp per output row).
+const BLOCK_THREADS: u32 = 512;
+
+impl<T> Ctx<T> for std::result::Result<T, cudarc::cusolver::result::CusolverError> {
+    fn ctx(self, what: &str) -> Result<T> {
+        self.map_err(|e| Error::Driver(format!("cuSOLVER {what}: {e:?}")))
+    }
+}
+
+fn check_solver(st: cs::cusolverStatus_t, what: &str) -> Result<()> {
+    if st == cs::cusolverStatus_t::CUSOLVER_STATUS_SUCCESS {
+        Ok(())
+    } else {
+        Err(Error::Driver(format!("cuSOLVER {what}: {st:?}")))
+    }
+}
+
+fn check_blas(st: cb::cublasStatus_t, what: &str) -> Result<()> {
+    if st == cb::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+        Ok(())
+    } else {
+        Err(Error::Cublas(format!("{what}: {st:?}")))
+    }
+}
+
+/// The GPU solver: the kernels of `gptq.cu` and a cuSOLVER handle on the
+/// device's stream.
+pub struct Solver<'a> {
+    dev: &'a Cuda,
+    _module: Arc<CudaModule>,
+    funcs: HashMap<String, CudaFunction>,
+    handle: cs::cusolverDnHandle_t,
+}
+
+impl Drop for Solver<'_> {
+    fn drop(&mut self) {
+        // SAFETY: the handle was created by `Solver::new` and is not used
+        // after this.
+        unsafe {
+            cs::cusolverDnDestroy(self.handle);
+        }
+    }
+}
+
+/// `H`-dependent state of a solve on the device (steps 2, 4, 5).
+pub struct Prepared {
+    /// Dead columns and processing order.
+    pub order: ColumnOrder,
+    /// Damping actually used, relative to `mean(diag H)`.
+    pub damp_used: f32,
+    perm: CudaSlice<i32>,
+    dead: CudaSlice<u8>,
+    /// `U`, `[n, n]` row-major f32, processing order.
+    u: CudaSlice<f32>,
+}
+
+/// One solved weight on the device, codes in original column order.
+pub struct DeviceSolved {
+    pub rows: usize,
+    pub cols: usize,
+    pub codes: CudaSlice<u8>,
+    /// `[groups, rows]`.
+    pub scales: CudaSlice<f32>,
+    /// `[groups, rows]` (integers as f32).
+    pub zeros: CudaSlice<f32>,
+    pub ngroups: usize,
+    g_idx: Vec<u32>,
+}
+
+/// Launch geometry of an element-wise kernel over `[rows, n]`.
+fn grid_2d(rows: usize, n: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: ((n as u32).div_ceil(256), rows as u32, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// Launch geometry of a square `[n, n]` kernel (32×8 threads).
+fn grid_square(n: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: ((n as u32).div_ceil(32), (n as u32).div_ceil(8), 1),
+        block_dim: (32, 8, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// Warp-per-row geometry, `ny` blocks along y.
+fn grid_rows(rows: usize, warps: u32, ny: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: ((rows as u32).div_ceil(warps), ny as u32, 1),
+        block_dim: (32 * warps, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+impl<'a> Solver<'a> {
+    /// Compiles (or loads from the cache) the solver's kernels and opens
+    /// cuSOLVER. A missing cuSOLVER library is `Error::NoCuda`.
+    pub fn new(dev: &'a Cuda) -> Result<Self> {
+        let present =
+            std::panic::catch_unwind(|| unsafe { cs::is_culib_present() }).unwrap_or(false);
+        if !present {
+            return Err(Error::NoCuda(
+                "the cuSOLVER library (libcusolver.so) was not found: install it and put it on \
+                 LD_LIBRARY_PATH"
+                    .into(),
+            ));
+        }
+        let (module, funcs, _) = load_kernels(
+            &dev.ctx,
+            compile::GPTQ_SOURCE,
+            "gptq.cu",
+            &dev.info.arch,
+            dev.info.driver_version,
+            SOLVE_FUNCTIONS,
+        )?;
+        let block = funcs
+            .get("gptq_block")
+            .ok_or_else(|| Error::Driver("kernel gptq_block missing".into()))?;
+        block
+            .set_attribute(
+                cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                (MAX_BLOCK * MAX_BLOCK * 4) as i32,
+            )
+            .ctx("raising the shared-memory limit of gptq_block")?;
+        let mut handle: cs::cusolverDnHandle_t = std::ptr::null_mut();
+        // SAFETY: plain handle creation; the stream outlives the solver
+        // (both belong to `dev`, which the solver borrows).
+        unsafe {
+            check_solver(cs::cusolverDnCreate(&mut handle), "create")?;
+            let st = cs::cusolverDnSetStream(handle, dev.stream.cu_stream() as cs::cudaStream_t);
+            if let Err(e) = check_solver(st, "set stream") {
+                cs::cusolverDnDestroy(handle);
+                return Err(e);
+            }
+        }
+        Ok(Solver {
+            dev,
+            _module: module,
+            funcs,
+            handle,
+        })
+    }
+
+    fn func(&self, name: &str) -> Result<&CudaFunction> {
+        self.funcs
+            .get(name)
+            .ok_or_else(|| Error::Driver(format!("kernel {name} is not in the module")))
+    }
+
+    /// Whether the GPU solver handles `params` (else use the CPU solver).
+    pub fn supports(params: &GptqParams) -> Result<()> {
+        if params.mse {
+            return Err(Error::Unsupported(
+                "the MSE grid search runs on the CPU only".into(),
+            ));
+        }
+        if params.block_size > MAX_BLOCK {
+            return Err(Error::Unsupported(format!(
+                "lazy batches of {} columns (the GPU solver takes at most {MAX_BLOCK})",
+                params.block_size
+            )));
+        }
+        Ok(())
+    }
+
+    /// Steps 2, 4, 5 for the device Hessian `h` (`[n, n]`, symmetric).
+    pub fn prepare(&self, h: &CudaSlice<f32>, n: usize, params: &GptqParams) -> Result<Prepared> {
+        params.validate()?;
+        Self::supports(params)?;
+        if n == 0 || h.len() < n * n {
+            return Err(Error::Shape(format!(
+                "a Hessian of {} values is not {n}×{n}",
+                h.len()
+            )));
+        }
+        let st = &self.dev.stream;
+        // diag(H) and the finiteness check.
+        let mut diag = self.dev.zeros::<f32>(n)?;
+        let mut bad = self.dev.zeros::<i32>(1)?;
+        {
+            let f = self.func("gptq_diag_check")?;
+            let nn = n as i64;
+            let mut b = st.launch_builder(f);
+            b.arg(h).arg(&nn).arg(&mut diag).arg(&mut bad);
+            let blocks = ((n * n) as u64).div_ceil(256).min(65_535 * 8) as u32;
+            unsafe { b.launch(LaunchConfig::for_num_elems(256 * blocks)) }
+                .ctx("gptq_diag_check")?;
+        }
+        if self.dev.download(&bad)?[0] != 0 {
+            return Err(gptq_quant::Error::NonFinite { what: "Hessian" }.into());
+        }
+        let order = gptq_quant::gptq::column_order_from_diag(self.dev.download(&diag)?, params);
+        let perm_h: Vec<i32> = order.perm.iter().map(|&p| p as i32).collect();
+        let perm = self.dev.upload(&perm_h)?;
+        let dead_h: Vec<u8> = order.dead.iter().map(|&d| d as u8).collect();
+        let dead = self.dev.upload(&dead_h)?;
+        let diag_fixed = self.dev.upload(&order.diag)?;
+
+        let mut a = self.dev.zeros::<f64>(n * n)?;
+        let mut u = self.dev.zeros::<f32>(n * n)?;
+        let (_, damp_used) = order.damped(params, |damp| {
+            self.factor(h, n, &perm, &diag_fixed, damp, &mut a, &mut u)
+                .map_err(|e| gptq_quant::Error::Backend(e.to_string()))
+        })?;
+        drop(a);
+        Ok(Prepared {
+            order,
+            damp_used,
+            perm,
+            dead,
+            u,
+        })
+    }
+
+    /// One damped factorization into `u`; `Ok(None)` when not positive
+    /// definite.
+    #[allow(clippy::too_many_arguments)]
+    fn factor(
+        &self,
+        h: &CudaSlice<f32>,
+        n: usize,
+        perm: &CudaSlice<i32>,
+        diag: &CudaSlice<f32>,
+        damp: f32,
+        a: &mut CudaSlice<f64>,
+        u: &mut CudaSlice<f32>,
+    ) -> Result<Option<()>> {
+        let st = &self.dev.stream;
+        let ni = n as i32;
+        {
+            let f = self.func("gptq_build_damped")?;
+            let mut b = st.launch_builder(f);
+            b.arg(h)
+                .arg(perm)
+                .arg(diag)
+                .arg(&damp)
+                .arg(&ni)
+                .arg(&mut *a);
+            unsafe { b.launch(grid_square(n)) }.ctx("gptq_build_damped")?;
+        }
+        let lower = cs::cublasFillMode_t::CUBLAS_FILL_MODE_LOWER;
+        let a_ptr = dptr(a, st) as *mut f64;
+        let info = self.dev.zeros::<i32>(1)?;
+        let info_ptr = dptr(&info, st) as *mut i32;
+        // potrf: JAJ = MMᵀ, M in the lower triangle.
+        let mut lwork = 0i32;
+        unsafe {
+            check_solver(
+                cs::cusolverDnDpotrf_bufferSize(self.handle, lower, ni, a_ptr, ni, &mut lwork),
+                "potrf buffer size",
+            )?;
+        }
+        let work = self.dev.zeros::<f64>(lwork.max(1) as usize)?;
+        unsafe {
+            check_solver(
+                cs::cusolverDnDpotrf(
+                    self.handle,
+                    lower,
+                    ni,
+                    a_ptr,
+                    ni,
+                    dptr(&work, st) as *mut f64,
+                    lwork,
+                    info_ptr,
+                ),
+                "potrf",
+            )?;
+        }
+        drop(work);
+        let code = self.dev.download(&info)?[0];
+        if code > 0 {
+            return Ok(None);
+        }
+        if code < 0 {
+            return Err(Error::Driver(format!(
+                "cuSOLVER potrf: bad argument {}",
+                -code
+            )));
+        }
+        // trtri: M⁻¹ in place.
+        let (mut dbytes, mut hbytes) = (0usize, 0usize);
+        let diag_kind = cs::cublasDiagType_t::CUBLAS_DIAG_NON_UNIT;
+        let f64t = cs::cudaDataType_t::CUDA_R_64F;
+        unsafe {
+            check_solver(
+                cs::cusolverDnXtrtri_bufferSize(
+                    self.handle,
+                    lower,
+                    diag_kind,
+                    n as i64,
+                    f64t,
+                    a_ptr as *mut _,
+                    n as i64,
+                    &mut dbytes,
+                    &mut hbytes,
+                ),
+                "trtri buffer size",
+            )?;
+        }
+        let dwork = self.dev.zeros::<u8>(dbytes.max(1))?;
+        let mut hwork = vec![0u8; hbytes.max(1)];
+        unsafe {
+            check_solver(
+                cs::cusolverDnXtrtri(
+                    self.handle,
+                    lower,
+                    diag_kind,
+                    n as i64,
+                    f64t,
+                    a_ptr as *mut _,
+                    n as i64,
+                    dptr(&dwork, st) as *mut _,
+                    dbytes,
+                    hwork.as_mut_ptr() as *mut _,
+                    hbytes,
+                    info_ptr,
+                ),
+                "trtri",
+            )?;
+        }
+        let code = self.dev.download(&info)?[0];
+        drop(dwork);
+        if code > 0 {
+            return Ok(None);
+        }
+        if code < 0 {
+            return Err(Error::Driver(format!(
+                "cuSOLVER trtri: bad argument {}",
+                -code
+            )));
+        }
+        // U = J M⁻¹ J, checked.
+        let mut bad = self.dev.zeros::<i32>(1)?;
+        {
+            let f = self.func("gptq_extract_u")?;
+            let mut b = st.launch_builder(f);
+            b.arg(&*a).arg(&ni).arg(&mut *u).arg(&mut bad);
+            unsafe { b.launch(grid_square(n)) }.ctx("gptq_extract_u")?;
+        }
+        if self.dev.download(&bad)?[0] != 0 {
+            return Ok(None);
+        }
+        Ok(Some(()))
+    }
+
+    /// `[groups, rows]` scale and zero buffers.
+    fn group_buffers(
+        &self,
+        groups: usize,
+        rows: usize,
+    ) -> Result<(CudaSlice<f32>, CudaSlice<f32>)> {
+        Ok((
+            self.dev.zeros(groups * rows)?,
+            self.dev.zeros(groups * rows)?,
+        ))
+    }
+
+    /// Grid parameters of groups `g0 .. g0+count` of width `gs` over `x`
+    /// (`[rows, n]`), dead columns read as 0 when `dead` is given.
+    #[allow(clippy::too_many_arguments)]
+    fn group_params(
+        &self,
+        x: &CudaSlice<f32>,
+        dead: Option<&CudaSlice<u8>>,
+        rows: usize,
+        n: usize,
+        gs: usize,
+        g0: usize,
+        count: usize,
+        params: &GptqParams,
+        scale: &mut CudaSlice<f32>,
+        zero: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        if count == 0 {
+            return Ok(());
+        }
+        let st = &self.dev.stream;
+        let f = self.func("gptq_group_params")?;
+        let (ri, ni, gsi, g0i) = (rows as i32, n as i32, gs as i32, g0 as i32);
+        let sym = params.sym as i32;
+        let maxq = ((1u32 << params.bits) - 1) as f32;
+        let dead_ptr: u64 = dead.map_or(0, |d| dptr(d, st));
+        let mut b = st.launch_builder(f);
+        b.arg(x)
+            .arg(&dead_ptr)
+            .arg(&ri)
+            .arg(&ni)
+            .arg(&gsi)
+            .arg(&g0i)
+            .arg(&sym)
+            .arg(&maxq)
+            .arg(scale)
+            .arg(zero);
+        unsafe { b.launch(grid_rows(rows, 8, count)) }.ctx("gptq_group_params")?;
+        Ok(())
+    }
+
+    /// `C[rows, m] (ldc) += A[rows, k] (lda) · B[k, m] (ldb)`, all row-major
+    /// f32 device pointers, f32 compute (no TF32).
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_acc(
+        &self,
+        a: u64,
+        lda: usize,
+        b: u64,
+        ldb: usize,
+        c: u64,
+        ldc: usize,
+        rows: usize,
+        m: usize,
+        k: usize,
+    ) -> Result<()> {
+        let (alpha, beta) = (1.0f32, 1.0f32);
+        // Column-major: Cᵀ[m, rows] += Bᵀ[m, k] · Aᵀ[k, rows].
+        let st = unsafe {
+            cb::cublasGemmEx(
+                *self.dev.blas.handle(),
+                cb::cublasOperation_t::CUBLAS_OP_N,
+                cb::cublasOperation_t::CUBLAS_OP_N,
+                m as i32,
+                rows as i32,
+                k as i32,
+                &alpha as *const f32 as *const _,
+                b as *const _,
+                cb::cudaDataType::CUDA_R_32F,
+                ldb as i32,
+                a as *const _,
+                cb::cudaDataType::CUDA_R_32F,
+                lda as i32,
+                &beta as *const f32 as *const _,
+                c as *mut _,
+                cb::cudaDataType::CUDA_R_32F,
+                ldc as i32,
+                cb::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                cb::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        };
+        check_blas(st, "cublasGemmEx (f32)")
+    }
+
+    /// GPTQ of the device weight `w` (`[rows, n]` row-major, original column
+    /// order) under `prep`.
+    pub fn solve(
+        &self,
+        w: &CudaSlice<f32>,
+        rows: usize,
+        prep: &Prepared,
+        params: &GptqParams,
+    ) -> Result<DeviceSolved> {
+        let n = prep.order.perm.len();
+        if rows == 0 || w.len() < rows * n {
+            return Err(Error::Shape(format!(
+                "a weight of {} values is not [{rows}, {n}]",
+                w.len()
+            )));
+        }
+        let st = &self.dev.stream;
+        let (ri, ni) = (rows as i32, n as i32);
+        let gs = params.group_size.map(|g| g.min(n));
+        let ngroups = gs.map_or(1, |g| n.div_ceil(g));
+        let (mut scale, mut zero) = self.group_buffers(ngroups, rows)?;
+        match gs {
+            // 1. Per-channel: one grid per row from the original W.
+            None => self.group_params(w, None, rows, n, n, 0, 1, params, &mut scale, &mut zero)?,
+            // 3. Static groups: from the dead-zeroed, unpermuted W.
+            Some(g) if params.static_groups => self.group_params(
+                w,
+                Some(&prep.dead),
+                rows,
+                n,
+                g,
+                0,
+                ngroups,
+                params,
+                &mut scale,
+                &mut zero,
+            )?,
+            Some(_) => {}
+        }
+        // 2, 4. Dead columns zeroed, columns permuted.
+        let mut wp = self.dev.zeros::<f32>(rows * n)?;
+        {
+            let f = self.func("gptq_permute")?;
+            let mut b = st.launch_builder(f);
+            b.arg(w)
+                .arg(&prep.perm)
+                .arg(&prep.dead)
+                .arg(&ri)
+                .arg(&ni)
+                .arg(&mut wp);
+            unsafe { b.launch(grid_2d(rows, n)) }.ctx("gptq_permute")?;
+        }
+        let g_idx = prep.order.g_idx(params);
+        let gsel_h: Vec<i32> = prep.order.perm.iter().map(|&c| g_idx[c] as i32).collect();
+        let gsel = self.dev.upload(&gsel_h)?;
+        let mut codes_p = self.dev.zeros::<u8>(rows * n)?;
+        let mut en = self.dev.zeros::<f32>(rows * MAX_BLOCK)?;
+        let maxq = ((1u32 << params.bits) - 1) as f32;
+        let bs = params.block_size.min(n);
+        let dynamic = gs.filter(|_| !params.static_groups);
+        let block = self.func("gptq_block")?;
+        for i1 in (0..n).step_by(bs) {
+            let i2 = (i1 + bs).min(n);
+            let count = i2 - i1;
+            if let Some(g) = dynamic {
+                // Groups starting in this batch, from W at the batch start.
+                let first = i1.div_ceil(g);
+                let end = (i2 - 1) / g + 1;
+                if first < end {
+                    self.group_params(
+                        &wp,
+                        None,
+                        rows,
+                        n,
+                        g,
+                        first,
+                        end - first,
+                        params,
+                        &mut scale,
+                        &mut zero,
+                    )?;
+                }
+            }
+            let (i1i, counti) = (i1 as i32, count as i32);
+            let mut b = st.launch_builder(block);
+            b.arg(&wp)
+                .arg(&prep.u)
+                .arg(&gsel)
+                .arg(&scale)
+                .arg(&zero)
+                .arg(&mut codes_p)
+                .arg(&mut en)
+                .arg(&ri)
+                .arg(&ni)
+                .arg(&i1i)
+                .arg(&counti)
+                .arg(&maxq);
+            let mut cfg = grid_rows(rows, BLOCK_THREADS / 32, 1);
+            cfg.shared_mem_bytes = (count * count * 4) as u32;
+            unsafe { b.launch(cfg) }.ctx("gptq_block")?;
+            if i2 < n {
+                let u0 = dptr(&prep.u, st) + ((i1 * n + i2) * 4) as u64;
+                let w0 = dptr(&wp, st) + (i2 * 4) as u64;
+                self.gemm_acc(dptr(&en, st), MAX_BLOCK, u0, n, w0, n, rows, n - i2, count)?;
+            }
+        }
+        drop(wp);
+        // 7. Codes back to the original order.
+        let mut codes = self.dev.zeros::<u8>(rows * n)?;
+        {
+            let f = self.func("gptq_unpermute_codes")?;
+            let mut b = st.launch_builder(f);
+            b.arg(&codes_p)
+                .arg(&prep.perm)
+                .arg(&ri)
+                .arg(&ni)
+                .arg(&mut codes);
+            unsafe { b.launch(grid_2d(rows, n)) }.ctx("gptq_unpermute_codes")?;
+        }
+        Ok(DeviceSolved {
+            rows,
+            cols: n,
+            codes,
+            scales: scale,
+            zeros: zero,
+            ngroups,
+            g_idx,
+        })
+    }
+
+    /// `H ← β·H + α·XᵀX` for inputs `x` (`[tokens, n]` row-major) and `h`
+    /// (`[n, n]`): the Hessian accumulation in f32 (no TF32).
+    pub fn accumulate_hessian(
+        &self,
+        h: &mut CudaSlice<f32>,
+        x: &CudaSlice<f32>,
+        tokens: usize,
+        n: usize,
+        alpha: f32,
+        beta: f32,
+    ) -> Result<()> {
+        if h.len() < n * n || x.len() < tokens * n {
+            return Err(Error::Shape(format!(
+                "Hessian of {} / inputs of {} values for {tokens} tokens of {n}",
+                h.len(),
+                x.len()
+            )));
+        }
+        let st = &self.dev.stream;
+        let (xp, hp) = (dptr(x, st), dptr(h, st));
+        // Column-major, X row-major [tokens, n] is Xᵀ [n, tokens]:
+        // H[n, n] = Xᵀ · (Xᵀ)ᵀ.
+        let r = unsafe {
+            cb::cublasGemmEx(
+                *self.dev.blas.handle(),
+                cb::cublasOperation_t::CUBLAS_OP_N,
+                cb::cublasOperation_t::CUBLAS_OP_T,
+                n as i32,
+                n as i32,
+                tokens as i32,
+                &alpha as *const f32 as *const _,
+                xp as *const _,
+                cb::cudaDataType::CUDA_R_32F,
+                n as i32,
+                xp as *const _,
+                cb::cudaDataType::CUDA_R_32F,
+                n as i32,
+                &beta as *const f32 as *const _,
+                hp as *mut _,
+                cb::cudaDataType::CUDA_R_32F,
+                n as i32,
+                cb::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                cb::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        };
+        check_blas(r, "cublasGemmEx (Hessian)")
+    }
+
+    /// `tr(ΔHΔᵀ)` for `Δ` in `delta` (`[rows, n]`), `h` undamped.
+    fn weighted_error(
+        &self,
+        h: &CudaSlice<f32>,
+        delta: &CudaSlice<f32>,
+        rows: usize,
+        n: usize,
+    ) -> Result<f64> {
+        let st = &self.dev.stream;
+        let t = self.dev.zeros::<f32>(rows * n)?;
+        // T[rows, n] = Δ · H (H symmetric).
+        self.gemm_acc(
+            dptr(delta, st),
+            n,
+            dptr(h, st),
+            n,
+            dptr(&t, st),
+            n,
+            rows,
+            n,
+            n,
+        )?;
+        let mut out = self.dev.zeros::<f64>(rows)?;
+        let (ri, ni) = (rows as i32, n as i32);
+        let f = self.func("gptq_row_dot")?;
+        let mut b = st.launch_builder(f);
+        b.arg(delta).arg(&t).arg(&ri).arg(&ni).arg(&mut out);
+        unsafe { b.launch(grid_rows(rows, 8, 1)) }.ctx("gptq_row_dot")?;
+        Ok(self.dev.download(&out)?.iter().sum())
+    }
+
+    /// `(error of GPTQ, error of round-to-nearest)`, both `tr(ΔHΔᵀ)` with the
+    /// undamped `h` and the original `w` (see `gptq_quant::gptq`).
+    pub fn errors(
+        &self,
+        w: &CudaSlice<f32>,
+        h: &CudaSlice<f32>,
+        solved: &DeviceSolved,
+        params: &GptqParams,
+    ) -> Result<(f64, f64)> {
+        let st = &self.dev.stream;
+        let (rows, n) = (solved.rows, solved.cols);
+        let (ri, ni) = (rows as i32, n as i32);
+        let mut delta = self.dev.zeros::<f32>(rows * n)?;
+        let gidx_h: Vec<i32> = solved.g_idx.iter().map(|&g| g as i32).collect();
+        let gidx = self.dev.upload(&gidx_h)?;
+        {
+            let f = self.func("gptq_delta_codes")?;
+            let mut b = st.launch_builder(f);
+            b.arg(w)
+                .arg(&solved.codes)
+                .arg(&gidx)
+                .arg(&solved.scales)
+                .arg(&solved.zeros)
+                .arg(&ri)
+                .arg(&ni)
+                .arg(&mut delta);
+            unsafe { b.launch(grid_2d(rows, n)) }.ctx("gptq_delta_codes")?;
+        }
+        let eg = self.weighted_error(h, &delta, rows, n)?;
+        // Round-to-nearest: groups over original columns from the original W.
+        let gs = params.group_size.unwrap_or(n).min(n);
+        let ng = n.div_ceil(gs);
+        let (mut scale, mut zero) = self.group_buffers(ng, rows)?;
+        self.group_params(w, None, rows, n, gs, 0, ng, params, &mut scale, &mut zero)?;
+        {
+            let maxq = ((1u32 << params.bits) - 1) as f32;
+            let gsi = gs as i32;
+            let f = self.func("gptq_delta_rtn")?;
+            let mut b = st.launch_builder(f);
+            b.arg(w)
+                .arg(&scale)
+                .arg(&zero)
+                .arg(&ri)
+                .arg(&ni)
+                .arg(&gsi)
+                .arg(&maxq)
+                .arg(&mut delta);
+            unsafe { b.launch(grid_2d(rows, n)) }.ctx("gptq_delta_rtn")?;
+        }
+        let er = self.weighted_error(h, &delta, rows, n)?;
+        Ok((eg, er))
+    }
+
+    /// The solved weight as a host [`QLinear`] (no bias).
+    pub fn to_qlinear(&self, s: &DeviceSolved, params: &GptqParams) -> Result<QLinear> {
+        let zeros = self.dev.download(&s.zeros)?;
+        let q = QLinear {
+            out_features: s.rows,
+            in_features: s.cols,
+            bits: params.bits,
+            group_size: params.group_size,
+            codes: self.dev.download(&s.codes)?,
+            scales: self.dev.download(&s.scales)?,
+            zeros: zeros.iter().map(|&z| z as u8).collect(),
+            g_idx: s.g_idx.clone(),
+            bias: None,
+        };
+        q.validate().map_err(|e| Error::Shape(e.to_string()))?;
+        Ok(q)
+    }
+
+    /// [`gptq_quant::gptq_quantize_many`] on the GPU: the same checks,
+    /// settings and result (errors included), from host tensors.
+    pub fn quantize_many(
+        &self,
+        ws: &[&Tensor],
+        h: &Hessian,
+        params: &GptqParams,
+    ) -> Result<Vec<GptqResult>> {
+        params.validate()?;
+        Self::supports(params)?;
+        let n = h.columns();
+        for w in ws {
+            match w.shape() {
+                &[o, i] if o > 0 && i == n => {}
+                s => {
+                    return Err(Error::Shape(format!(
+                        "a weight of shape {s:?} does not match a {n}×{n} Hessian"
+                    )))
+                }
+            }
+            if w.data().iter().any(|v| !v.is_finite()) {
+                return Err(gptq_quant::Error::NonFinite { what: "weight" }.into());
+            }
+        }
+        let hd = self.dev.upload(h.matrix())?;
+        let prep = self.prepare(&hd, n, params)?;
+        ws.iter()
+            .map(|w| {
+                let rows = w.shape()[0];
+                let wd = self.dev.upload(w.data())?;
+                let solved = self.solve(&wd, rows, &prep, params)?;
+                let (error_gptq, error_rtn) = self.errors(&wd, &hd, &solved, params)?;
+                Ok(GptqResult {
+                    q: self.to_qlinear(&solved, params)?,
+                    damp_used: prep.damp_used,
+                    error_gptq,
+                    error_rtn,
+                    dead_columns: prep.order.ndead,
+                })
+            })
+            .collect()
+    }
+}

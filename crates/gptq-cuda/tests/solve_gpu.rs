@@ -1,0 +1,169 @@
+//! The GPU solver against the CPU solver on random layers: every bit width,
+//! group size, act-order, static groups, sym/asym, dead columns. Needs a
+//! CUDA GPU: `cargo test -p gptq-cuda --release --test solve_gpu -- --ignored`
+//! (see `bench/cuda_solve.sh`, which runs it on the GPU machine).
+
+use gptq_core::Tensor;
+use gptq_cuda::bench_solve::normal_values;
+use gptq_cuda::{Cuda, Solver};
+use gptq_quant::{gptq_quantize_many, GptqParams, Hessian};
+
+/// A layer and the Hessian of inputs with a few large channels, correlated
+/// features and `dead` always-zero input columns.
+fn layer(out: usize, inn: usize, tokens: usize, dead: &[usize], seed: u64) -> (Tensor, Hessian) {
+    let w = normal_values(out * inn, seed, 0.05);
+    let mut x = normal_values(tokens * inn, seed + 1, 1.0);
+    for row in x.chunks_exact_mut(inn) {
+        for c in 0..4.min(inn) {
+            row[c] *= 20.0;
+        }
+        for c in 1..inn {
+            row[c] += 0.5 * row[c - 1];
+        }
+        for &c in dead {
+            row[c] = 0.0;
+        }
+    }
+    let mut h = Hessian::new(inn);
+    for s in x.chunks(tokens / 4 * inn) {
+        h.add_batch(s, s.len() / inn).expect("hessian");
+    }
+    (Tensor::new(vec![out, inn], w).expect("tensor"), h)
+}
+
+/// Fraction of differing codes allowed. The trailing GEMM (cuBLAS vs the
+/// CPU's `gemm`) and U (cuSOLVER vs faer) round differently in the last
+/// bit; a value that lands on the other side of a rounding boundary changes
+/// one code and, through its error, the row's later columns. Measured on
+/// these layers: see the printed fractions (well under this bound); a real
+/// divergence (wrong group, order or update) changes most codes.
+const MAX_CODE_DIFF: f64 = 0.02;
+
+/// Relative difference allowed between the two backends' `tr(ΔHΔᵀ)`: the
+/// same codes up to the fraction above, errors summed in f32 GEMMs of
+/// different order.
+const MAX_ERR_REL: f64 = 0.02;
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gpu_solver_matches_cpu_solver() {
+    let dev = Cuda::new(0).expect("a CUDA device");
+    let solver = Solver::new(&dev).expect("solver");
+    let shapes: &[(usize, usize, &[usize])] = &[
+        (96, 256, &[]),
+        (130, 300, &[5, 77]),
+        (64, 517, &[0, 200, 516]),
+    ];
+    let mut worst: f64 = 0.0;
+    let mut cases = 0;
+    for (si, &(out, inn, dead)) in shapes.iter().enumerate() {
+        let (w, h) = layer(out, inn, 1024, dead, 7 + si as u64);
+        let w2 = Tensor::new(
+            vec![out, inn],
+            w.data().iter().map(|v| v * 0.5 + 0.01).collect(),
+        )
+        .expect("tensor");
+        for bits in [2u32, 3, 4, 8] {
+            for gs in [None, Some(32), Some(128)] {
+                for (desc_act, static_groups) in [(false, false), (true, false), (true, true)] {
+                    for sym in [true, false] {
+                        if gs.is_none() && static_groups {
+                            continue;
+                        }
+                        let params = GptqParams {
+                            bits,
+                            group_size: gs,
+                            sym,
+                            desc_act,
+                            static_groups,
+                            ..Default::default()
+                        };
+                        let cpu = gptq_quantize_many(&[&w, &w2], &h, &params).expect("cpu");
+                        let gpu = solver.quantize_many(&[&w, &w2], &h, &params).expect("gpu");
+                        for (c, g) in cpu.iter().zip(&gpu) {
+                            let what = format!("{out}x{inn} {params:?}");
+                            assert_eq!(c.q.g_idx, g.q.g_idx, "{what}");
+                            assert_eq!(c.dead_columns, g.dead_columns, "{what}");
+                            assert_eq!(c.damp_used, g.damp_used, "{what}");
+                            let diff =
+                                c.q.codes
+                                    .iter()
+                                    .zip(&g.q.codes)
+                                    .filter(|(a, b)| a != b)
+                                    .count() as f64
+                                    / c.q.codes.len() as f64;
+                            worst = worst.max(diff);
+                            assert!(diff <= MAX_CODE_DIFF, "{what}: {diff} of the codes differ");
+                            let rel = |a: f64, b: f64| (a - b).abs() / a.abs().max(1e-30);
+                            assert!(
+                                rel(c.error_gptq, g.error_gptq) <= MAX_ERR_REL,
+                                "{what}: GPTQ error cpu {} gpu {}",
+                                c.error_gptq,
+                                g.error_gptq
+                            );
+                            assert!(
+                                rel(c.error_rtn, g.error_rtn) <= 1e-3,
+                                "{what}: RTN error cpu {} gpu {}",
+                                c.error_rtn,
+                                g.error_rtn
+                            );
+                            // Static and per-channel grids come from the
+                            // unchanged W: they agree exactly.
+                            if gs.is_none() || static_groups {
+                                assert_eq!(c.q.scales, g.q.scales, "{what}");
+                                assert_eq!(c.q.zeros, g.q.zeros, "{what}");
+                            }
+                            cases += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    eprintln!("{cases} layers; largest fraction of differing codes {worst:.5}");
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gpu_solver_reports_not_positive_definite_like_the_cpu() {
+    let dev = Cuda::new(0).expect("a CUDA device");
+    let solver = Solver::new(&dev).expect("solver");
+    let n = 64;
+    // Negative definite: no damping in the retry range helps.
+    let mut m = vec![0.0f32; n * n];
+    for i in 0..n {
+        m[i * n + i] = -1.0;
+    }
+    let h = Hessian::from_matrix(m, n, 1).expect("hessian");
+    let w = Tensor::new(vec![8, n], normal_values(8 * n, 3, 0.1)).expect("tensor");
+    let params = GptqParams::default();
+    let cpu = gptq_quantize_many(&[&w], &h, &params)
+        .map(|_| ())
+        .unwrap_err();
+    let gpu = solver
+        .quantize_many(&[&w], &h, &params)
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(cpu.to_string(), gpu.to_string());
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gpu_hessian_matches_cpu() {
+    let dev = Cuda::new(0).expect("a CUDA device");
+    let solver = Solver::new(&dev).expect("solver");
+    let (tokens, n) = (300, 200);
+    let x = normal_values(tokens * n, 11, 1.0);
+    let mut h = Hessian::new(n);
+    h.add_batch(&x, tokens).expect("hessian");
+    let xd = dev.upload(&x).expect("upload");
+    let mut hd = dev.zeros::<f32>(n * n).expect("alloc");
+    solver
+        .accumulate_hessian(&mut hd, &xd, tokens, n, 2.0, 0.0)
+        .expect("gemm");
+    let g = dev.download(&hd).expect("download");
+    for (a, b) in h.matrix().iter().zip(&g) {
+        // f32 sums of 300 products in different orders.
+        assert!((a - b).abs() <= 1e-4 * (1.0 + a.abs()), "{a} vs {b}");
+    }
+}
