@@ -14,8 +14,8 @@ fn layer(out: usize, inn: usize, tokens: usize, dead: &[usize], seed: u64) -> (T
     let w = normal_values(out * inn, seed, 0.05);
     let mut x = normal_values(tokens * inn, seed + 1, 1.0);
     for row in x.chunks_exact_mut(inn) {
-        for c in 0..4.min(inn) {
-            row[c] *= 20.0;
+        for v in row.iter_mut().take(4) {
+            *v *= 20.0;
         }
         for c in 1..inn {
             row[c] += 0.5 * row[c - 1];

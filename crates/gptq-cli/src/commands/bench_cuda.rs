@@ -196,10 +196,11 @@ fn device_line(info: &gptq_cuda::DeviceInfo) -> String {
     )
 }
 
-/// torch's solve seconds keyed by (cols, rows, act-order), from JSON lines.
-fn read_torch_solve(
-    path: &PathBuf,
-) -> anyhow::Result<(HashMap<(usize, usize, bool), f64>, String)> {
+/// torch's solve seconds keyed by (cols, rows, act-order).
+type TorchSolve = HashMap<(usize, usize, bool), f64>;
+
+/// torch's solve seconds from JSON lines, and a line saying what ran.
+fn read_torch_solve(path: &PathBuf) -> anyhow::Result<(TorchSolve, String)> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut map = HashMap::new();
