@@ -664,3 +664,50 @@ fn asym_calib_default_flag_and_config() {
     assert_eq!(again["meta"]["asym_calibration"], serde_json::json!(false));
     assert_eq!(w_again, w_off);
 }
+
+/// `--device`: a bad value is a usage error; `cuda` on a machine without a
+/// usable GPU is one clean error and no output; `auto` there solves on the
+/// CPU and says so once.
+#[test]
+fn quantize_device_flag() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("q");
+    let run = |device: &str| {
+        gptq(&[
+            "quantize",
+            &stories(),
+            "-o",
+            out.to_str().unwrap(),
+            "--dataset",
+            &brown(),
+            "--nsamples",
+            "2",
+            "--seqlen",
+            "64",
+            "--bits",
+            "8",
+            "--device",
+            device,
+        ])
+    };
+    let o = run("tpu");
+    assert_clean_error(&o, "not auto, cpu, cuda or cuda:N");
+    assert!(!out.exists());
+    if gptq_cuda::probe_libraries().is_ok() {
+        eprintln!("a CUDA driver is present: the no-GPU half of this test does not apply");
+        return;
+    }
+    let o = run("cuda:1");
+    assert_clean_error(&o, "cannot use CUDA device 1");
+    assert!(!out.exists(), "no output after a device error");
+    let o = run("auto");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(
+        err.lines()
+            .filter(|l| l.contains("solving on the CPU"))
+            .count(),
+        1,
+        "{err}"
+    );
+}

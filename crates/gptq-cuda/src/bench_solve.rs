@@ -8,6 +8,7 @@
 use crate::solve::Solver;
 use crate::{Cuda, Result};
 use gptq_quant::GptqParams;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// One timed shape and setting.
@@ -50,8 +51,12 @@ pub fn normal_values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
 
 /// Times `reps` solves per shape `(cols, rows)`, act-order off and on,
 /// after one warm-up each.
-pub fn bench_solve(dev: &Cuda, shapes: &[(usize, usize)], reps: usize) -> Result<Vec<SolveRow>> {
-    let solver = Solver::new(dev)?;
+pub fn bench_solve(
+    dev: &Arc<Cuda>,
+    shapes: &[(usize, usize)],
+    reps: usize,
+) -> Result<Vec<SolveRow>> {
+    let solver = Solver::new(dev.clone())?;
     let tokens = 4096;
     let mut out = Vec::new();
     for (si, &(cols, rows)) in shapes.iter().enumerate() {

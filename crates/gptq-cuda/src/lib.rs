@@ -23,7 +23,7 @@ pub mod solve;
 
 pub use device::{probe_libraries, Cuda, DeviceInfo, GpuLinear, Path, Workspace};
 pub use kernels::W4Variant;
-pub use solve::Solver;
+pub use solve::{GpuLayerSolver, Solver};
 
 /// Errors of the CUDA backend.
 #[derive(Debug, thiserror::Error)]

@@ -60,12 +60,6 @@ pub const MAX_BLOCK: usize = 128;
 /// Threads per block of the batch kernel (one warp per output row).
 const BLOCK_THREADS: u32 = 512;
 
-impl<T> Ctx<T> for std::result::Result<T, cudarc::cusolver::result::CusolverError> {
-    fn ctx(self, what: &str) -> Result<T> {
-        self.map_err(|e| Error::Driver(format!("cuSOLVER {what}: {e:?}")))
-    }
-}
-
 fn check_solver(st: cs::cusolverStatus_t, what: &str) -> Result<()> {
     if st == cs::cusolverStatus_t::CUSOLVER_STATUS_SUCCESS {
         Ok(())
@@ -84,14 +78,19 @@ fn check_blas(st: cb::cublasStatus_t, what: &str) -> Result<()> {
 
 /// The GPU solver: the kernels of `gptq.cu` and a cuSOLVER handle on the
 /// device's stream.
-pub struct Solver<'a> {
-    dev: &'a Cuda,
+pub struct Solver {
+    dev: Arc<Cuda>,
     _module: Arc<CudaModule>,
     funcs: HashMap<String, CudaFunction>,
     handle: cs::cusolverDnHandle_t,
 }
 
-impl Drop for Solver<'_> {
+// SAFETY: the cuSOLVER handle (a raw pointer) may be used from any thread
+// as long as calls do not overlap; `Solver`'s methods are all `&self` and
+// not `Sync`, so sharing goes through a `Mutex` (see `GpuLayerSolver`).
+unsafe impl Send for Solver {}
+
+impl Drop for Solver {
     fn drop(&mut self) {
         // SAFETY: the handle was created by `Solver::new` and is not used
         // after this.
@@ -153,10 +152,10 @@ fn grid_rows(rows: usize, warps: u32, ny: usize) -> LaunchConfig {
     }
 }
 
-impl<'a> Solver<'a> {
+impl Solver {
     /// Compiles (or loads from the cache) the solver's kernels and opens
     /// cuSOLVER. A missing cuSOLVER library is `Error::NoCuda`.
-    pub fn new(dev: &'a Cuda) -> Result<Self> {
+    pub fn new(dev: Arc<Cuda>) -> Result<Self> {
         let present =
             std::panic::catch_unwind(|| unsafe { cs::is_culib_present() }).unwrap_or(false);
         if !present {
@@ -185,7 +184,7 @@ impl<'a> Solver<'a> {
             .ctx("raising the shared-memory limit of gptq_block")?;
         let mut handle: cs::cusolverDnHandle_t = std::ptr::null_mut();
         // SAFETY: plain handle creation; the stream outlives the solver
-        // (both belong to `dev`, which the solver borrows).
+        // (it belongs to `dev`, which the solver holds).
         unsafe {
             check_solver(cs::cusolverDnCreate(&mut handle), "create")?;
             let st = cs::cusolverDnSetStream(handle, dev.stream.cu_stream() as cs::cudaStream_t);
@@ -820,5 +819,56 @@ impl<'a> Solver<'a> {
                 })
             })
             .collect()
+    }
+}
+
+/// The GPU solver as the pipeline's [`gptq_quant::LayerSolver`]: one
+/// device, calls serialized; settings the GPU does not support (the MSE
+/// search, batches wider than [`MAX_BLOCK`]) are solved on the CPU.
+pub struct GpuLayerSolver {
+    solver: std::sync::Mutex<Solver>,
+    about: String,
+}
+
+impl GpuLayerSolver {
+    /// The solver on device `dev`.
+    pub fn new(dev: Arc<Cuda>) -> Result<Self> {
+        let about = format!("cuda ({})", dev.info.name);
+        Ok(GpuLayerSolver {
+            solver: std::sync::Mutex::new(Solver::new(dev)?),
+            about,
+        })
+    }
+}
+
+impl std::fmt::Debug for GpuLayerSolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.about)
+    }
+}
+
+impl gptq_quant::LayerSolver for GpuLayerSolver {
+    fn describe(&self) -> String {
+        self.about.clone()
+    }
+
+    fn quantize_many(
+        &self,
+        ws: &[&Tensor],
+        h: &Hessian,
+        params: &GptqParams,
+    ) -> gptq_quant::Result<Vec<GptqResult>> {
+        if let Err(e) = Solver::supports(params) {
+            tracing::debug!("solving on the CPU: {e}");
+            return gptq_quant::gptq_quantize_many(ws, h, params);
+        }
+        let solver = self
+            .solver
+            .lock()
+            .map_err(|_| gptq_quant::Error::Backend("the GPU solver panicked earlier".into()))?;
+        solver.quantize_many(ws, h, params).map_err(|e| match e {
+            Error::Quant(q) => q,
+            e => gptq_quant::Error::Backend(format!("GPU solver: {e}")),
+        })
     }
 }

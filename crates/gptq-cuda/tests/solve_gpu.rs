@@ -7,6 +7,7 @@ use gptq_core::Tensor;
 use gptq_cuda::bench_solve::normal_values;
 use gptq_cuda::{Cuda, Solver};
 use gptq_quant::{gptq_quantize_many, GptqParams, Hessian};
+use std::sync::Arc;
 
 /// A layer and the Hessian of inputs with a few large channels, correlated
 /// features and `dead` always-zero input columns.
@@ -47,8 +48,8 @@ const MAX_ERR_REL: f64 = 0.02;
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn gpu_solver_matches_cpu_solver() {
-    let dev = Cuda::new(0).expect("a CUDA device");
-    let solver = Solver::new(&dev).expect("solver");
+    let dev = Arc::new(Cuda::new(0).expect("a CUDA device"));
+    let solver = Solver::new(dev.clone()).expect("solver");
     let shapes: &[(usize, usize, &[usize])] = &[
         (96, 256, &[]),
         (130, 300, &[5, 77]),
@@ -126,8 +127,8 @@ fn gpu_solver_matches_cpu_solver() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn gpu_solver_reports_not_positive_definite_like_the_cpu() {
-    let dev = Cuda::new(0).expect("a CUDA device");
-    let solver = Solver::new(&dev).expect("solver");
+    let dev = Arc::new(Cuda::new(0).expect("a CUDA device"));
+    let solver = Solver::new(dev.clone()).expect("solver");
     let n = 64;
     // Negative definite: no damping in the retry range helps.
     let mut m = vec![0.0f32; n * n];
@@ -150,8 +151,8 @@ fn gpu_solver_reports_not_positive_definite_like_the_cpu() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn gpu_hessian_matches_cpu() {
-    let dev = Cuda::new(0).expect("a CUDA device");
-    let solver = Solver::new(&dev).expect("solver");
+    let dev = Arc::new(Cuda::new(0).expect("a CUDA device"));
+    let solver = Solver::new(dev.clone()).expect("solver");
     let (tokens, n) = (300, 200);
     let x = normal_values(tokens * n, 11, 1.0);
     let mut h = Hessian::new(n);

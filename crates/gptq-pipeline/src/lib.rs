@@ -87,6 +87,10 @@ pub struct PipelineOptions {
     /// beside the quantized one (twice the forward work and calibration
     /// states). GPTQ only.
     pub asym_calib: bool,
+    /// Who solves the GPTQ layers: `None` is the CPU solver; a GPU backend
+    /// (`gptq_cuda::GpuLayerSolver`) gives the same results up to rounding
+    /// ties (see `gptq_cuda::solve`).
+    pub solver: Option<std::sync::Arc<dyn gptq_quant::LayerSolver>>,
 }
 
 /// Scales down, in place, the rows (tokens) of `t` (`[seq, cols]`) longer
@@ -557,14 +561,17 @@ pub fn quantize_resumable(
                         if !targets.is_empty() {
                             refs = targets.iter().collect();
                         }
-                        gptq_quant::gptq_quantize_many(&refs, &ps.h, &opts.params)
-                            .map_err(|source| Error::Solver {
-                                layer: full0,
-                                source,
-                            })?
-                            .into_iter()
-                            .map(|r| (r.q, r.error_gptq, r.error_rtn, r.damp_used))
-                            .collect()
+                        match &opts.solver {
+                            Some(s) => s.quantize_many(&refs, &ps.h, &opts.params),
+                            None => gptq_quant::gptq_quantize_many(&refs, &ps.h, &opts.params),
+                        }
+                        .map_err(|source| Error::Solver {
+                            layer: full0,
+                            source,
+                        })?
+                        .into_iter()
+                        .map(|r| (r.q, r.error_gptq, r.error_rtn, r.damp_used))
+                        .collect()
                     }
                     None => vec![(
                         gptq_quant::rtn_quantize(&weights[0], &opts.params).map_err(|source| {

@@ -78,6 +78,7 @@ fn quantize(
         state_budget: None,
         token_clip: None,
         asym_calib,
+        solver: None,
     };
     let mut qcfg = QuantizeConfig::new(bits, Some(32));
     qcfg.sym = false;
@@ -218,6 +219,7 @@ fn state_budget_does_not_change_results() {
                 state_budget,
                 token_clip: None,
                 asym_calib: false,
+                solver: None,
             };
             quantized_layers(&opts, &calib)
         };

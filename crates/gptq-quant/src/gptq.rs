@@ -229,6 +229,39 @@ pub fn gptq_quantize_many(
         .collect()
 }
 
+/// A backend that solves GPTQ layers with [`gptq_quantize_many`]'s
+/// contract: the CPU ([`CpuSolver`]) or a GPU (`gptq_cuda::solve`).
+pub trait LayerSolver: Send + Sync + std::fmt::Debug {
+    /// What solves, for logs and reports (`"cpu"`, `"cuda (NVIDIA H200)"`).
+    fn describe(&self) -> String;
+    /// GPTQ of weights sharing the Hessian `h`; see [`gptq_quantize_many`].
+    fn quantize_many(
+        &self,
+        ws: &[&Tensor],
+        h: &Hessian,
+        params: &GptqParams,
+    ) -> Result<Vec<GptqResult>>;
+}
+
+/// The CPU solver of this module as a [`LayerSolver`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuSolver;
+
+impl LayerSolver for CpuSolver {
+    fn describe(&self) -> String {
+        "cpu".into()
+    }
+
+    fn quantize_many(
+        &self,
+        ws: &[&Tensor],
+        h: &Hessian,
+        params: &GptqParams,
+    ) -> Result<Vec<GptqResult>> {
+        gptq_quantize_many(ws, h, params)
+    }
+}
+
 /// `(tr(ΔHΔᵀ) of GPTQ, of RTN)` for the GPTQ values `qw`.
 fn errors(w: &Tensor, h: &Hessian, params: &GptqParams, qw: &[f32]) -> Result<(f64, f64)> {
     let (out, inn) = weight_dims(w)?;

@@ -41,8 +41,8 @@ pub mod rtn;
 
 pub use asym::{asymmetric_targets, CrossTerm};
 pub use gptq::{
-    column_order, gptq_quantize, gptq_quantize_many, ColumnOrder, GptqParams, GptqResult,
-    MAX_DAMP_RETRIES,
+    column_order, gptq_quantize, gptq_quantize_many, ColumnOrder, CpuSolver, GptqParams,
+    GptqResult, LayerSolver, MAX_DAMP_RETRIES,
 };
 pub use grid::{MseSearch, QuantGrid, RowGrid};
 pub use hessian::Hessian;

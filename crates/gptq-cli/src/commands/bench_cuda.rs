@@ -228,7 +228,7 @@ fn read_torch_solve(path: &PathBuf) -> anyhow::Result<(TorchSolve, String)> {
 
 /// `gptq bench solve --device cuda`.
 fn run_solve(a: &CudaArgs, command_line: &str) -> anyhow::Result<()> {
-    let dev = Cuda::new(a.gpu)?;
+    let dev = std::sync::Arc::new(Cuda::new(a.gpu)?);
     let shapes = a
         .shapes
         .iter()

@@ -31,3 +31,63 @@ pub fn load(spec: &str) -> anyhow::Result<(ModelFiles, Box<dyn gptq_models::Caus
     );
     Ok((files, model))
 }
+
+/// `--device auto|cpu|cuda[:N]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Device {
+    /// CUDA when a driver and a GPU are present, else the CPU (one info line).
+    Auto,
+    Cpu,
+    /// CUDA device ordinal.
+    Cuda(usize),
+}
+
+impl std::str::FromStr for Device {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim().to_ascii_lowercase();
+        match t.as_str() {
+            "auto" => Ok(Device::Auto),
+            "cpu" => Ok(Device::Cpu),
+            "cuda" | "gpu" => Ok(Device::Cuda(0)),
+            _ => t
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Device::Cuda)
+                .ok_or_else(|| format!("`{s}` is not auto, cpu, cuda or cuda:N")),
+        }
+    }
+}
+
+/// The GPTQ layer solver for `device`: `None` is the CPU. `cuda` that cannot
+/// be opened is an error; `auto` falls back to the CPU with one line saying
+/// why.
+pub fn layer_solver(
+    device: Device,
+) -> anyhow::Result<Option<std::sync::Arc<dyn gptq_quant::LayerSolver>>> {
+    let open =
+        |ordinal: usize| -> Result<std::sync::Arc<dyn gptq_quant::LayerSolver>, gptq_cuda::Error> {
+            let dev = std::sync::Arc::new(gptq_cuda::Cuda::new(ordinal)?);
+            Ok(std::sync::Arc::new(gptq_cuda::GpuLayerSolver::new(dev)?))
+        };
+    match device {
+        Device::Cpu => Ok(None),
+        Device::Cuda(n) => open(n).map(Some).with_context(|| {
+            format!("cannot use CUDA device {n} (--device cpu solves on the CPU)")
+        }),
+        Device::Auto => {
+            if let Err(e) = gptq_cuda::probe_libraries() {
+                eprintln!("device: {e}; solving on the CPU");
+                return Ok(None);
+            }
+            match open(0) {
+                Ok(s) => Ok(Some(s)),
+                Err(e) => {
+                    eprintln!("device: {e}; solving on the CPU");
+                    Ok(None)
+                }
+            }
+        }
+    }
+}

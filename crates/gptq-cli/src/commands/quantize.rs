@@ -122,6 +122,13 @@ pub struct Args {
     /// recomputation, never accuracy.
     #[arg(long, value_name = "MIB", hide = true)]
     pub state_budget_mib: Option<usize>,
+
+    /// Where the GPTQ layer solves run: auto (a CUDA GPU when one is
+    /// present, else the CPU), cpu, cuda or cuda:N. Results agree up to
+    /// rounding ties (docs/quantization.md); the forward passes run on the
+    /// CPU.
+    #[arg(long, default_value = "auto", value_name = "DEVICE")]
+    pub device: super::Device,
 }
 
 /// The `quantize_config.json` key (under `meta`) recording asymmetric
@@ -381,7 +388,14 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         state_budget: a.state_budget_mib.map(|m| m << 20),
         token_clip: a.token_clip,
         asym_calib,
+        solver: match a.method {
+            MethodArg::Gptq => super::layer_solver(a.device)?,
+            MethodArg::Rtn => None,
+        },
     };
+    if let Some(s) = &opts.solver {
+        eprintln!("solver: {}", s.describe());
+    }
     // A last, partial group (e.g. 576 inputs at group size 128) is valid GPTQ
     // and loads in transformers/GPTQModel, but vLLM refuses such layers.
     if let Some(g) = params.group_size {
