@@ -239,3 +239,11 @@ extern "C" __global__ void gptq_row_dot(const float* __restrict__ a, const float
     for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(FULL, acc, o);
     if (lane == 0) out[r] = acc;
 }
+
+// out = a - b, elementwise over n values (the cross term's X - X~).
+extern "C" __global__ void gptq_sub(const float* __restrict__ a, const float* __restrict__ b,
+                                    long long n, float* __restrict__ out) {
+    for (long long k = blockIdx.x * (long long)blockDim.x + threadIdx.x; k < n;
+         k += (long long)gridDim.x * blockDim.x)
+        out[k] = __fsub_rn(a[k], b[k]);
+}

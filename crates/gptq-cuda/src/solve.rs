@@ -36,7 +36,7 @@ use cudarc::cublas::sys as cb;
 use cudarc::cusolver::sys as cs;
 use cudarc::driver::{CudaFunction, CudaModule, CudaSlice, LaunchConfig, PushKernelArg};
 use gptq_core::{QLinear, Tensor};
-use gptq_quant::{ColumnOrder, GptqParams, GptqResult, Hessian};
+use gptq_quant::{ColumnOrder, CrossTerm, GptqParams, GptqResult, Hessian, LayerStats};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -52,6 +52,7 @@ pub const SOLVE_FUNCTIONS: &[&str] = &[
     "gptq_delta_codes",
     "gptq_delta_rtn",
     "gptq_row_dot",
+    "gptq_sub",
 ];
 
 /// Widest lazy batch the block kernel holds (4 columns per lane).
@@ -639,17 +640,35 @@ impl Solver {
         alpha: f32,
         beta: f32,
     ) -> Result<()> {
-        if h.len() < n * n || x.len() < tokens * n {
+        self.accumulate_gram(h, x, x, tokens, n, alpha, beta)
+    }
+
+    /// `G ← β·G + α·BᵀA` for `a`, `b` (`[tokens, n]` row-major) and `g`
+    /// (`[n, n]` row-major), f32 (no TF32): `G[i, j] = Σ_t b[t, i]·a[t, j]`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn accumulate_gram(
+        &self,
+        g: &mut CudaSlice<f32>,
+        a: &CudaSlice<f32>,
+        b: &CudaSlice<f32>,
+        tokens: usize,
+        n: usize,
+        alpha: f32,
+        beta: f32,
+    ) -> Result<()> {
+        if g.len() < n * n || a.len() < tokens * n || b.len() < tokens * n {
             return Err(Error::Shape(format!(
-                "Hessian of {} / inputs of {} values for {tokens} tokens of {n}",
-                h.len(),
-                x.len()
+                "Gram matrix of {} / inputs of {} and {} values for {tokens} tokens of {n}",
+                g.len(),
+                a.len(),
+                b.len()
             )));
         }
         let st = &self.dev.stream;
-        let (xp, hp) = (dptr(x, st), dptr(h, st));
-        // Column-major, X row-major [tokens, n] is Xᵀ [n, tokens]:
-        // H[n, n] = Xᵀ · (Xᵀ)ᵀ.
+        let (ap, bp, gp) = (dptr(a, st), dptr(b, st), dptr(g, st));
+        // Column-major, a row-major [tokens, n] buffer is its transpose
+        // [n, tokens]; the column-major result Aᵀ·B (= (BᵀA)ᵀ) is BᵀA
+        // row-major.
         let r = unsafe {
             cb::cublasGemmEx(
                 *self.dev.blas.handle(),
@@ -659,21 +678,32 @@ impl Solver {
                 n as i32,
                 tokens as i32,
                 &alpha as *const f32 as *const _,
-                xp as *const _,
+                ap as *const _,
                 cb::cudaDataType::CUDA_R_32F,
                 n as i32,
-                xp as *const _,
+                bp as *const _,
                 cb::cudaDataType::CUDA_R_32F,
                 n as i32,
                 &beta as *const f32 as *const _,
-                hp as *mut _,
+                gp as *mut _,
                 cb::cudaDataType::CUDA_R_32F,
                 n as i32,
                 cb::cublasComputeType_t::CUBLAS_COMPUTE_32F,
                 cb::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
             )
         };
-        check_blas(r, "cublasGemmEx (Hessian)")
+        check_blas(r, "cublasGemmEx (Gram)")
+    }
+
+    /// `out = a − b` on the device.
+    fn sub(&self, a: &CudaSlice<f32>, b: &CudaSlice<f32>, out: &mut CudaSlice<f32>) -> Result<()> {
+        let n = a.len().min(b.len()).min(out.len()) as i64;
+        let f = self.func("gptq_sub")?;
+        let mut l = self.dev.stream.launch_builder(f);
+        l.arg(a).arg(b).arg(&n).arg(out);
+        let blocks = (n as u64).div_ceil(256).clamp(1, 65_535) as u32;
+        unsafe { l.launch(LaunchConfig::for_num_elems(256 * blocks)) }.ctx("gptq_sub")?;
+        Ok(())
     }
 
     /// `tr(ΔHΔᵀ)` for `Δ` in `delta` (`[rows, n]`), `h` undamped.
@@ -826,17 +856,30 @@ impl Solver {
 /// device, calls serialized; settings the GPU does not support (the MSE
 /// search, batches wider than [`MAX_BLOCK`]) are solved on the CPU.
 pub struct GpuLayerSolver {
-    solver: std::sync::Mutex<Solver>,
+    solver: Arc<std::sync::Mutex<Solver>>,
     about: String,
+    device_stats: bool,
 }
 
 impl GpuLayerSolver {
-    /// The solver on device `dev`.
-    pub fn new(dev: Arc<Cuda>) -> Result<Self> {
-        let about = format!("cuda ({})", dev.info.name);
+    /// The solver on device `dev`. With `device_stats`, the calibration
+    /// statistics (`H`, `C`) are accumulated on the GPU too; otherwise on
+    /// the host, which keeps results identical to the CPU backend's (see
+    /// [`GpuLayerSolver::stats`]).
+    pub fn new(dev: Arc<Cuda>, device_stats: bool) -> Result<Self> {
+        let about = format!(
+            "cuda ({}){}",
+            dev.info.name,
+            if device_stats {
+                ", Hessians on the GPU"
+            } else {
+                ""
+            }
+        );
         Ok(GpuLayerSolver {
-            solver: std::sync::Mutex::new(Solver::new(dev)?),
+            solver: Arc::new(std::sync::Mutex::new(Solver::new(dev)?)),
             about,
+            device_stats,
         })
     }
 }
@@ -862,13 +905,122 @@ impl gptq_quant::LayerSolver for GpuLayerSolver {
             tracing::debug!("solving on the CPU: {e}");
             return gptq_quant::gptq_quantize_many(ws, h, params);
         }
-        let solver = self
-            .solver
-            .lock()
-            .map_err(|_| gptq_quant::Error::Backend("the GPU solver panicked earlier".into()))?;
-        solver.quantize_many(ws, h, params).map_err(|e| match e {
-            Error::Quant(q) => q,
-            e => gptq_quant::Error::Backend(format!("GPU solver: {e}")),
-        })
+        let solver = lock(&self.solver)?;
+        solver.quantize_many(ws, h, params).map_err(backend_error)
+    }
+
+    /// GPU statistics when asked for: their f32 sums run in cuBLAS's order,
+    /// not the host GEMM's, so `H` differs in the last bits; a near-tie code
+    /// can then flip, and through the next blocks' inputs the difference
+    /// spreads (SmolLM2, 64 × 512 calibration tokens: a third of the codes
+    /// differ, WikiText-2 26.28 vs 26.78 — a different, equally good
+    /// quantization; bench/results/2026-12-02-cuda-quantize-e2e.md).
+    /// Host statistics keep the CPU backend's codes.
+    fn stats(&self, columns: usize, cross: bool) -> gptq_quant::Result<Box<dyn LayerStats>> {
+        if !self.device_stats {
+            return Ok(Box::new(gptq_quant::HostStats::new(columns, cross)));
+        }
+        let solver = lock(&self.solver)?;
+        let alloc = || solver.dev.zeros::<f32>(columns * columns);
+        let h = alloc().map_err(backend_error)?;
+        let c = if cross {
+            Some(alloc().map_err(backend_error)?)
+        } else {
+            None
+        };
+        Ok(Box::new(GpuStats {
+            solver: self.solver.clone(),
+            columns,
+            nsamples: 0,
+            h,
+            c,
+        }))
+    }
+}
+
+fn backend_error(e: Error) -> gptq_quant::Error {
+    match e {
+        Error::Quant(q) => q,
+        e => gptq_quant::Error::Backend(format!("GPU solver: {e}")),
+    }
+}
+
+fn lock(s: &std::sync::Mutex<Solver>) -> gptq_quant::Result<std::sync::MutexGuard<'_, Solver>> {
+    s.lock()
+        .map_err(|_| gptq_quant::Error::Backend("the GPU solver panicked earlier".into()))
+}
+
+/// `H` and `C` of one layer input accumulated on the GPU (f32 GEMMs, the
+/// host statistics' running scaling); downloaded once, when finished, with
+/// `H`'s lower triangle mirrored from the upper one so the host copy is
+/// exactly symmetric.
+struct GpuStats {
+    solver: Arc<std::sync::Mutex<Solver>>,
+    columns: usize,
+    nsamples: usize,
+    h: CudaSlice<f32>,
+    c: Option<CudaSlice<f32>>,
+}
+
+impl LayerStats for GpuStats {
+    fn add(&mut self, x_q: &[f32], x_fp: Option<&[f32]>, tokens: usize) -> gptq_quant::Result<()> {
+        let n = self.columns;
+        if x_q.len() != tokens * n || x_fp.is_some_and(|x| x.len() != tokens * n) {
+            return Err(gptq_quant::Error::Shape(format!(
+                "calibration inputs are not [{tokens}, {n}]"
+            )));
+        }
+        if self.c.is_some() && x_fp.is_none() {
+            return Err(gptq_quant::Error::InvalidParams(
+                "the cross term needs the full-precision inputs".into(),
+            ));
+        }
+        let solver = lock(&self.solver)?;
+        let old = self.nsamples;
+        let new = old + 1;
+        let beta = if old > 0 {
+            (old as f64 / new as f64) as f32
+        } else {
+            0.0
+        };
+        let alpha = (2.0 / new as f64) as f32;
+        self.nsamples = new;
+        if tokens == 0 || n == 0 {
+            return Ok(());
+        }
+        let mut run = || -> Result<()> {
+            let xq = solver.dev.upload(x_q)?;
+            solver.accumulate_gram(&mut self.h, &xq, &xq, tokens, n, alpha, beta)?;
+            if let (Some(c), Some(x_fp)) = (self.c.as_mut(), x_fp) {
+                let xf = solver.dev.upload(x_fp)?;
+                let mut d = solver.dev.zeros::<f32>(tokens * n)?;
+                solver.sub(&xf, &xq, &mut d)?;
+                // C[i, j] = Σ_t (x − x̃)[t, i]·x̃[t, j].
+                solver.accumulate_gram(c, &xq, &d, tokens, n, alpha, beta)?;
+            }
+            Ok(())
+        };
+        run().map_err(backend_error)
+    }
+
+    fn finish(self: Box<Self>) -> gptq_quant::Result<(Hessian, Option<CrossTerm>)> {
+        let solver = lock(&self.solver)?;
+        let n = self.columns;
+        let mut h = solver.dev.download(&self.h).map_err(backend_error)?;
+        for i in 0..n {
+            for j in 0..i {
+                h[i * n + j] = h[j * n + i];
+            }
+        }
+        let h = Hessian::from_matrix(h, n, self.nsamples)?;
+        let c = match &self.c {
+            Some(c) => Some(CrossTerm::from_matrix(
+                solver.dev.download(c).map_err(backend_error)?,
+                n,
+                self.nsamples,
+            )?),
+            None => None,
+        };
+        Ok((h, c))
     }
 }

@@ -168,3 +168,48 @@ fn gpu_hessian_matches_cpu() {
         assert!((a - b).abs() <= 1e-4 * (1.0 + a.abs()), "{a} vs {b}");
     }
 }
+
+/// `H` and the cross term accumulated on the GPU over several samples equal
+/// the host's up to f32 summation order, and `H` comes back symmetric.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gpu_stats_match_host_stats() {
+    use gptq_quant::{HostStats, LayerSolver, LayerStats};
+    let dev = Arc::new(Cuda::new(0).expect("a CUDA device"));
+    let gpu = gptq_cuda::GpuLayerSolver::new(dev, true).expect("solver");
+    let (tokens, n) = (257, 96);
+    let mut host: Box<dyn LayerStats> = Box::new(HostStats::new(n, true));
+    let mut dev_stats = gpu.stats(n, true).expect("stats");
+    for s in 0..3u64 {
+        let xq = normal_values(tokens * n, 20 + s, 1.0);
+        let xf: Vec<f32> = xq
+            .iter()
+            .zip(normal_values(tokens * n, 40 + s, 0.1))
+            .map(|(a, b)| a + b)
+            .collect();
+        host.add(&xq, Some(&xf), tokens).expect("host");
+        dev_stats.add(&xq, Some(&xf), tokens).expect("gpu");
+    }
+    let (hh, hc) = host.finish().expect("host");
+    let (gh, gc) = dev_stats.finish().expect("gpu");
+    assert_eq!(hh.nsamples(), gh.nsamples());
+    let close = |a: &[f32], b: &[f32], what: &str| {
+        let scale = a.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        for (x, y) in a.iter().zip(b) {
+            // f32 sums of 3 × 257 products in different orders.
+            assert!((x - y).abs() <= 1e-4 * scale, "{what}: {x} vs {y}");
+        }
+    };
+    close(hh.matrix(), gh.matrix(), "H");
+    close(
+        hc.expect("cross").matrix(),
+        gc.expect("cross").matrix(),
+        "C",
+    );
+    let m = gh.matrix();
+    for i in 0..n {
+        for j in 0..i {
+            assert_eq!(m[i * n + j], m[j * n + i]);
+        }
+    }
+}

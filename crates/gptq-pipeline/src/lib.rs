@@ -248,10 +248,11 @@ fn collect_hessians(
     budget: usize,
     kept: &mut usize,
     token_clip: Option<f32>,
+    backend: &dyn gptq_quant::LayerSolver,
     times: &mut Times,
 ) -> Result<Vec<PointStats>> {
     let last = group_points.iter().copied().max().unwrap_or(0);
-    let mut stats: Vec<PointStats> = Vec::new();
+    let mut stats: Vec<(usize, Box<dyn gptq_quant::LayerStats>)> = Vec::new();
     let clip = |t: &[f32], seq: usize| -> Option<Vec<f32>> {
         token_clip.map(|c| {
             let mut v = t.to_vec();
@@ -293,36 +294,35 @@ fn collect_hessians(
             if !group_points.contains(&p) {
                 return Ok(());
             }
-            let ps = match stats.iter().position(|s| s.point == p) {
-                Some(k) => &mut stats[k],
+            let layer_err = |source| Error::Solver {
+                layer: layer_of(p),
+                source,
+            };
+            let k = match stats.iter().position(|s| s.0 == p) {
+                Some(k) => k,
                 None => {
                     let cols = t.len() / seq;
-                    stats.push(PointStats {
-                        point: p,
-                        h: Hessian::new(cols),
-                        c: fp.is_some().then(|| CrossTerm::new(cols)),
-                    });
-                    stats.last_mut().expect("just pushed")
+                    let acc = backend.stats(cols, fp.is_some()).map_err(layer_err)?;
+                    stats.push((p, acc));
+                    stats.len() - 1
                 }
             };
             let clipped = clip(t, seq);
             let t = clipped.as_deref().unwrap_or(t);
             let t0 = Instant::now();
-            let solver = |source| Error::Solver {
-                layer: layer_of(p),
-                source,
+            let x_fp = match fp {
+                Some(_) => Some(
+                    fp_inputs
+                        .iter()
+                        .find(|(q, _)| *q == p)
+                        .map(|(_, x)| x.as_slice())
+                        .ok_or_else(|| {
+                            Error::Input(format!("no full-precision input at {}", layer_of(p)))
+                        })?,
+                ),
+                None => None,
             };
-            ps.h.add_batch(t, seq).map_err(solver)?;
-            if let Some(c) = ps.c.as_mut() {
-                let x = fp_inputs
-                    .iter()
-                    .find(|(q, _)| *q == p)
-                    .map(|(_, x)| x)
-                    .ok_or_else(|| {
-                        Error::Input(format!("no full-precision input at {}", layer_of(p)))
-                    })?;
-                c.add_batch(x, t, seq).map_err(solver)?;
-            }
+            stats[k].1.add(t, x_fp, seq).map_err(layer_err)?;
             in_hessian += t0.elapsed().as_secs_f64();
             Ok(())
         })?;
@@ -333,7 +333,19 @@ fn collect_hessians(
             *st = scratch;
         }
     }
-    Ok(stats)
+    let t0 = Instant::now();
+    let done = stats
+        .into_iter()
+        .map(|(point, acc)| {
+            let (h, c) = acc.finish().map_err(|source| Error::Solver {
+                layer: layer_of(point),
+                source,
+            })?;
+            Ok(PointStats { point, h, c })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    times.hessian += t0.elapsed().as_secs_f64();
+    Ok(done)
 }
 
 /// Quantizes the model layer by layer. `sink(block, layers)` receives each
@@ -482,6 +494,7 @@ pub fn quantize_resumable(
                     budget,
                     &mut kept,
                     opts.token_clip,
+                    opts.solver.as_deref().unwrap_or(&gptq_quant::CpuSolver),
                     &mut times,
                 )?)
             } else {

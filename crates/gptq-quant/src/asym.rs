@@ -49,6 +49,23 @@ impl CrossTerm {
         }
     }
 
+    /// A cross term from its matrix (`[columns, columns]` row-major, already
+    /// scaled) and the number of samples it averages, e.g. one accumulated
+    /// on a GPU.
+    pub fn from_matrix(c: Vec<f32>, columns: usize, nsamples: usize) -> Result<Self> {
+        if c.len() != columns * columns {
+            return Err(Error::Shape(format!(
+                "a cross term of {} values is not {columns}×{columns}",
+                c.len()
+            )));
+        }
+        Ok(Self {
+            c,
+            columns,
+            nsamples,
+        })
+    }
+
     /// Input features.
     pub fn columns(&self) -> usize {
         self.columns

@@ -241,6 +241,12 @@ pub trait LayerSolver: Send + Sync + std::fmt::Debug {
         h: &Hessian,
         params: &GptqParams,
     ) -> Result<Vec<GptqResult>>;
+    /// An accumulator for the statistics of a layer input of `columns`
+    /// features (with the cross term when `cross`), where this backend
+    /// keeps them; the host by default.
+    fn stats(&self, columns: usize, cross: bool) -> Result<Box<dyn crate::LayerStats>> {
+        Ok(Box::new(crate::HostStats::new(columns, cross)))
+    }
 }
 
 /// The CPU solver of this module as a [`LayerSolver`].

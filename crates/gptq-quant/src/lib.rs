@@ -38,6 +38,7 @@ pub mod grid;
 pub mod hessian;
 mod hinv;
 pub mod rtn;
+pub mod stats;
 
 pub use asym::{asymmetric_targets, CrossTerm};
 pub use gptq::{
@@ -47,6 +48,7 @@ pub use gptq::{
 pub use grid::{MseSearch, QuantGrid, RowGrid};
 pub use hessian::Hessian;
 pub use rtn::rtn_quantize;
+pub use stats::{HostStats, LayerStats};
 
 /// Errors of the GPTQ engine.
 #[derive(Debug, thiserror::Error)]

@@ -62,14 +62,19 @@ impl std::str::FromStr for Device {
 
 /// The GPTQ layer solver for `device`: `None` is the CPU. `cuda` that cannot
 /// be opened is an error; `auto` falls back to the CPU with one line saying
-/// why.
+/// why. `gpu_hessians`: accumulate the calibration statistics on the GPU
+/// too.
 pub fn layer_solver(
     device: Device,
+    gpu_hessians: bool,
 ) -> anyhow::Result<Option<std::sync::Arc<dyn gptq_quant::LayerSolver>>> {
     let open =
         |ordinal: usize| -> Result<std::sync::Arc<dyn gptq_quant::LayerSolver>, gptq_cuda::Error> {
             let dev = std::sync::Arc::new(gptq_cuda::Cuda::new(ordinal)?);
-            Ok(std::sync::Arc::new(gptq_cuda::GpuLayerSolver::new(dev)?))
+            Ok(std::sync::Arc::new(gptq_cuda::GpuLayerSolver::new(
+                dev,
+                gpu_hessians,
+            )?))
         };
     match device {
         Device::Cpu => Ok(None),

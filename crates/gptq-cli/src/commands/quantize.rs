@@ -129,6 +129,12 @@ pub struct Args {
     /// CPU.
     #[arg(long, default_value = "auto", value_name = "DEVICE")]
     pub device: super::Device,
+
+    /// With a GPU: accumulate the Hessians there too (much faster; an
+    /// equally good but not bit-identical quantization, since f32 sums in
+    /// another order flip near-tie codes; docs/quantization.md).
+    #[arg(long)]
+    pub gpu_hessians: bool,
 }
 
 /// The `quantize_config.json` key (under `meta`) recording asymmetric
@@ -389,7 +395,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         token_clip: a.token_clip,
         asym_calib,
         solver: match a.method {
-            MethodArg::Gptq => super::layer_solver(a.device)?,
+            MethodArg::Gptq => super::layer_solver(a.device, a.gpu_hessians)?,
             MethodArg::Rtn => None,
         },
     };
