@@ -23,7 +23,7 @@
 //! ([`asymmetric_targets`]); the pipeline runs the full-precision block
 //! beside the quantized one to get `X`.
 
-use crate::gptq::{weight_dims, MAX_DAMP_RETRIES};
+use crate::gptq::{column_order_from_diag, weight_dims, GptqParams};
 use crate::hessian::Hessian;
 use crate::{Error, Result};
 use gptq_core::Tensor;
@@ -140,8 +140,9 @@ impl CrossTerm {
 
 /// The asymmetric targets `W′ = W + W·C·(H + λI)⁻¹` of weights that share
 /// `h` and `c`, with `λ = damp_percent·mean(diag H)` (after dead columns'
-/// `H_ii ← 1`), raised ×10 up to [`MAX_DAMP_RETRIES`] times when `H + λI` is
-/// not positive definite, like the solver. Computed in f64 (faer), rounded
+/// `H_ii ← 1`), raised ×10 up to [`crate::MAX_DAMP_RETRIES`] times when
+/// `H + λI` is not positive definite, through the solver's own loop
+/// ([`crate::ColumnOrder::damped`]). Computed in f64 (faer), rounded
 /// once to f32.
 pub fn asymmetric_targets(
     ws: &[&Tensor],
@@ -163,34 +164,24 @@ pub fn asymmetric_targets(
             what: "Hessian or cross term",
         });
     }
-    let mut diag = h.diag();
-    diag.iter_mut()
-        .filter(|d| **d == 0.0)
-        .for_each(|d| *d = 1.0);
-    let mean = diag.iter().map(|&d| d as f64).sum::<f64>() / inn.max(1) as f64;
-    let mut rel = damp_percent as f64;
-    let mut tries = 0;
-    let llt = loop {
-        tries += 1;
-        let damp = rel * mean;
+    // Dead columns and the damping loop exactly as the solver's (same
+    // λ, same retries and warnings): `ColumnOrder::damped`.
+    let params = GptqParams {
+        damp_percent,
+        desc_act: false,
+        ..GptqParams::default()
+    };
+    let order = column_order_from_diag(h.diag(), &params);
+    let (llt, _) = order.damped(&params, |damp| {
         let hd = faer::Mat::<f64>::from_fn(inn, inn, |i, j| {
             if i == j {
-                diag[i] as f64 + damp
+                (order.diag[i] + damp) as f64
             } else {
                 hm[i * inn + j] as f64
             }
         });
-        match hd.llt(faer::Side::Lower) {
-            Ok(l) => break l,
-            Err(_) if tries > MAX_DAMP_RETRIES => {
-                return Err(Error::NotPositiveDefinite {
-                    damp: rel as f32,
-                    tries,
-                });
-            }
-            Err(_) => rel = if rel > 0.0 { rel * 10.0 } else { 0.01 },
-        }
-    };
+        Ok(hd.llt(faer::Side::Lower).ok())
+    })?;
     let cmat = faer::Mat::<f64>::from_fn(inn, inn, |i, j| cm[i * inn + j] as f64);
     ws.iter()
         .map(|w| {
