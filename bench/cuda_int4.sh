@@ -8,15 +8,7 @@ bin=${1:?usage: cuda_int4.sh GPTQ_BINARY OUT_DIR [args...]}
 out=${2:?usage: cuda_int4.sh GPTQ_BINARY OUT_DIR [args...]}
 shift 2
 mkdir -p "$out"
-# The driver, NVRTC and cuBLAS: the toolkit's lib64, the driver's folder, and
-# the pip wheels that torch uses, whichever exist.
-for d in /usr/local/cuda/lib64 /usr/local/nvidia/lib64 \
-         "$(python3 -c 'import nvidia, os; print(os.path.dirname(nvidia.__path__[0]))' 2>/dev/null)/nvidia/cu13/lib"; do
-    [ -d "$d" ] && LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"
-done
-export LD_LIBRARY_PATH
-export GPTQ_CUBIN_CACHE="$out/cubin"
-nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv || true
+source "$(dirname "$0")/cuda_env.sh" "$out"
 PYTHONUNBUFFERED=1 python3 bench/torch_int4.py --out "$out/torch.json" 2>&1 | tee "$out/torch.log" || true
 "$bin" bench kernels --device cuda --check --sweep --torch-json "$out/torch.json" \
     --markdown "$out/cuda-int4-kernels.md" "$@" 2>&1 | tee "$out/gptq.log"

@@ -12,13 +12,7 @@ tests=${2:?usage: cuda_solve.sh GPTQ_BINARY SOLVE_TEST_BINARY OUT_DIR [args...]}
 out=${3:?usage: cuda_solve.sh GPTQ_BINARY SOLVE_TEST_BINARY OUT_DIR [args...]}
 shift 3
 mkdir -p "$out"
-for d in /usr/local/cuda/lib64 /usr/local/nvidia/lib64 \
-         "$(python3 -c 'import nvidia, os; print(os.path.dirname(nvidia.__path__[0]))' 2>/dev/null)/nvidia/cu13/lib"; do
-    [ -d "$d" ] && LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"
-done
-export LD_LIBRARY_PATH
-export GPTQ_CUBIN_CACHE="$out/cubin"
-nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv || true
+source "$(dirname "$0")/cuda_env.sh" "$out"
 if [ "$tests" != "-" ]; then
     "$tests" --ignored --nocapture --test-threads 1 2>&1 | tee "$out/solve-tests.log"
 fi
