@@ -27,8 +27,9 @@
 //! later columns then see a different error: a small fraction of codes
 //! differ (measured and bounded in the GPU test, `tests/solve_gpu.rs`).
 //!
-//! Not supported on the GPU (an `Unsupported` error; the caller falls back to
-//! the CPU): the MSE grid search and lazy batches wider than 128 columns.
+//! Not supported on the GPU (an `Unsupported` error; [`GpuLayerSolver`]
+//! falls back to the CPU): the MSE grid search, lazy batches wider than 128
+//! columns and weights of more than [`MAX_ROWS`] output rows.
 
 use crate::device::{dptr, load_kernels, Ctx, Cuda};
 use crate::{compile, Error, Result};
@@ -57,6 +58,10 @@ pub const SOLVE_FUNCTIONS: &[&str] = &[
 
 /// Widest lazy batch the block kernel holds (4 columns per lane).
 pub const MAX_BLOCK: usize = 128;
+
+/// Most output rows a weight may have: the element-wise kernels put rows on
+/// the grid's y dimension (at most 65,535 blocks).
+pub const MAX_ROWS: usize = 65_535;
 
 /// Threads per block of the batch kernel (one warp per output row).
 const BLOCK_THREADS: u32 = 512;
@@ -515,6 +520,11 @@ impl Solver {
                 w.len()
             )));
         }
+        if rows > MAX_ROWS {
+            return Err(Error::Unsupported(format!(
+                "{rows} output rows (the element-wise kernels take at most {MAX_ROWS})"
+            )));
+        }
         let st = &self.dev.stream;
         let (ri, ni) = (rows as i32, n as i32);
         let gs = params.group_size.map(|g| g.min(n));
@@ -901,8 +911,15 @@ impl gptq_quant::LayerSolver for GpuLayerSolver {
         h: &Hessian,
         params: &GptqParams,
     ) -> gptq_quant::Result<Vec<GptqResult>> {
+        let too_tall = ws
+            .iter()
+            .any(|w| w.shape().first().is_some_and(|&r| r > MAX_ROWS));
         if let Err(e) = Solver::supports(params) {
             tracing::debug!("solving on the CPU: {e}");
+            return gptq_quant::gptq_quantize_many(ws, h, params);
+        }
+        if too_tall {
+            tracing::debug!("solving on the CPU: more than {MAX_ROWS} output rows");
             return gptq_quant::gptq_quantize_many(ws, h, params);
         }
         let solver = lock(&self.solver)?;
