@@ -875,7 +875,7 @@ impl GpuLayerSolver {
     /// The solver on device `dev`. With `device_stats`, the calibration
     /// statistics (`H`, `C`) are accumulated on the GPU too; otherwise on
     /// the host, which keeps results identical to the CPU backend's (see
-    /// [`GpuLayerSolver::stats`]).
+    /// its `stats`).
     pub fn new(dev: Arc<Cuda>, device_stats: bool) -> Result<Self> {
         let about = format!(
             "cuda ({}){}",
