@@ -30,12 +30,23 @@ mkdir -p "$dev"
 
 # --- llama.cpp ---------------------------------------------------------------
 if ! command -v cmake >/dev/null; then
-    [ -x "$dev/venv/bin/cmake" ] || { python3 -m venv "$dev/venv" && "$dev/venv/bin/pip" install -q cmake; }
+    # --only-binary: without it pip may pick cmake's sdist and bootstrap cmake from source (tens of minutes).
+    [ -x "$dev/venv/bin/cmake" ] || { python3 -m venv "$dev/venv" && "$dev/venv/bin/pip" install -q --only-binary=:all: cmake; }
     export PATH=$root/$dev/venv/bin:$PATH
 fi
 if [ ! -d "$dev/src" ]; then
-    python3 -m pip download --quiet --disable-pip-version-check --no-binary :all: --no-deps \
-        llama-cpp-python==0.3.36 -d "$dev/dl"
+    # The sdist straight from PyPI's simple index (checked against its sha256): `pip download` of an sdist
+    # prepares its metadata, which installs its build backend and cmake and may build cmake from source.
+    mkdir -p "$dev/dl"
+    python3 - "$dev/dl" <<'PY'
+import hashlib, re, sys, urllib.request
+name = "llama_cpp_python-0.3.36.tar.gz"
+page = urllib.request.urlopen("https://pypi.org/simple/llama-cpp-python/").read().decode()
+url, sha = re.search(r'href="([^"]*/' + re.escape(name) + r')#sha256=([0-9a-f]{64})"', page).groups()
+data = urllib.request.urlopen(url).read()
+assert hashlib.sha256(data).hexdigest() == sha, "sha256 mismatch"
+open(sys.argv[1] + "/" + name, "wb").write(data)
+PY
     tar xzf "$dev"/dl/llama_cpp_python-0.3.36.tar.gz -C "$dev"
     mv "$dev/llama_cpp_python-0.3.36/vendor/llama.cpp" "$dev/src"
 fi
