@@ -830,17 +830,7 @@ impl Solver {
         Self::supports(params)?;
         let n = h.columns();
         for w in ws {
-            match w.shape() {
-                &[o, i] if o > 0 && i == n => {}
-                s => {
-                    return Err(Error::Shape(format!(
-                        "a weight of shape {s:?} does not match a {n}×{n} Hessian"
-                    )))
-                }
-            }
-            if w.data().iter().any(|v| !v.is_finite()) {
-                return Err(gptq_quant::Error::NonFinite { what: "weight" }.into());
-            }
+            gptq_quant::gptq::check_weight(w, h)?;
         }
         let hd = self.dev.upload(h.matrix())?;
         let prep = self.prepare(&hd, n, params)?;

@@ -390,6 +390,9 @@ pub fn quantize_resumable(
         })
         .collect::<Result<_>>()?;
     let input_bytes: usize = states.iter().map(SeqState::bytes).sum();
+    // Who accumulates the statistics and solves the layers.
+    let backend: &dyn gptq_quant::LayerSolver =
+        opts.solver.as_deref().unwrap_or(&gptq_quant::CpuSolver);
     // The full-precision model's states, for asymmetric calibration.
     let asym = opts.asym_calib && opts.method == Method::Gptq;
     let mut fp_states: Vec<SeqState> = if asym { states.clone() } else { Vec::new() };
@@ -494,7 +497,7 @@ pub fn quantize_resumable(
                     budget,
                     &mut kept,
                     opts.token_clip,
-                    opts.solver.as_deref().unwrap_or(&gptq_quant::CpuSolver),
+                    backend,
                     &mut times,
                 )?)
             } else {
@@ -574,17 +577,15 @@ pub fn quantize_resumable(
                         if !targets.is_empty() {
                             refs = targets.iter().collect();
                         }
-                        match &opts.solver {
-                            Some(s) => s.quantize_many(&refs, &ps.h, &opts.params),
-                            None => gptq_quant::gptq_quantize_many(&refs, &ps.h, &opts.params),
-                        }
-                        .map_err(|source| Error::Solver {
-                            layer: full0,
-                            source,
-                        })?
-                        .into_iter()
-                        .map(|r| (r.q, r.error_gptq, r.error_rtn, r.damp_used))
-                        .collect()
+                        backend
+                            .quantize_many(&refs, &ps.h, &opts.params)
+                            .map_err(|source| Error::Solver {
+                                layer: full0,
+                                source,
+                            })?
+                            .into_iter()
+                            .map(|r| (r.q, r.error_gptq, r.error_rtn, r.damp_used))
+                            .collect()
                     }
                     None => vec![(
                         gptq_quant::rtn_quantize(&weights[0], &opts.params).map_err(|source| {

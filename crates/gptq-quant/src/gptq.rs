@@ -284,8 +284,9 @@ fn errors(w: &Tensor, h: &Hessian, params: &GptqParams, qw: &[f32]) -> Result<(f
     Ok((eg, er))
 }
 
-/// Checks `w` against `h`: 2-D, `in` = side of `H`, finite.
-fn check_weight(w: &Tensor, h: &Hessian) -> Result<()> {
+/// Checks `w` against `h`: 2-D, `in` = side of `H`, finite (every
+/// backend's input check).
+pub fn check_weight(w: &Tensor, h: &Hessian) -> Result<()> {
     let (_, inn) = weight_dims(w)?;
     if h.columns() != inn {
         return Err(Error::Shape(format!(
