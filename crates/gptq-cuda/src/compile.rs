@@ -18,6 +18,9 @@ pub const W4_SOURCE: &str = include_str!("../kernels/w4.cu");
 /// The GPTQ solver's kernels (see `solve.rs`).
 pub const GPTQ_SOURCE: &str = include_str!("../kernels/gptq.cu");
 
+/// The calibration forward's kernels (see `forward.rs`).
+pub const BLOCK_SOURCE: &str = include_str!("../kernels/block.cu");
+
 /// Options every compilation gets besides the architecture.
 const BASE_OPTIONS: &[&str] = &["-std=c++17"];
 
@@ -287,6 +290,12 @@ mod tests {
                     && !l.contains("0 bytes spill stores, 0 bytes spill loads")),
                 "{arch}: a solver kernel spills:\n{log}"
             );
+            let (image, log) = compile_cubin(BLOCK_SOURCE, "block.cu", arch, &["-Xptxas=-v"])
+                .unwrap_or_else(|e| panic!("{arch}: {e}"));
+            assert!(image.len() > 1000, "{arch}: CUBIN of {} bytes", image.len());
+            for name in crate::forward::BLOCK_FUNCTIONS {
+                assert!(log.contains(name), "{arch}: no {name} in the ptxas report");
+            }
             let (image, log) = compile_cubin(W4_SOURCE, "w4.cu", arch, &["-Xptxas=-v"])
                 .unwrap_or_else(|e| panic!("{arch}: {e}"));
             assert!(image.len() > 1000, "{arch}: CUBIN of {} bytes", image.len());

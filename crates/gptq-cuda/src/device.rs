@@ -552,32 +552,16 @@ impl Cuda {
         n: usize,
         k: usize,
     ) -> Result<()> {
-        let (alpha, beta) = (1.0f32, 0.0f32);
-        // Column-major view: Yᵀ[n×m] = W[n×k] (row-major = k×n col-major, transposed) · Xᵀ[k×m].
-        unsafe {
-            cudarc::cublas::result::gemm_ex(
-                *self.blas.handle(),
-                cb::cublasOperation_t::CUBLAS_OP_T,
-                cb::cublasOperation_t::CUBLAS_OP_N,
-                n as i32,
-                m as i32,
-                k as i32,
-                &alpha as *const f32 as *const _,
-                w as *const _,
-                cb::cudaDataType::CUDA_R_16F,
-                ldw as i32,
-                x as *const _,
-                cb::cudaDataType::CUDA_R_16F,
-                k as i32,
-                &beta as *const f32 as *const _,
-                y as *mut _,
-                cb::cudaDataType::CUDA_R_16F,
-                n as i32,
-                cb::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-                cb::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-            )
-        }
-        .ctx("cublasGemmEx")
+        crate::blas::gemm(
+            self,
+            (m, n, k),
+            1.0,
+            crate::blas::Mat::f16(x, k),
+            crate::blas::Mat::f16(w, ldw).t(),
+            0.0,
+            crate::blas::Mat::f16(y, n),
+            1,
+        )
     }
 }
 

@@ -31,9 +31,9 @@
 //! falls back to the CPU): the MSE grid search, lazy batches wider than 128
 //! columns and weights of more than [`MAX_ROWS`] output rows.
 
+use crate::blas::{self, Mat};
 use crate::device::{dptr, load_kernels, Ctx, Cuda};
 use crate::{compile, Error, Result};
-use cudarc::cublas::sys as cb;
 use cudarc::cusolver::sys as cs;
 use cudarc::driver::{CudaFunction, CudaModule, CudaSlice, LaunchConfig, PushKernelArg};
 use gptq_core::{QLinear, Tensor};
@@ -71,14 +71,6 @@ fn check_solver(st: cs::cusolverStatus_t, what: &str) -> Result<()> {
         Ok(())
     } else {
         Err(Error::Driver(format!("cuSOLVER {what}: {st:?}")))
-    }
-}
-
-fn check_blas(st: cb::cublasStatus_t, what: &str) -> Result<()> {
-    if st == cb::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
-        Ok(())
-    } else {
-        Err(Error::Cublas(format!("{what}: {st:?}")))
     }
 }
 
@@ -476,32 +468,17 @@ impl Solver {
         m: usize,
         k: usize,
     ) -> Result<()> {
-        let (alpha, beta) = (1.0f32, 1.0f32);
-        // Column-major: Cᵀ[m, rows] += Bᵀ[m, k] · Aᵀ[k, rows].
-        let st = unsafe {
-            cb::cublasGemmEx(
-                *self.dev.blas.handle(),
-                cb::cublasOperation_t::CUBLAS_OP_N,
-                cb::cublasOperation_t::CUBLAS_OP_N,
-                m as i32,
-                rows as i32,
-                k as i32,
-                &alpha as *const f32 as *const _,
-                b as *const _,
-                cb::cudaDataType::CUDA_R_32F,
-                ldb as i32,
-                a as *const _,
-                cb::cudaDataType::CUDA_R_32F,
-                lda as i32,
-                &beta as *const f32 as *const _,
-                c as *mut _,
-                cb::cudaDataType::CUDA_R_32F,
-                ldc as i32,
-                cb::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-                cb::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-            )
-        };
-        check_blas(st, "cublasGemmEx (f32)")
+        // C[rows, m] += A[rows, k] · B[k, m].
+        blas::gemm(
+            &self.dev,
+            (rows, m, k),
+            1.0,
+            Mat::f32(a, lda),
+            Mat::f32(b, ldb),
+            1.0,
+            Mat::f32(c, ldc),
+            1,
+        )
     }
 
     /// GPTQ of the device weight `w` (`[rows, n]` row-major, original column
@@ -676,33 +653,16 @@ impl Solver {
         }
         let st = &self.dev.stream;
         let (ap, bp, gp) = (dptr(a, st), dptr(b, st), dptr(g, st));
-        // Column-major, a row-major [tokens, n] buffer is its transpose
-        // [n, tokens]; the column-major result Aᵀ·B (= (BᵀA)ᵀ) is BᵀA
-        // row-major.
-        let r = unsafe {
-            cb::cublasGemmEx(
-                *self.dev.blas.handle(),
-                cb::cublasOperation_t::CUBLAS_OP_N,
-                cb::cublasOperation_t::CUBLAS_OP_T,
-                n as i32,
-                n as i32,
-                tokens as i32,
-                &alpha as *const f32 as *const _,
-                ap as *const _,
-                cb::cudaDataType::CUDA_R_32F,
-                n as i32,
-                bp as *const _,
-                cb::cudaDataType::CUDA_R_32F,
-                n as i32,
-                &beta as *const f32 as *const _,
-                gp as *mut _,
-                cb::cudaDataType::CUDA_R_32F,
-                n as i32,
-                cb::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-                cb::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-            )
-        };
-        check_blas(r, "cublasGemmEx (Gram)")
+        blas::gemm(
+            &self.dev,
+            (n, n, tokens),
+            alpha,
+            Mat::f32(bp, n).t(),
+            Mat::f32(ap, n),
+            beta,
+            Mat::f32(gp, n),
+            1,
+        )
     }
 
     /// `out = a − b` on the device.

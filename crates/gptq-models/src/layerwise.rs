@@ -31,6 +31,41 @@ pub trait BlockRunner: Send + Sync {
     fn arch(&self) -> &'static ArchSpec;
     /// The linear layer `name` (an [`ArchSpec`] name).
     fn linear_mut(&mut self, name: &str) -> Option<&mut Linear>;
+
+    /// The block as plain data in the Llama form, for backends that run the
+    /// forward themselves (the GPU calibration forward); `None` when the
+    /// block is not of that form.
+    fn llama_view(&self) -> Option<LlamaBlockView<'_>> {
+        None
+    }
+}
+
+/// A pre-norm decoder block of the Llama form as plain data: RMSNorm →
+/// causal self-attention with rotary positions (HF rotate_half) and
+/// grouped-query heads → residual; RMSNorm → SwiGLU MLP
+/// (`down(silu(gate(x)) · up(x))`) → residual. Linears may carry biases
+/// (Qwen2's q/k/v).
+#[derive(Debug, Clone)]
+pub struct LlamaBlockView<'a> {
+    /// RMSNorm weight before attention `[hidden]`.
+    pub input_norm: &'a [f32],
+    /// RMSNorm weight before the MLP `[hidden]`.
+    pub post_norm: &'a [f32],
+    /// RMSNorm epsilon.
+    pub eps: f32,
+    /// Query heads.
+    pub n_heads: usize,
+    /// Key/value heads.
+    pub n_kv: usize,
+    /// Head dimension.
+    pub head_dim: usize,
+    /// Sliding attention window, if any.
+    pub window: Option<usize>,
+    /// Rotary inverse frequencies `[head_dim / 2]`.
+    pub inv_freq: &'a [f32],
+    /// The seven linears under their [`ArchSpec`] names
+    /// (`self_attn.{q,k,v,o}_proj`, `mlp.{gate,up,down}_proj`).
+    pub linears: Vec<(&'static str, &'a Linear)>,
 }
 
 /// A model opened for layer-by-layer processing.

@@ -482,6 +482,30 @@ impl BlockRunner for LlamaBlockRunner<'_> {
     fn arch(&self) -> &'static ArchSpec {
         &ARCH
     }
+
+    fn llama_view(&self) -> Option<crate::LlamaBlockView<'_>> {
+        let b = &self.block;
+        let a = &b.attn;
+        Some(crate::LlamaBlockView {
+            input_norm: &b.input_layernorm,
+            post_norm: &b.post_attention_layernorm,
+            eps: self.eps,
+            n_heads: a.n_heads,
+            n_kv: a.n_kv,
+            head_dim: a.head_dim,
+            window: a.window,
+            inv_freq: &self.rope.inv_freq,
+            linears: vec![
+                ("self_attn.q_proj", &a.q),
+                ("self_attn.k_proj", &a.k),
+                ("self_attn.v_proj", &a.v),
+                ("self_attn.o_proj", &a.o),
+                ("mlp.gate_proj", &b.gate),
+                ("mlp.up_proj", &b.up),
+                ("mlp.down_proj", &b.down),
+            ],
+        })
+    }
 }
 
 impl crate::LayerwiseModel for LlamaLayers<'_> {

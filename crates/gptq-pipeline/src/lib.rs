@@ -20,6 +20,10 @@
 //! Either way the arithmetic is the same, so results do not depend on the
 //! budget (tested).
 
+mod device;
+
+pub use device::{quantize_on_device, BlockDevice};
+
 use gptq_core::{QLinear, Tensor};
 use gptq_models::{BlockRunner, LayerwiseModel};
 use gptq_quant::{CrossTerm, GptqParams, Hessian};
@@ -46,6 +50,9 @@ pub enum Error {
     /// The sink (checkpoint writer) failed.
     #[error("{0}")]
     Sink(String),
+    /// A [`BlockDevice`] failed.
+    #[error("device: {0}")]
+    Device(String),
 }
 
 /// Result with this crate's [`Error`].
@@ -429,24 +436,7 @@ pub fn quantize_resumable(
         let prefix = (arch.block_prefix)(b);
         if replay.has(b) {
             let (layers, block_reports) = replay.load(b)?;
-            for (full, q) in &layers {
-                let lin = full
-                    .strip_prefix(&prefix)
-                    .and_then(|n| block.linear_mut(n))
-                    .ok_or_else(|| {
-                        Error::Input(format!("saved block {b} names an unknown layer {full}"))
-                    })?;
-                if (lin.out_dim(), lin.in_dim()) != (q.out_features, q.in_features) {
-                    return Err(Error::Input(format!(
-                        "saved layer {full} is {}x{}, the model's is {}x{}",
-                        q.out_features,
-                        q.in_features,
-                        lin.out_dim(),
-                        lin.in_dim()
-                    )));
-                }
-                lin.weight = std::sync::Arc::new(q.dequantize());
-            }
+            apply_saved(block.as_mut(), b, &layers)?;
             for r in block_reports {
                 progress.layer_done(&r);
                 reports.push(r);
@@ -504,33 +494,7 @@ pub fn quantize_resumable(
                 None
             };
             // Layers that cannot be stored packed stay dense.
-            let mut todo: Vec<&'static str> = Vec::new();
-            for &name in group {
-                let full = format!("{prefix}{name}");
-                let lin = block
-                    .linear_mut(name)
-                    .ok_or_else(|| Error::Input(format!("block {b} has no layer {name}")))?;
-                let (rows, cols) = (lin.out_dim(), lin.in_dim());
-                match skip_reason(&full, rows, cols, opts) {
-                    Some(why) => {
-                        tracing::warn!("{full}: left unquantized ({why})");
-                        let r = LayerReport {
-                            name: full,
-                            block: b,
-                            rows,
-                            cols,
-                            error: 0.0,
-                            error_rtn: 0.0,
-                            damp: 0.0,
-                            seconds: 0.0,
-                            skipped: Some(why),
-                        };
-                        progress.layer_done(&r);
-                        reports.push(r);
-                    }
-                    None => todo.push(name),
-                }
-            }
+            let todo = split_skipped(block.as_mut(), group, b, opts, progress, &mut reports)?;
             // Layers reading the same input share one Hessian factorization.
             let batches: Vec<Vec<&'static str>> = match &hs {
                 Some(hs) => hs
@@ -601,25 +565,12 @@ pub fn quantize_resumable(
                 };
                 times.solve += t.elapsed().as_secs_f64();
                 let seconds = t.elapsed().as_secs_f64() / names.len() as f64;
-                for (name, (mut q, error, error_rtn, damp)) in names.iter().zip(results) {
-                    let full = format!("{prefix}{name}");
+                for (name, (q, error, error_rtn, damp)) in names.iter().zip(results) {
                     let lin = block.linear_mut(name).expect("checked above");
-                    q.bias = lin.bias.clone();
-                    // What the checkpoint will hold (f16 scales and bias), so the
-                    // next layers calibrate against exactly the weights that run.
-                    let q = gptq_core::pack::round_to_f16(&q);
+                    let full = format!("{prefix}{name}");
+                    let (q, r) =
+                        finish_layer(lin, q, b, full.clone(), (error, error_rtn, damp), seconds);
                     lin.weight = std::sync::Arc::new(q.dequantize());
-                    let r = LayerReport {
-                        name: full.clone(),
-                        block: b,
-                        rows: q.out_features,
-                        cols: q.in_features,
-                        error,
-                        error_rtn,
-                        damp,
-                        seconds,
-                        skipped: None,
-                    };
                     progress.layer_done(&r);
                     reports.push(r);
                     done.push((full, q));
@@ -673,6 +624,99 @@ struct Times {
     forward: f64,
     hessian: f64,
     solve: f64,
+}
+
+/// Swaps a replayed block's saved layers (dequantized) into `block`.
+fn apply_saved(block: &mut dyn BlockRunner, b: usize, layers: &[(String, QLinear)]) -> Result<()> {
+    let prefix = (block.arch().block_prefix)(b);
+    for (full, q) in layers {
+        let lin = full
+            .strip_prefix(&prefix)
+            .and_then(|n| block.linear_mut(n))
+            .ok_or_else(|| {
+                Error::Input(format!("saved block {b} names an unknown layer {full}"))
+            })?;
+        if (lin.out_dim(), lin.in_dim()) != (q.out_features, q.in_features) {
+            return Err(Error::Input(format!(
+                "saved layer {full} is {}x{}, the model's is {}x{}",
+                q.out_features,
+                q.in_features,
+                lin.out_dim(),
+                lin.in_dim()
+            )));
+        }
+        lin.weight = std::sync::Arc::new(q.dequantize());
+    }
+    Ok(())
+}
+
+/// The layers of `group` to quantize; the others (see [`skip_reason`]) are
+/// reported as left unquantized.
+fn split_skipped(
+    block: &mut dyn BlockRunner,
+    group: &[&'static str],
+    b: usize,
+    opts: &PipelineOptions,
+    progress: &mut dyn Progress,
+    reports: &mut Vec<LayerReport>,
+) -> Result<Vec<&'static str>> {
+    let prefix = (block.arch().block_prefix)(b);
+    let mut todo = Vec::new();
+    for &name in group {
+        let full = format!("{prefix}{name}");
+        let lin = block
+            .linear_mut(name)
+            .ok_or_else(|| Error::Input(format!("block {b} has no layer {name}")))?;
+        let (rows, cols) = (lin.out_dim(), lin.in_dim());
+        match skip_reason(&full, rows, cols, opts) {
+            Some(why) => {
+                tracing::warn!("{full}: left unquantized ({why})");
+                let r = LayerReport {
+                    name: full,
+                    block: b,
+                    rows,
+                    cols,
+                    error: 0.0,
+                    error_rtn: 0.0,
+                    damp: 0.0,
+                    seconds: 0.0,
+                    skipped: Some(why),
+                };
+                progress.layer_done(&r);
+                reports.push(r);
+            }
+            None => todo.push(name),
+        }
+    }
+    Ok(todo)
+}
+
+/// A solved layer as the checkpoint will hold it (the layer's bias, f16
+/// scales and bias), so the next layers calibrate against exactly the
+/// weights that run, and its report. `(error, error_rtn, damp)` come from
+/// the solver.
+fn finish_layer(
+    lin: &gptq_models::Linear,
+    mut q: QLinear,
+    b: usize,
+    full: String,
+    (error, error_rtn, damp): (f64, f64, f32),
+    seconds: f64,
+) -> (QLinear, LayerReport) {
+    q.bias = lin.bias.clone();
+    let q = gptq_core::pack::round_to_f16(&q);
+    let r = LayerReport {
+        name: full,
+        block: b,
+        rows: q.out_features,
+        cols: q.in_features,
+        error,
+        error_rtn,
+        damp,
+        seconds,
+        skipped: None,
+    };
+    (q, r)
 }
 
 /// Why a layer cannot be stored in the packed GPTQ format, if so.

@@ -238,3 +238,171 @@ fn state_budget_does_not_change_results() {
         }
     }
 }
+
+/// A [`gptq_pipeline::BlockDevice`] made of the host's own pieces (the
+/// block runner's segments, `Hessian::add_batch` per sequence, the CPU
+/// solver): the device loop driving it must reproduce the host loop's
+/// result bit for bit, which checks the loop's order of segments, groups,
+/// rewinds and weight updates without a GPU.
+struct HostDevice<'m> {
+    model: &'m dyn gptq_models::LayerwiseModel,
+    lens: Vec<usize>,
+    x: Vec<Vec<f32>>,
+    x_in: Vec<Vec<f32>>,
+    t: Vec<Vec<f32>>,
+    block: Option<Box<dyn gptq_models::BlockRunner + 'm>>,
+    next: usize,
+    done: usize,
+    hess: HashMap<usize, gptq_quant::Hessian>,
+}
+
+impl gptq_pipeline::BlockDevice for HostDevice<'_> {
+    fn describe(&self) -> String {
+        "host device".into()
+    }
+    fn begin(&mut self, lengths: &[usize], _hidden: usize) -> gptq_pipeline::Result<()> {
+        self.lens = lengths.to_vec();
+        Ok(())
+    }
+    fn push_input(&mut self, x: &[f32]) -> gptq_pipeline::Result<()> {
+        self.x.push(x.to_vec());
+        self.t.push(Vec::new());
+        Ok(())
+    }
+    fn load_block(
+        &mut self,
+        _block: &dyn gptq_models::BlockRunner,
+        keep_input: bool,
+    ) -> gptq_pipeline::Result<()> {
+        self.block = Some(self.model.block(self.next)?);
+        self.next += 1;
+        self.done = 0;
+        self.x_in = if keep_input {
+            self.x.clone()
+        } else {
+            Vec::new()
+        };
+        Ok(())
+    }
+    fn collect(&mut self, points: &[usize]) -> gptq_pipeline::Result<()> {
+        let end = points.iter().max().unwrap() + 1;
+        let block = self.block.as_ref().unwrap();
+        self.hess.clear();
+        for ((x, t), &len) in self.x.iter_mut().zip(&mut self.t).zip(&self.lens) {
+            for s in self.done..end {
+                block.segment(s, x, t, len)?;
+                if points.contains(&s) {
+                    let n = t.len() / len;
+                    self.hess
+                        .entry(s)
+                        .or_insert_with(|| gptq_quant::Hessian::new(n))
+                        .add_batch(t, len)
+                        .unwrap();
+                }
+            }
+        }
+        self.done = end;
+        Ok(())
+    }
+    fn solve(
+        &mut self,
+        point: usize,
+        weights: &[&gptq_core::Tensor],
+        params: &GptqParams,
+    ) -> gptq_quant::Result<Vec<gptq_quant::GptqResult>> {
+        gptq_quant::gptq_quantize_many(weights, &self.hess[&point], params)
+    }
+    fn set_weight(&mut self, name: &str, q: &QLinear) -> gptq_pipeline::Result<()> {
+        let b = self.block.as_mut().unwrap();
+        b.linear_mut(name).unwrap().weight = std::sync::Arc::new(q.dequantize());
+        Ok(())
+    }
+    fn rewind(&mut self) -> gptq_pipeline::Result<()> {
+        assert!(!self.x_in.is_empty(), "rewind without keep_input");
+        self.x = self.x_in.clone();
+        self.done = 0;
+        Ok(())
+    }
+    fn finish_block(&mut self) -> gptq_pipeline::Result<()> {
+        let block = self.block.as_ref().unwrap();
+        let end = block.arch().input_points.len() + 1;
+        for ((x, t), &len) in self.x.iter_mut().zip(&mut self.t).zip(&self.lens) {
+            for s in self.done..end {
+                block.segment(s, x, t, len)?;
+            }
+        }
+        self.done = 0;
+        Ok(())
+    }
+}
+
+/// The device loop (`quantize_on_device`, the GPU's) driving host pieces
+/// gives exactly the host loop's layers, true-sequential or not.
+#[test]
+fn device_loop_reproduces_the_host_loop() {
+    let calib_ids = tokens("text/brown/brown.txt");
+    let calib = windows(&calib_ids, 6, 200, 0);
+    let files = gptq_io::source::open_dir(&shared().join("models/stories260K")).unwrap();
+    let model = gptq_models::layerwise(&files).unwrap();
+    for true_sequential in [true, false] {
+        let opts = PipelineOptions {
+            params: GptqParams {
+                bits: 8,
+                group_size: Some(32),
+                sym: false,
+                desc_act: true,
+                static_groups: false,
+                damp_percent: 0.01,
+                block_size: 128,
+                mse: false,
+            },
+            method: Method::Gptq,
+            true_sequential,
+            skip: vec![],
+            state_budget: None,
+            token_clip: None,
+            asym_calib: false,
+            solver: None,
+        };
+        let reference = quantized_layers(&opts, &calib);
+        let mut dev = HostDevice {
+            model: model.as_ref(),
+            lens: Vec::new(),
+            x: Vec::new(),
+            x_in: Vec::new(),
+            t: Vec::new(),
+            block: None,
+            next: 0,
+            done: 0,
+            hess: HashMap::new(),
+        };
+        let mut got = Vec::new();
+        let mut sink = |_: usize, qs: Vec<(String, QLinear)>| -> gptq_pipeline::Result<()> {
+            got.extend(qs);
+            Ok(())
+        };
+        let reports = gptq_pipeline::quantize_on_device(
+            model.as_ref(),
+            &calib,
+            &opts,
+            &mut (),
+            &mut sink,
+            &(),
+            &mut dev,
+        )
+        .unwrap();
+        // 8 bits pack every stories260K shape: all 7 linears × 5 blocks.
+        assert_eq!(reports.len(), 35);
+        assert_eq!(got.len(), 35);
+        assert_eq!(got.len(), reference.len());
+        for ((n1, q1), (n2, q2)) in reference.iter().zip(&got) {
+            assert_eq!(n1, n2);
+            assert_eq!(
+                q1.codes, q2.codes,
+                "{n1} (true_sequential {true_sequential})"
+            );
+            assert_eq!(q1.scales, q2.scales, "{n1}");
+            assert_eq!(q1.zeros, q2.zeros, "{n1}");
+        }
+    }
+}

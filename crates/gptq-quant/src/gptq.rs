@@ -287,11 +287,16 @@ fn errors(w: &Tensor, h: &Hessian, params: &GptqParams, qw: &[f32]) -> Result<(f
 /// Checks `w` against `h`: 2-D, `in` = side of `H`, finite (every
 /// backend's input check).
 pub fn check_weight(w: &Tensor, h: &Hessian) -> Result<()> {
+    check_weight_columns(w, h.columns())
+}
+
+/// [`check_weight`] against a Hessian of `columns` columns held elsewhere
+/// (on a device).
+pub fn check_weight_columns(w: &Tensor, columns: usize) -> Result<()> {
     let (_, inn) = weight_dims(w)?;
-    if h.columns() != inn {
+    if columns != inn {
         return Err(Error::Shape(format!(
-            "the Hessian is {0}×{0} but the weight has {inn} input features",
-            h.columns()
+            "the Hessian is {columns}×{columns} but the weight has {inn} input features"
         )));
     }
     if w.data().iter().any(|v| !v.is_finite()) {

@@ -60,39 +60,44 @@ impl std::str::FromStr for Device {
     }
 }
 
-/// The GPTQ layer solver for `device`: `None` is the CPU. `cuda` that cannot
-/// be opened is an error; `auto` falls back to the CPU with one line saying
-/// why. `gpu_hessians`: accumulate the calibration statistics on the GPU
-/// too.
-pub fn layer_solver(
-    device: Device,
-    gpu_hessians: bool,
-) -> anyhow::Result<Option<std::sync::Arc<dyn gptq_quant::LayerSolver>>> {
-    let open =
-        |ordinal: usize| -> Result<std::sync::Arc<dyn gptq_quant::LayerSolver>, gptq_cuda::Error> {
-            let dev = std::sync::Arc::new(gptq_cuda::Cuda::new(ordinal)?);
-            Ok(std::sync::Arc::new(gptq_cuda::GpuLayerSolver::new(
-                dev,
-                gpu_hessians,
-            )?))
-        };
+/// The CUDA device `device` resolves to: `None` is the CPU. `cuda` that
+/// cannot be opened is an error; `auto` falls back to the CPU with one line
+/// saying why.
+pub fn cuda_device(device: Device) -> anyhow::Result<Option<std::sync::Arc<gptq_cuda::Cuda>>> {
+    let open = |ordinal: usize| gptq_cuda::Cuda::new(ordinal).map(std::sync::Arc::new);
     match device {
         Device::Cpu => Ok(None),
-        Device::Cuda(n) => open(n).map(Some).with_context(|| {
-            format!("cannot use CUDA device {n} (--device cpu solves on the CPU)")
-        }),
+        Device::Cuda(n) => open(n)
+            .map(Some)
+            .with_context(|| format!("cannot use CUDA device {n} (--device cpu runs on the CPU)")),
         Device::Auto => {
             if let Err(e) = gptq_cuda::probe_libraries() {
-                eprintln!("device: {e}; solving on the CPU");
+                eprintln!("device: {e}; running on the CPU");
                 return Ok(None);
             }
             match open(0) {
-                Ok(s) => Ok(Some(s)),
+                Ok(d) => Ok(Some(d)),
                 Err(e) => {
-                    eprintln!("device: {e}; solving on the CPU");
+                    eprintln!("device: {e}; running on the CPU");
                     Ok(None)
                 }
             }
+        }
+    }
+}
+
+/// The GPTQ layer solver on `dev` (`None`: the CPU's). `gpu_hessians`:
+/// accumulate the calibration statistics on the GPU too.
+pub fn layer_solver(
+    dev: Option<&std::sync::Arc<gptq_cuda::Cuda>>,
+    gpu_hessians: bool,
+) -> anyhow::Result<Option<std::sync::Arc<dyn gptq_quant::LayerSolver>>> {
+    match dev {
+        None => Ok(None),
+        Some(d) => {
+            let s = gptq_cuda::GpuLayerSolver::new(d.clone(), gpu_hessians)
+                .context("cannot start the GPU solver")?;
+            Ok(Some(std::sync::Arc::new(s)))
         }
     }
 }

@@ -123,16 +123,23 @@ pub struct Args {
     #[arg(long, value_name = "MIB", hide = true)]
     pub state_budget_mib: Option<usize>,
 
-    /// Where the GPTQ layer solves run: auto (a CUDA GPU when one is
-    /// present, else the CPU), cpu, cuda or cuda:N. Results agree up to
-    /// rounding ties (docs/quantization.md); the forward passes run on the
-    /// CPU.
+    /// Where to quantize: auto (a CUDA GPU when one is present, else the
+    /// CPU), cpu, cuda or cuda:N. On a GPU, plain GPTQ (--asym-calib false)
+    /// of a Llama-family model runs entirely there (calibration forward in
+    /// f16 GEMMs, Hessians, solves); otherwise the forward passes run on
+    /// the CPU and the solves on the GPU (docs/quantization.md).
     #[arg(long, default_value = "auto", value_name = "DEVICE")]
     pub device: super::Device,
 
-    /// With a GPU: accumulate the Hessians there too (much faster; an
-    /// equally good but not bit-identical quantization, since f32 sums in
-    /// another order flip near-tie codes; docs/quantization.md).
+    /// With a GPU: keep the calibration forward on the CPU even when the
+    /// GPU could run it (solves on the GPU give the CPU's codes up to rare
+    /// rounding ties).
+    #[arg(long)]
+    pub host_forward: bool,
+
+    /// With a GPU and the host forward: accumulate the Hessians on the GPU
+    /// (faster; an equally good but not bit-identical quantization, since
+    /// f32 sums in another order flip near-tie codes).
     #[arg(long)]
     pub gpu_hessians: bool,
 }
@@ -383,7 +390,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             anyhow::bail!("--token-clip must be a positive number, got {c}");
         }
     }
-    let opts = PipelineOptions {
+    let mut opts = PipelineOptions {
         params,
         method: match a.method {
             MethodArg::Gptq => Method::Gptq,
@@ -394,13 +401,47 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         state_budget: a.state_budget_mib.map(|m| m << 20),
         token_clip: a.token_clip,
         asym_calib,
-        solver: match a.method {
-            MethodArg::Gptq => super::layer_solver(a.device, a.gpu_hessians)?,
-            MethodArg::Rtn => None,
-        },
+        solver: None,
     };
-    if let Some(s) = &opts.solver {
-        eprintln!("solver: {}", s.describe());
+    let cuda = match a.method {
+        MethodArg::Gptq => super::cuda_device(a.device)?,
+        MethodArg::Rtn => None,
+    };
+    // The whole calibration on the GPU when it can run it; else host
+    // forward passes with GPU solves.
+    let mut gpu_calib = None;
+    if let Some(dev) = &cuda {
+        let why_not = if a.host_forward {
+            Some("--host-forward".to_string())
+        } else if asym_calib {
+            Some(
+                "asymmetric calibration runs on the host (--asym-calib false for the GPU forward)"
+                    .into(),
+            )
+        } else if opts.token_clip.is_some() {
+            Some("--token-clip runs on the host".into())
+        } else if !gptq_cuda::forward::supports_arch(arch.name) {
+            Some(format!("no GPU forward for the {} architecture", arch.name))
+        } else {
+            None
+        };
+        match why_not {
+            None => {
+                let c = gptq_cuda::GpuCalibration::new(dev.clone())
+                    .context("cannot start the GPU calibration")?;
+                eprintln!("device: {}", gptq_pipeline::BlockDevice::describe(&c));
+                gpu_calib = Some(c);
+            }
+            Some(why) => {
+                opts.solver = super::layer_solver(Some(dev), a.gpu_hessians)?;
+                if let Some(s) = &opts.solver {
+                    eprintln!(
+                        "device: solver {}; calibration forward on the CPU ({why})",
+                        s.describe()
+                    );
+                }
+            }
+        }
     }
     // A last, partial group (e.g. 576 inputs at group size 128) is valid GPTQ
     // and loads in transformers/GPTQModel, but vLLM refuses such layers.
@@ -433,6 +474,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         "block_size": a.block_size,
         "token_clip": a.token_clip,
         "asym_calib": asym_calib,
+        // The GPU forward's f16 activations give slightly different codes.
+        "gpu_forward": gpu_calib.is_some(),
         "calibration_tokens": crate::commands::resume::token_hash(&samples),
         "gptq_version": env!("CARGO_PKG_VERSION"),
     });
@@ -491,14 +534,28 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             }
             Ok(())
         };
-    let reports = gptq_pipeline::quantize_resumable(
-        model.as_ref(),
-        &samples,
-        &opts,
-        &mut bars,
-        &mut sink,
-        &work,
-    )?;
+    let reports = match gpu_calib.as_mut() {
+        Some(dev) => gptq_pipeline::quantize_on_device(
+            model.as_ref(),
+            &samples,
+            &opts,
+            &mut bars,
+            &mut sink,
+            &work,
+            dev,
+        )?,
+        None => gptq_pipeline::quantize_resumable(
+            model.as_ref(),
+            &samples,
+            &opts,
+            &mut bars,
+            &mut sink,
+            &work,
+        )?,
+    };
+    let gpu_peak = gpu_calib
+        .as_ref()
+        .and_then(gptq_pipeline::BlockDevice::peak_memory);
     bars.blocks.finish_and_clear();
     bars.layers.finish_and_clear();
     for n in all_names.iter().filter(|n| !written.contains(*n)) {
@@ -571,6 +628,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                          "strings": a.calib_text.len()},
         "seconds": elapsed,
         "peak_rss_bytes": rss,
+        "peak_gpu_bytes": gpu_peak,
+        "device": gpu_calib.as_ref().map(gptq_pipeline::BlockDevice::describe)
+            .or_else(|| opts.solver.as_ref().map(|s| s.describe()))
+            .unwrap_or_else(|| "cpu".into()),
         "threads": rayon::current_num_threads(),
         "layers": reports,
     });
@@ -607,6 +668,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
 
     work.remove();
     print_summary(&reports, elapsed, rss);
+    if let Some(b) = gpu_peak {
+        println!("peak GPU memory {:.2} GiB", b as f64 / (1u64 << 30) as f64);
+    }
     println!("wrote {}", a.output.display());
     Ok(())
 }

@@ -1,0 +1,214 @@
+// The calibration forward of a Llama-family block on the GPU (see
+// src/forward.rs): the element-wise and row-wise steps between the cuBLAS
+// GEMMs. Activations entering a GEMM are f16 (`u16` here), everything else
+// f32. Header-free like w4.cu: f16 conversions are PTX, so NVRTC from the
+// PyPI wheel compiles this without CUDA headers.
+//
+// Layouts (row-major):
+//   x      [tokens, hidden]  f32 residual stream
+//   q/k/v  [len, heads·d]    f32 GEMM outputs of one sequence
+//   Qh     [heads][len][d]   f16, head-major so one GQA group's query heads
+//                            form one [rep·len, d] matrix for a batched GEMM
+//   S      [heads·len, len]  f32 attention scores, P the same in f16
+
+typedef unsigned short u16;
+typedef unsigned char u8;
+typedef unsigned int u32;
+typedef unsigned long long u64;
+
+__device__ __forceinline__ u16 f32_to_f16(float f) {
+    u16 h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+}
+
+__device__ __forceinline__ float f16_to_f32(u16 h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+
+__device__ __forceinline__ float neg_inf() { return __int_as_float(0xff800000); }
+
+// Sum over a block of blockDim.x (a multiple of 32, at most 1024) threads;
+// every thread gets the total.
+template <typename T> __device__ __forceinline__ T block_sum(T v, T *shared) {
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    __syncthreads();
+    if (lane == 0)
+        shared[warp] = v;
+    __syncthreads();
+    int warps = blockDim.x / 32;
+    T t = lane < warps ? shared[lane] : (T)0;
+    for (int o = 16; o > 0; o >>= 1)
+        t += __shfl_xor_sync(0xffffffffu, t, o);
+    return t;
+}
+
+__device__ __forceinline__ float block_max(float v, float *shared) {
+    for (int o = 16; o > 0; o >>= 1)
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    __syncthreads();
+    if (lane == 0)
+        shared[warp] = v;
+    __syncthreads();
+    int warps = blockDim.x / 32;
+    float t = lane < warps ? shared[lane] : neg_inf();
+    for (int o = 16; o > 0; o >>= 1)
+        t = fmaxf(t, __shfl_xor_sync(0xffffffffu, t, o));
+    return t;
+}
+
+// RMSNorm of one row per block: out = f16(x · rsqrt(mean(x²) + eps) · w),
+// the mean of squares summed in f64 like the CPU's rms_norm.
+extern "C" __global__ void blk_rms_norm(const float *__restrict__ x, const float *__restrict__ w,
+                                        float eps, int h, u16 *__restrict__ out) {
+    __shared__ double red[32];
+    const float *xr = x + (u64)blockIdx.x * h;
+    double s = 0.0;
+    for (int c = threadIdx.x; c < h; c += blockDim.x) {
+        double v = xr[c];
+        s += v * v;
+    }
+    s = block_sum(s, red);
+    float r = (float)(1.0 / sqrt(s / h + (double)eps));
+    u16 *o = out + (u64)blockIdx.x * h;
+    for (int c = threadIdx.x; c < h; c += blockDim.x)
+        o[c] = f32_to_f16(xr[c] * r * w[c]);
+}
+
+// y[r, c] += b[c] for y [rows, n].
+extern "C" __global__ void blk_add_bias(float *__restrict__ y, const float *__restrict__ b,
+                                        u64 rows, int n) {
+    u64 total = rows * (u64)n;
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+         i += (u64)gridDim.x * blockDim.x)
+        y[i] += b[i % n];
+}
+
+// One sequence's q, k, v (f32 [len, heads·d]) to head-major f16 with rotary
+// positions (HF rotate_half: pairs (i, i + d/2), angle = inv_freq[i]·t in
+// f32) on q and k. Grid (len, nh + 2·nkv), block d/2 threads.
+extern "C" __global__ void blk_qkv_heads(const float *__restrict__ q, const float *__restrict__ k,
+                                         const float *__restrict__ v,
+                                         const float *__restrict__ inv_freq, int len, int nh,
+                                         int nkv, int d, u16 *__restrict__ qh,
+                                         u16 *__restrict__ kh, u16 *__restrict__ vh) {
+    int t = blockIdx.x, head = blockIdx.y, i = threadIdx.x, half = d / 2;
+    if (i >= half)
+        return;
+    const float *src;
+    u16 *dst;
+    bool rotate = true;
+    if (head < nh) {
+        src = q + (u64)t * nh * d + (u64)head * d;
+        dst = qh + ((u64)head * len + t) * d;
+    } else if (head < nh + nkv) {
+        int hk = head - nh;
+        src = k + (u64)t * nkv * d + (u64)hk * d;
+        dst = kh + ((u64)hk * len + t) * d;
+    } else {
+        int hv = head - nh - nkv;
+        src = v + (u64)t * nkv * d + (u64)hv * d;
+        dst = vh + ((u64)hv * len + t) * d;
+        rotate = false;
+    }
+    float a = src[i], b = src[i + half];
+    if (rotate) {
+        float ang = inv_freq[i] * (float)t;
+        float c = cosf(ang), s = sinf(ang);
+        float a2 = a * c - b * s;
+        float b2 = b * c + a * s;
+        a = a2;
+        b = b2;
+    }
+    dst[i] = f32_to_f16(a);
+    dst[i + half] = f32_to_f16(b);
+}
+
+// Causal softmax of one row of S (already scaled) per block: row r is
+// position t = r mod len and sees keys j ≤ t (and j > t − window when
+// window > 0); P gets the probabilities in f16 and zeros elsewhere.
+extern "C" __global__ void blk_softmax_causal(const float *__restrict__ s, u16 *__restrict__ p,
+                                              int len, int window) {
+    __shared__ float red[32];
+    u64 r = blockIdx.x;
+    int t = (int)(r % (u64)len);
+    int lo = window > 0 && t + 1 > window ? t + 1 - window : 0;
+    const float *sr = s + r * len;
+    u16 *pr = p + r * len;
+    float m = neg_inf();
+    for (int j = lo + threadIdx.x; j <= t; j += blockDim.x)
+        m = fmaxf(m, sr[j]);
+    m = block_max(m, red);
+    float sum = 0.f;
+    for (int j = lo + threadIdx.x; j <= t; j += blockDim.x)
+        sum += expf(sr[j] - m);
+    sum = block_sum(sum, red);
+    float inv = 1.f / sum;
+    for (int j = threadIdx.x; j < len; j += blockDim.x)
+        pr[j] = (j >= lo && j <= t) ? f32_to_f16(expf(sr[j] - m) * inv) : (u16)0;
+}
+
+// Attention output O (f32 [nh][len][d]) to the o_proj input rows (f16
+// [len, nh·d]).
+extern "C" __global__ void blk_heads_to_rows(const float *__restrict__ o, int len, int nh, int d,
+                                             u16 *__restrict__ out) {
+    u64 total = (u64)len * nh * d;
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+         i += (u64)gridDim.x * blockDim.x) {
+        int c = (int)(i % d);
+        u64 ht = i / d;
+        int t = (int)(ht % len);
+        int h = (int)(ht / len);
+        out[((u64)t * nh + h) * d + c] = f32_to_f16(o[i]);
+    }
+}
+
+// out = f16(silu(g) · u), the SwiGLU MLP's inner activation.
+extern "C" __global__ void blk_silu_mul(const float *__restrict__ g, const float *__restrict__ u,
+                                        u64 n, u16 *__restrict__ out) {
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (u64)gridDim.x * blockDim.x) {
+        float a = g[i];
+        float s = a / (1.f + expf(-a));
+        out[i] = f32_to_f16(s * u[i]);
+    }
+}
+
+// f32 → f16 (round to nearest even).
+extern "C" __global__ void blk_to_f16(const float *__restrict__ x, u64 n, u16 *__restrict__ out) {
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (u64)gridDim.x * blockDim.x)
+        out[i] = f32_to_f16(x[i]);
+}
+
+// A quantized layer's weight as the GEMMs see it: w[r, c] = f16(s·(q − z))
+// with s = scales[g_idx[c]·rows + r] (f32, already rounded to f16 values by
+// the host), z likewise — QLinear::dequantize, then one rounding to f16.
+extern "C" __global__ void blk_dequant(const u8 *__restrict__ codes,
+                                       const float *__restrict__ scales,
+                                       const u8 *__restrict__ zeros,
+                                       const u32 *__restrict__ g_idx, int rows, int cols,
+                                       u16 *__restrict__ w) {
+    u64 total = (u64)rows * cols;
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+         i += (u64)gridDim.x * blockDim.x) {
+        int c = (int)(i % cols);
+        int r = (int)(i / cols);
+        u64 g = (u64)g_idx[c] * rows + r;
+        w[i] = f32_to_f16(scales[g] * ((float)codes[i] - (float)zeros[g]));
+    }
+}
+
+// h[i, j] = h[j, i] for i > j: the lower triangle from the upper one, so a
+// Hessian summed by a GEMM is exactly symmetric.
+extern "C" __global__ void blk_mirror_upper(float *__restrict__ h, int n) {
+    int j = blockIdx.x * blockDim.x + threadIdx.x;
+    int i = blockIdx.y;
+    if (j < i)
+        h[(u64)i * n + j] = h[(u64)j * n + i];
+}

@@ -1,0 +1,784 @@
+//! GPTQ calibration of Llama-family blocks on the GPU: the
+//! [`gptq_pipeline::BlockDevice`] that keeps every calibration sequence's
+//! state in device memory and runs them all through a block at once.
+//!
+//! * The block's linears run as cuBLAS GEMMs with f16 operands and f32
+//!   accumulation (the weights rounded once to f16, the quantized ones from
+//!   their checkpoint values); the residual stream stays f32 and the
+//!   output projections add into it directly (GEMM with `β = 1`).
+//! * RMSNorm, rotary positions, the causal softmax, SwiGLU and layout
+//!   changes are the kernels of `kernels/block.cu`; attention is per
+//!   sequence: `S = QKᵀ/√d` and `O = PV` as batched GEMMs over the
+//!   key/value heads (a group's query heads form one matrix), the softmax
+//!   in between.
+//! * A layer input's Hessian `H = (2/n)·Σ x xᵀ` is one GEMM over all
+//!   calibration tokens of the f16 values the layer actually reads (f16
+//!   products are exact in f32; sums in f32), mirrored to exact symmetry,
+//!   then solved in place by [`Solver`] — `H` never leaves the device.
+//!
+//! Device memory: the residual stream (f32) and two f16 activation buffers
+//! over all calibration tokens, the block's f16 weights, one `H` per input
+//! point, and per-sequence attention scratch (`heads·len²` scores).
+//!
+//! Results differ from the host forward's in the last bits (f16 GEMM
+//! operands vs f32), which GPTQ turns into a different but equally good
+//! quantization (measured in `bench/results/`).
+
+use crate::blas::{gemm, Mat};
+use crate::device::{dptr, load_kernels, Ctx, Cuda};
+use crate::solve::{Solver, MAX_ROWS};
+use crate::{compile, Error, Result};
+use cudarc::driver::{CudaFunction, CudaModule, CudaSlice, LaunchConfig, PushKernelArg};
+use gptq_core::{QLinear, Tensor};
+use gptq_models::BlockRunner;
+use gptq_quant::{GptqParams, GptqResult, Hessian};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Every kernel of `block.cu`.
+pub const BLOCK_FUNCTIONS: &[&str] = &[
+    "blk_rms_norm",
+    "blk_add_bias",
+    "blk_qkv_heads",
+    "blk_softmax_causal",
+    "blk_heads_to_rows",
+    "blk_silu_mul",
+    "blk_to_f16",
+    "blk_dequant",
+    "blk_mirror_upper",
+];
+
+/// Rows per chunk of the MLP's f32 intermediates (two `[rows, inter]`).
+const MLP_CHUNK_BYTES: usize = 1 << 30;
+
+/// Whether the calibration forward of architecture `name` runs on the GPU.
+pub fn supports_arch(name: &str) -> bool {
+    name == "llama"
+}
+
+struct DevLinear {
+    /// `[rows, cols]` f16 bits.
+    w: CudaSlice<u16>,
+    bias: Option<CudaSlice<f32>>,
+    rows: usize,
+    cols: usize,
+}
+
+/// Borrowed calibration state: residual, scratch `a`, scratch `b`, block.
+type State<'a> = (
+    &'a CudaSlice<f32>,
+    &'a CudaSlice<u16>,
+    &'a CudaSlice<u16>,
+    &'a DevBlock,
+);
+
+struct DevBlock {
+    ln1: CudaSlice<f32>,
+    ln2: CudaSlice<f32>,
+    inv_freq: CudaSlice<f32>,
+    eps: f32,
+    nh: usize,
+    nkv: usize,
+    d: usize,
+    /// Sliding window, 0 for none.
+    window: i32,
+    inter: usize,
+    lin: HashMap<&'static str, DevLinear>,
+}
+
+impl DevBlock {
+    fn lin(&self, name: &str) -> Result<&DevLinear> {
+        self.lin
+            .get(name)
+            .ok_or_else(|| Error::Shape(format!("the block has no layer {name}")))
+    }
+}
+
+/// The GPU calibration device (see the module docs).
+pub struct GpuCalibration {
+    dev: Arc<Cuda>,
+    solver: Solver,
+    _module: Arc<CudaModule>,
+    funcs: HashMap<String, CudaFunction>,
+    lens: Vec<usize>,
+    offs: Vec<usize>,
+    tokens: usize,
+    hidden: usize,
+    pushed: usize,
+    /// Residual stream `[tokens, hidden]`.
+    x: Option<CudaSlice<f32>>,
+    /// The block input, kept for a rewind.
+    x_in: Option<CudaSlice<f32>>,
+    /// f16 activations `[tokens, hidden]` (norm outputs).
+    a: Option<CudaSlice<u16>>,
+    /// f16 activations `[tokens, max(heads·d, inter)]` (attention output,
+    /// MLP inner activation).
+    b: Option<CudaSlice<u16>>,
+    block: Option<DevBlock>,
+    /// Segments the states have run in the current block.
+    done: usize,
+    /// `H` per input point of the current group, `[n, n]`.
+    hess: HashMap<usize, (CudaSlice<f32>, usize)>,
+    peak: usize,
+}
+
+fn grid(n: usize) -> LaunchConfig {
+    let blocks = n.div_ceil(256).clamp(1, 1 << 20) as u32;
+    LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+fn rows_cfg(rows: usize, threads: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (rows as u32, 1, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+fn to_pipeline(e: Error) -> gptq_pipeline::Error {
+    gptq_pipeline::Error::Device(e.to_string())
+}
+
+fn to_quant(e: Error) -> gptq_quant::Error {
+    match e {
+        Error::Quant(q) => q,
+        e => gptq_quant::Error::Backend(format!("GPU: {e}")),
+    }
+}
+
+impl GpuCalibration {
+    /// The calibration device on `dev` (compiles or loads `block.cu` and
+    /// the solver's kernels).
+    pub fn new(dev: Arc<Cuda>) -> Result<Self> {
+        let solver = Solver::new(dev.clone())?;
+        let (module, funcs, _) = load_kernels(
+            &dev.ctx,
+            compile::BLOCK_SOURCE,
+            "block.cu",
+            &dev.info.arch,
+            dev.info.driver_version,
+            BLOCK_FUNCTIONS,
+        )?;
+        Ok(GpuCalibration {
+            dev,
+            solver,
+            _module: module,
+            funcs,
+            lens: Vec::new(),
+            offs: Vec::new(),
+            tokens: 0,
+            hidden: 0,
+            pushed: 0,
+            x: None,
+            x_in: None,
+            a: None,
+            b: None,
+            block: None,
+            done: 0,
+            hess: HashMap::new(),
+            peak: 0,
+        })
+    }
+
+    fn func(&self, name: &str) -> Result<&CudaFunction> {
+        self.funcs
+            .get(name)
+            .ok_or_else(|| Error::Driver(format!("kernel {name} is not in the module")))
+    }
+
+    fn p<T>(&self, s: &CudaSlice<T>) -> u64 {
+        dptr(s, &self.dev.stream)
+    }
+
+    fn note_memory(&mut self) {
+        if let Ok((free, total)) = self.dev.ctx.mem_get_info() {
+            self.peak = self.peak.max(total.saturating_sub(free));
+        }
+    }
+
+    /// The residual `x`, the scratch buffers `a` and `b` and the loaded block.
+    fn state(&self) -> Result<State<'_>> {
+        match (&self.x, &self.a, &self.b, &self.block) {
+            (Some(x), Some(a), Some(b), Some(blk)) => Ok((x, a, b, blk)),
+            _ => Err(Error::Shape("no block loaded".into())),
+        }
+    }
+
+    /// `f16(v)` for host f32 values, converted on the device.
+    fn upload_f16(&self, v: &[f32]) -> Result<CudaSlice<u16>> {
+        let src = self.dev.upload(v)?;
+        let out = self.dev.zeros::<u16>(v.len())?;
+        let n = v.len() as u64;
+        let f = self.func("blk_to_f16")?;
+        let (ps, po) = (self.p(&src), self.p(&out));
+        let mut l = self.dev.stream.launch_builder(f);
+        l.arg(&ps).arg(&n).arg(&po);
+        unsafe { l.launch(grid(v.len())) }.ctx("blk_to_f16")?;
+        Ok(out)
+    }
+
+    /// `y[rows, n] += bias` (when there is one).
+    fn add_bias(&self, y: u64, bias: &Option<CudaSlice<f32>>, rows: usize, n: usize) -> Result<()> {
+        let Some(bias) = bias else { return Ok(()) };
+        let (pb, rows64, ni) = (self.p(bias), rows as u64, n as i32);
+        let f = self.func("blk_add_bias")?;
+        let mut l = self.dev.stream.launch_builder(f);
+        l.arg(&y).arg(&pb).arg(&rows64).arg(&ni);
+        unsafe { l.launch(grid(rows * n)) }.ctx("blk_add_bias")?;
+        Ok(())
+    }
+
+    /// `y[rows, out] = β·y + x[rows, in] · Wᵀ (+ bias)`, `x` f16 at `x`.
+    fn linear(&self, l: &DevLinear, x: u64, rows: usize, y: u64, beta: f32) -> Result<()> {
+        gemm(
+            &self.dev,
+            (rows, l.rows, l.cols),
+            1.0,
+            Mat::f16(x, l.cols),
+            Mat::f16(self.p(&l.w), l.cols).t(),
+            beta,
+            Mat::f32(y, l.rows),
+            1,
+        )?;
+        self.add_bias(y, &l.bias, rows, l.rows)
+    }
+
+    fn rms_norm(&self, w: &CudaSlice<f32>, eps: f32) -> Result<()> {
+        let (x, a, _, _) = self.state()?;
+        let (px, pw, pa, h) = (self.p(x), self.p(w), self.p(a), self.hidden as i32);
+        let f = self.func("blk_rms_norm")?;
+        let mut l = self.dev.stream.launch_builder(f);
+        l.arg(&px).arg(&pw).arg(&eps).arg(&h).arg(&pa);
+        unsafe { l.launch(rows_cfg(self.tokens, 256)) }.ctx("blk_rms_norm")?;
+        Ok(())
+    }
+
+    /// Segment 1: attention of every sequence, from `a` (normed) into `b`
+    /// (`[tokens, heads·d]`, the o_proj input).
+    fn attention(&self) -> Result<()> {
+        let (_, a, b, blk) = self.state()?;
+        let (nh, nkv, d) = (blk.nh, blk.nkv, blk.d);
+        let rep = nh / nkv;
+        let maxl = self.lens.iter().copied().max().unwrap_or(0);
+        let dv = &self.dev;
+        let q = dv.zeros::<f32>(maxl * nh * d)?;
+        let k = dv.zeros::<f32>(maxl * nkv * d)?;
+        let v = dv.zeros::<f32>(maxl * nkv * d)?;
+        let qh = dv.zeros::<u16>(maxl * nh * d)?;
+        let kh = dv.zeros::<u16>(maxl * nkv * d)?;
+        let vh = dv.zeros::<u16>(maxl * nkv * d)?;
+        let s = dv.zeros::<f32>(nh * maxl * maxl)?;
+        let pm = dv.zeros::<u16>(nh * maxl * maxl)?;
+        let o = dv.zeros::<f32>(nh * maxl * d)?;
+        let (pq, pk, pv) = (self.p(&q), self.p(&k), self.p(&v));
+        let (pqh, pkh, pvh) = (self.p(&qh), self.p(&kh), self.p(&vh));
+        let (ps, pp, po) = (self.p(&s), self.p(&pm), self.p(&o));
+        let (pa, pb, pf) = (self.p(a), self.p(b), self.p(&blk.inv_freq));
+        let (lq, lk, lv) = (
+            blk.lin("self_attn.q_proj")?,
+            blk.lin("self_attn.k_proj")?,
+            blk.lin("self_attn.v_proj")?,
+        );
+        let scale = 1.0 / (d as f32).sqrt();
+        let heads_fn = self.func("blk_qkv_heads")?;
+        let soft_fn = self.func("blk_softmax_causal")?;
+        let rows_fn = self.func("blk_heads_to_rows")?;
+        for (&len, &off) in self.lens.iter().zip(&self.offs) {
+            if len == 0 {
+                continue;
+            }
+            let x0 = pa + (off * self.hidden * 2) as u64;
+            self.linear(lq, x0, len, pq, 0.0)?;
+            self.linear(lk, x0, len, pk, 0.0)?;
+            self.linear(lv, x0, len, pv, 0.0)?;
+            let (li, nhi, nkvi, di) = (len as i32, nh as i32, nkv as i32, d as i32);
+            let mut l = dv.stream.launch_builder(heads_fn);
+            l.arg(&pq)
+                .arg(&pk)
+                .arg(&pv)
+                .arg(&pf)
+                .arg(&li)
+                .arg(&nhi)
+                .arg(&nkvi)
+                .arg(&di)
+                .arg(&pqh)
+                .arg(&pkh)
+                .arg(&pvh);
+            let cfg = LaunchConfig {
+                grid_dim: (len as u32, (nh + 2 * nkv) as u32, 1),
+                block_dim: ((d / 2).max(1) as u32, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            unsafe { l.launch(cfg) }.ctx("blk_qkv_heads")?;
+            // S_g[rep·len, len] = Q_g · K_gᵀ / √d per key/value head g.
+            gemm(
+                dv,
+                (rep * len, len, d),
+                scale,
+                Mat::f16(pqh, d).every(rep * len * d),
+                Mat::f16(pkh, d).t().every(len * d),
+                0.0,
+                Mat::f32(ps, len).every(rep * len * len),
+                nkv,
+            )?;
+            let mut l = dv.stream.launch_builder(soft_fn);
+            l.arg(&ps).arg(&pp).arg(&li).arg(&blk.window);
+            unsafe { l.launch(rows_cfg(nh * len, 256)) }.ctx("blk_softmax_causal")?;
+            // O_g[rep·len, d] = P_g · V_g.
+            gemm(
+                dv,
+                (rep * len, d, len),
+                1.0,
+                Mat::f16(pp, len).every(rep * len * len),
+                Mat::f16(pvh, d).every(len * d),
+                0.0,
+                Mat::f32(po, d).every(rep * len * d),
+                nkv,
+            )?;
+            let out = pb + (off * nh * d * 2) as u64;
+            let mut l = dv.stream.launch_builder(rows_fn);
+            l.arg(&po).arg(&li).arg(&nhi).arg(&di).arg(&out);
+            unsafe { l.launch(grid(len * nh * d)) }.ctx("blk_heads_to_rows")?;
+        }
+        Ok(())
+    }
+
+    /// Segment 3: `b = f16(silu(a·W_gateᵀ) · a·W_upᵀ)`, in row chunks.
+    fn mlp_inner(&self) -> Result<()> {
+        let (_, a, b, blk) = self.state()?;
+        let inter = blk.inter;
+        let chunk = (MLP_CHUNK_BYTES / (8 * inter.max(1))).clamp(1, self.tokens.max(1));
+        let g = self.dev.zeros::<f32>(chunk * inter)?;
+        let u = self.dev.zeros::<f32>(chunk * inter)?;
+        let (pg, pu, pa, pb) = (self.p(&g), self.p(&u), self.p(a), self.p(b));
+        let (lg, lu) = (blk.lin("mlp.gate_proj")?, blk.lin("mlp.up_proj")?);
+        let f = self.func("blk_silu_mul")?;
+        for r0 in (0..self.tokens).step_by(chunk) {
+            let rows = chunk.min(self.tokens - r0);
+            let x0 = pa + (r0 * self.hidden * 2) as u64;
+            self.linear(lg, x0, rows, pg, 0.0)?;
+            self.linear(lu, x0, rows, pu, 0.0)?;
+            let n = (rows * inter) as u64;
+            let out = pb + (r0 * inter * 2) as u64;
+            let mut l = self.dev.stream.launch_builder(f);
+            l.arg(&pg).arg(&pu).arg(&n).arg(&out);
+            unsafe { l.launch(grid(rows * inter)) }.ctx("blk_silu_mul")?;
+        }
+        Ok(())
+    }
+
+    /// Runs segment `s` (see [`BlockRunner::segment`]) for all sequences.
+    fn segment(&mut self, s: usize) -> Result<()> {
+        {
+            let (x, _, b, blk) = self.state()?;
+            let (px, pb) = (self.p(x), self.p(b));
+            match s {
+                0 => self.rms_norm(&blk.ln1, blk.eps)?,
+                1 => self.attention()?,
+                2 => {
+                    self.linear(blk.lin("self_attn.o_proj")?, pb, self.tokens, px, 1.0)?;
+                    self.rms_norm(&blk.ln2, blk.eps)?;
+                }
+                3 => self.mlp_inner()?,
+                4 => self.linear(blk.lin("mlp.down_proj")?, pb, self.tokens, px, 1.0)?,
+                _ => return Err(Error::Shape(format!("a Llama block has no segment {s}"))),
+            }
+        }
+        self.note_memory();
+        Ok(())
+    }
+
+    /// The f16 input buffer of point `p` and its width.
+    fn point_input(&self, p: usize) -> Result<(u64, usize)> {
+        let (_, a, b, blk) = self.state()?;
+        Ok(match p {
+            0 | 2 => (self.p(a), self.hidden),
+            1 => (self.p(b), blk.nh * blk.d),
+            3 => (self.p(b), blk.inter),
+            _ => {
+                return Err(Error::Shape(format!(
+                    "a Llama block has no input point {p}"
+                )))
+            }
+        })
+    }
+
+    /// `H = (2/n)·XᵀX` of point `p`'s current input, mirrored.
+    fn hessian(&mut self, p: usize) -> Result<()> {
+        let (px, n) = self.point_input(p)?;
+        let h = self.dev.zeros::<f32>(n * n)?;
+        let alpha = (2.0 / self.lens.len() as f64) as f32;
+        let ph = self.p(&h);
+        gemm(
+            &self.dev,
+            (n, n, self.tokens),
+            alpha,
+            Mat::f16(px, n).t(),
+            Mat::f16(px, n),
+            0.0,
+            Mat::f32(ph, n),
+            1,
+        )?;
+        let ni = n as i32;
+        let f = self.func("blk_mirror_upper")?;
+        let mut l = self.dev.stream.launch_builder(f);
+        l.arg(&ph).arg(&ni);
+        let cfg = LaunchConfig {
+            grid_dim: ((n as u32).div_ceil(256), n as u32, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        unsafe { l.launch(cfg) }.ctx("blk_mirror_upper")?;
+        self.hess.insert(p, (h, n));
+        self.note_memory();
+        Ok(())
+    }
+
+    fn quantize(
+        &mut self,
+        point: usize,
+        weights: &[&Tensor],
+        params: &GptqParams,
+    ) -> Result<Vec<GptqResult>> {
+        let (h, n) = self
+            .hess
+            .get(&point)
+            .ok_or_else(|| Error::Shape(format!("no Hessian collected at input point {point}")))?;
+        let n = *n;
+        for w in weights {
+            gptq_quant::gptq::check_weight_columns(w, n)?;
+        }
+        let tall = weights.iter().any(|w| w.shape()[0] > MAX_ROWS);
+        if let Err(e) = Solver::supports(params).and(if tall {
+            Err(Error::Unsupported(format!("more than {MAX_ROWS} rows")))
+        } else {
+            Ok(())
+        }) {
+            tracing::debug!("solving on the CPU: {e}");
+            let hh = Hessian::from_matrix(self.dev.download(h)?, n, self.lens.len())?;
+            return Ok(gptq_quant::gptq_quantize_many(weights, &hh, params)?);
+        }
+        let prep = self.solver.prepare(h, n, params)?;
+        let out = weights
+            .iter()
+            .map(|w| {
+                let rows = w.shape()[0];
+                let wd = self.dev.upload(w.data())?;
+                let solved = self.solver.solve(&wd, rows, &prep, params)?;
+                let (error_gptq, error_rtn) = self.solver.errors(&wd, h, &solved, params)?;
+                Ok(GptqResult {
+                    q: self.solver.to_qlinear(&solved, params)?,
+                    damp_used: prep.damp_used,
+                    error_gptq,
+                    error_rtn,
+                    dead_columns: prep.order.ndead,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.note_memory();
+        Ok(out)
+    }
+
+    fn load(&mut self, block: &dyn BlockRunner, keep_input: bool) -> Result<()> {
+        let view = block.llama_view().ok_or_else(|| {
+            Error::Unsupported(format!(
+                "the GPU calibration forward runs Llama-family blocks, not {}",
+                block.arch().name
+            ))
+        })?;
+        let h = self.hidden;
+        if view.input_norm.len() != h || view.post_norm.len() != h {
+            return Err(Error::Shape(format!("norm weights are not [{h}]")));
+        }
+        if view.n_kv == 0 || !view.n_heads.is_multiple_of(view.n_kv) || view.head_dim % 2 != 0 {
+            return Err(Error::Shape(format!(
+                "{} query heads over {} key/value heads of dimension {}",
+                view.n_heads, view.n_kv, view.head_dim
+            )));
+        }
+        // Free the previous block's weights first.
+        self.block = None;
+        self.hess.clear();
+        let mut lin = HashMap::new();
+        for (name, l) in &view.linears {
+            let w = l.dense_weight();
+            let (rows, cols) = (w.shape()[0], w.shape()[1]);
+            lin.insert(
+                *name,
+                DevLinear {
+                    w: self.upload_f16(w.data())?,
+                    bias: l.bias.as_ref().map(|b| self.dev.upload(b)).transpose()?,
+                    rows,
+                    cols,
+                },
+            );
+        }
+        let inter = lin.get("mlp.gate_proj").map_or(0, |l: &DevLinear| l.rows);
+        let (nh, d) = (view.n_heads, view.head_dim);
+        let widths = [
+            ("self_attn.q_proj", nh * d, h),
+            ("self_attn.k_proj", view.n_kv * d, h),
+            ("self_attn.v_proj", view.n_kv * d, h),
+            ("self_attn.o_proj", h, nh * d),
+            ("mlp.gate_proj", inter, h),
+            ("mlp.up_proj", inter, h),
+            ("mlp.down_proj", h, inter),
+        ];
+        for (name, rows, cols) in widths {
+            match lin.get(name) {
+                Some(l) if (l.rows, l.cols) == (rows, cols) => {}
+                Some(l) => {
+                    return Err(Error::Shape(format!(
+                        "{name} is {}x{}, expected {rows}x{cols}",
+                        l.rows, l.cols
+                    )))
+                }
+                None => return Err(Error::Shape(format!("the block has no {name}"))),
+            }
+        }
+        let bw = (nh * d).max(inter);
+        if self.b.as_ref().is_none_or(|b| b.len() < self.tokens * bw) {
+            self.b = None;
+            self.b = Some(self.dev.zeros::<u16>(self.tokens * bw)?);
+        }
+        if self.a.is_none() {
+            self.a = Some(self.dev.zeros::<u16>(self.tokens * h)?);
+        }
+        self.block = Some(DevBlock {
+            ln1: self.dev.upload(view.input_norm)?,
+            ln2: self.dev.upload(view.post_norm)?,
+            inv_freq: self.dev.upload(view.inv_freq)?,
+            eps: view.eps,
+            nh,
+            nkv: view.n_kv,
+            d,
+            window: view.window.map_or(0, |w| w.min(i32::MAX as usize) as i32),
+            inter,
+            lin,
+        });
+        self.done = 0;
+        if keep_input {
+            let x = self
+                .x
+                .as_ref()
+                .ok_or_else(|| Error::Shape("no inputs".into()))?;
+            let mut keep = match self.x_in.take() {
+                Some(k) => k,
+                None => self.dev.zeros::<f32>(x.len())?,
+            };
+            self.dev
+                .stream
+                .memcpy_dtod(x, &mut keep)
+                .ctx("keeping the block input")?;
+            self.x_in = Some(keep);
+        }
+        self.note_memory();
+        Ok(())
+    }
+
+    fn replace_weight(&mut self, name: &str, q: &QLinear) -> Result<()> {
+        q.validate().map_err(|e| Error::Shape(e.to_string()))?;
+        let (rows, cols) = (q.out_features, q.in_features);
+        let codes = self.dev.upload(&q.codes)?;
+        let scales = self.dev.upload(&q.scales)?;
+        let zeros = self.dev.upload(&q.zeros)?;
+        let gidx = self.dev.upload(&q.g_idx)?;
+        let (pc, ps, pz, pg) = (
+            self.p(&codes),
+            self.p(&scales),
+            self.p(&zeros),
+            self.p(&gidx),
+        );
+        let f = self.func("blk_dequant")?.clone();
+        let blk = self
+            .block
+            .as_mut()
+            .ok_or_else(|| Error::Shape("no block loaded".into()))?;
+        let l = blk
+            .lin
+            .get_mut(name)
+            .ok_or_else(|| Error::Shape(format!("the block has no layer {name}")))?;
+        if (l.rows, l.cols) != (rows, cols) {
+            return Err(Error::Shape(format!(
+                "{name}: quantized {rows}x{cols}, the block's is {}x{}",
+                l.rows, l.cols
+            )));
+        }
+        let pw = dptr(&l.w, &self.dev.stream);
+        let (ri, ci) = (rows as i32, cols as i32);
+        let mut b = self.dev.stream.launch_builder(&f);
+        b.arg(&pc)
+            .arg(&ps)
+            .arg(&pz)
+            .arg(&pg)
+            .arg(&ri)
+            .arg(&ci)
+            .arg(&pw);
+        unsafe { b.launch(grid(rows * cols)) }.ctx("blk_dequant")?;
+        // The uploads are dropped (freed) after the kernel is queued; the
+        // stream orders the free after it.
+        Ok(())
+    }
+
+    fn run_to(&mut self, end: usize, collect: &[usize]) -> Result<()> {
+        while self.done < end {
+            let s = self.done;
+            self.segment(s)?;
+            self.done += 1;
+            if collect.contains(&s) {
+                self.hessian(s)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Inspection, for tests.
+impl GpuCalibration {
+    /// The residual stream of all sequences `[tokens, hidden]`.
+    pub fn residual(&self) -> Result<Vec<f32>> {
+        let x = self
+            .x
+            .as_ref()
+            .ok_or_else(|| Error::Shape("no inputs".into()))?;
+        self.dev.download(x)
+    }
+
+    /// The Hessian collected at input point `p` in the current group.
+    pub fn hessian_at(&self, p: usize) -> Result<Option<Vec<f32>>> {
+        self.hess
+            .get(&p)
+            .map(|(h, _)| self.dev.download(h))
+            .transpose()
+    }
+}
+
+impl gptq_pipeline::BlockDevice for GpuCalibration {
+    fn describe(&self) -> String {
+        format!(
+            "cuda ({}), calibration forward on the GPU",
+            self.dev.info.name
+        )
+    }
+
+    fn begin(&mut self, lengths: &[usize], hidden: usize) -> gptq_pipeline::Result<()> {
+        self.lens = lengths.to_vec();
+        self.offs = lengths
+            .iter()
+            .scan(0usize, |acc, &l| {
+                let o = *acc;
+                *acc += l;
+                Some(o)
+            })
+            .collect();
+        self.tokens = lengths.iter().sum();
+        self.hidden = hidden;
+        self.pushed = 0;
+        self.x = None;
+        self.x_in = None;
+        self.a = None;
+        self.b = None;
+        self.block = None;
+        self.hess.clear();
+        self.x = Some(
+            self.dev
+                .zeros::<f32>(self.tokens * hidden)
+                .map_err(to_pipeline)?,
+        );
+        Ok(())
+    }
+
+    fn push_input(&mut self, v: &[f32]) -> gptq_pipeline::Result<()> {
+        let n = self.pushed;
+        let want = self.lens.get(n).map(|l| l * self.hidden);
+        if want != Some(v.len()) {
+            return Err(gptq_pipeline::Error::Device(format!(
+                "input {n} has {} values, expected {want:?}",
+                v.len()
+            )));
+        }
+        let off = self.offs[n] * self.hidden;
+        let x = self
+            .x
+            .as_mut()
+            .ok_or_else(|| gptq_pipeline::Error::Device("begin() first".into()))?;
+        let mut dst = x.slice_mut(off..off + v.len());
+        self.dev
+            .stream
+            .memcpy_htod(v, &mut dst)
+            .map_err(|e| gptq_pipeline::Error::Device(format!("copying an input: {e}")))?;
+        self.pushed += 1;
+        Ok(())
+    }
+
+    fn load_block(
+        &mut self,
+        block: &dyn BlockRunner,
+        keep_input: bool,
+    ) -> gptq_pipeline::Result<()> {
+        if self.pushed != self.lens.len() {
+            return Err(gptq_pipeline::Error::Device(format!(
+                "{} of {} inputs given",
+                self.pushed,
+                self.lens.len()
+            )));
+        }
+        self.load(block, keep_input).map_err(to_pipeline)
+    }
+
+    fn collect(&mut self, points: &[usize]) -> gptq_pipeline::Result<()> {
+        let end = points.iter().copied().max().map_or(0, |p| p + 1);
+        if points.iter().any(|&p| p < self.done) {
+            return Err(gptq_pipeline::Error::Device(format!(
+                "input points {points:?} are behind the states (after segment {})",
+                self.done
+            )));
+        }
+        self.hess.clear();
+        self.run_to(end, points).map_err(to_pipeline)
+    }
+
+    fn solve(
+        &mut self,
+        point: usize,
+        weights: &[&Tensor],
+        params: &GptqParams,
+    ) -> gptq_quant::Result<Vec<GptqResult>> {
+        self.quantize(point, weights, params).map_err(to_quant)
+    }
+
+    fn set_weight(&mut self, name: &str, q: &QLinear) -> gptq_pipeline::Result<()> {
+        self.replace_weight(name, q).map_err(to_pipeline)
+    }
+
+    fn rewind(&mut self) -> gptq_pipeline::Result<()> {
+        match (&self.x_in, &mut self.x) {
+            (Some(keep), Some(x)) => {
+                self.dev
+                    .stream
+                    .memcpy_dtod(keep, x)
+                    .map_err(|e| gptq_pipeline::Error::Device(format!("rewinding: {e}")))?;
+                self.done = 0;
+                Ok(())
+            }
+            _ => Err(gptq_pipeline::Error::Device(
+                "rewind without a kept block input".into(),
+            )),
+        }
+    }
+
+    fn finish_block(&mut self) -> gptq_pipeline::Result<()> {
+        self.hess.clear();
+        self.run_to(5, &[]).map_err(to_pipeline)?;
+        self.done = 0;
+        self.dev.synchronize().map_err(to_pipeline)
+    }
+
+    fn peak_memory(&self) -> Option<usize> {
+        Some(self.peak)
+    }
+}
