@@ -781,4 +781,8 @@ impl gptq_pipeline::BlockDevice for GpuCalibration {
     fn peak_memory(&self) -> Option<usize> {
         Some(self.peak)
     }
+
+    fn sync(&mut self) -> gptq_pipeline::Result<()> {
+        self.dev.synchronize().map_err(to_pipeline)
+    }
 }

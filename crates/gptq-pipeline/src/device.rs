@@ -54,6 +54,11 @@ pub trait BlockDevice {
     fn peak_memory(&self) -> Option<usize> {
         None
     }
+    /// Waits for queued device work (for honest timings; a no-op for
+    /// synchronous devices).
+    fn sync(&mut self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// [`crate::quantize_resumable`] with the calibration on `dev`. Plain GPTQ
@@ -118,12 +123,16 @@ pub fn quantize_on_device(
     // Whether the block input must be kept: a group that cannot go on, or
     // a last group whose states ran with unquantized weights.
     let keep_input = plan.iter().any(|(_, adopt)| !adopt) || !opts.true_sequential;
-    let (mut forward, mut solve) = (0.0f64, 0.0f64);
+    // Seconds in: reading and uploading blocks, forward passes and Hessians,
+    // solves (with setting the quantized weights), handing layers to `sink`.
+    let (mut load, mut forward, mut solve, mut write) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
     let mut reports = Vec::new();
     let blocks = model.num_blocks();
     for b in 0..blocks {
         progress.block_start(b, blocks);
+        let t = Instant::now();
         let mut block = model.block(b)?;
+        load += t.elapsed().as_secs_f64();
         let needed = (b + 1..blocks).any(|c| !replay.has(c));
         let prefix = (arch.block_prefix)(b);
         if replay.has(b) {
@@ -136,14 +145,23 @@ pub fn quantize_on_device(
             if needed {
                 let t = Instant::now();
                 dev.load_block(block.as_ref(), false)?;
+                dev.sync()?;
+                load += t.elapsed().as_secs_f64();
+                let t = Instant::now();
                 dev.finish_block()?;
+                dev.sync()?;
                 forward += t.elapsed().as_secs_f64();
             }
+            let t = Instant::now();
             sink(b, layers)?;
+            write += t.elapsed().as_secs_f64();
             progress.block_done(b);
             continue;
         }
+        let t = Instant::now();
         dev.load_block(block.as_ref(), keep_input)?;
+        dev.sync()?;
+        load += t.elapsed().as_secs_f64();
         let mut done: Vec<(String, QLinear)> = Vec::new();
         let mut at = 0usize; // segments the states have run
         for (group, (points, adopt)) in groups.iter().zip(&plan) {
@@ -152,6 +170,7 @@ pub fn quantize_on_device(
                 dev.rewind()?;
             }
             dev.collect(points)?;
+            dev.sync()?;
             at = points.last().copied().unwrap_or(0) + 1;
             forward += t.elapsed().as_secs_f64();
             let todo = split_skipped(block.as_mut(), group, b, opts, progress, &mut reports)?;
@@ -196,13 +215,17 @@ pub fn quantize_on_device(
                 dev.rewind()?;
             }
             dev.finish_block()?;
+            dev.sync()?;
             forward += t.elapsed().as_secs_f64();
         }
+        let t = Instant::now();
         sink(b, done)?;
+        write += t.elapsed().as_secs_f64();
         progress.block_done(b);
     }
     tracing::info!(
-        "{}: {:.1}s (forward and Hessians {forward:.1}s, solver {solve:.1}s){}",
+        "{}: {:.1}s (loading blocks {load:.1}s, forward and Hessians {forward:.1}s, \
+         solver {solve:.1}s, writing {write:.1}s){}",
         dev.describe(),
         t0.elapsed().as_secs_f64(),
         dev.peak_memory()
