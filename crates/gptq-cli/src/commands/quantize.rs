@@ -11,6 +11,7 @@ use gptq_io::gptq::{
 use gptq_pipeline::{LayerReport, Method, PipelineOptions, Progress, Replay};
 use gptq_quant::GptqParams;
 use indicatif::{MultiProgress, ProgressBar};
+use rayon::prelude::*;
 use std::collections::HashSet;
 use std::path::PathBuf;
 
@@ -504,14 +505,16 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let mut sink =
         |b: usize, layers: Vec<(String, gptq_core::QLinear)>| -> gptq_pipeline::Result<()> {
             let err = |e: String| gptq_pipeline::Error::Sink(e);
-            for (name, q) in &layers {
+            // Packing is per layer and independent: in parallel, written in order.
+            let packed: Vec<pack::Packed> = layers
+                .par_iter()
+                .map(|(name, q)| pack::pack(q, format).map_err(|e| err(format!("{name}: {e}"))))
+                .collect::<gptq_pipeline::Result<_>>()?;
+            for ((name, q), p) in layers.iter().zip(&packed) {
                 if format == Format::V1 && !q.zeros.is_empty() {
                     v1_conflicts += pack::v1_zero_point_conflicts(q);
                 }
-                let p = pack::pack(q, format).map_err(|e| err(format!("{name}: {e}")))?;
-                writer
-                    .add_packed(name, &p)
-                    .map_err(|e| err(e.to_string()))?;
+                writer.add_packed(name, p).map_err(|e| err(e.to_string()))?;
                 written.insert(format!("{name}.weight"));
                 written.insert(format!("{name}.bias"));
             }

@@ -23,6 +23,7 @@ use gptq_core::QLinear;
 use gptq_io::gptq::{packed_tensors, read_qlinear, QuantizeConfig};
 use gptq_io::safetensors::{SafetensorsSource, TensorOut};
 use gptq_pipeline::{LayerReport, Replay};
+use rayon::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
@@ -145,10 +146,13 @@ impl WorkDir {
         layers: &[(String, QLinear)],
         reports: &[LayerReport],
     ) -> anyhow::Result<()> {
+        let packed: Vec<pack::Packed> = layers
+            .par_iter()
+            .map(|(name, q)| pack::pack(q, Format::V2).map_err(|e| anyhow::anyhow!("{name}: {e}")))
+            .collect::<anyhow::Result<_>>()?;
         let mut tensors = Vec::new();
-        for (name, q) in layers {
-            let p = pack::pack(q, Format::V2).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
-            for (n, t) in packed_tensors(name, &p) {
+        for ((name, _), p) in layers.iter().zip(&packed) {
+            for (n, t) in packed_tensors(name, p) {
                 tensors.push(TensorOut {
                     name: n,
                     dtype: t.dtype,
