@@ -705,7 +705,7 @@ fn quantize_device_flag() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(
         err.lines()
-            .filter(|l| l.contains("solving on the CPU"))
+            .filter(|l| l.contains("running on the CPU"))
             .count(),
         1,
         "{err}"
