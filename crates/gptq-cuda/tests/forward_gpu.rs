@@ -141,7 +141,7 @@ fn gpu_pipeline_matches_host_pipeline_quality() {
         };
         let run = |dev: Option<&mut GpuCalibration>| {
             let mut out: Vec<(String, QLinear)> = Vec::new();
-            let mut sink = |_: usize, qs: Vec<(String, QLinear)>| -> gptq_pipeline::Result<()> {
+            let mut sink = |_: usize, qs: Vec<(String, QLinear)>, _| -> gptq_pipeline::Result<()> {
                 out.extend(qs);
                 Ok(())
             };

@@ -9,8 +9,8 @@
 //! shared through the same helpers. Only the arithmetic moves.
 
 use crate::{
-    apply_saved, finish_layer, split_skipped, Error, LayerReport, Method, PipelineOptions,
-    Progress, Replay, Result,
+    apply_saved, finish_layer, group_plan, split_skipped, write_behind, Error, Handoff,
+    LayerReport, Method, PipelineOptions, Progress, Replay, Result, Sink,
 };
 use gptq_core::{QLinear, Tensor};
 use gptq_models::{BlockRunner, LayerwiseModel};
@@ -64,12 +64,17 @@ pub trait BlockDevice {
 /// [`crate::quantize_resumable`] with the calibration on `dev`. Plain GPTQ
 /// only: round-to-nearest needs no forward, and asymmetric calibration and
 /// token clipping run on the host path.
+///
+/// Three things overlap: the device's work on block `b`, reading block
+/// `b + 1` from the checkpoint (a helper thread), and packing and writing
+/// block `b - 1` (the writer thread, see [`crate::write_behind`]). The
+/// host then holds up to three blocks, each freed when done.
 pub fn quantize_on_device(
     model: &dyn LayerwiseModel,
     samples: &[Vec<u32>],
     opts: &PipelineOptions,
     progress: &mut dyn Progress,
-    sink: &mut dyn FnMut(usize, Vec<(String, QLinear)>) -> Result<()>,
+    sink: &mut Sink<'_>,
     replay: &dyn Replay,
     dev: &mut dyn BlockDevice,
 ) -> Result<Vec<LayerReport>> {
@@ -83,6 +88,62 @@ pub fn quantize_on_device(
                 .into(),
         ));
     }
+    write_behind(sink, |handoff| {
+        std::thread::scope(|scope| {
+            let mut next = Prefetch {
+                scope,
+                model,
+                pending: None,
+            };
+            device_loop(
+                model, samples, opts, progress, handoff, replay, dev, &mut next,
+            )
+        })
+    })
+}
+
+/// Reads blocks from the checkpoint one ahead of their use, on a helper
+/// thread.
+struct Prefetch<'scope, 'env> {
+    scope: &'scope std::thread::Scope<'scope, 'env>,
+    model: &'env dyn LayerwiseModel,
+    pending: Option<(usize, BlockLoad<'scope, 'env>)>,
+}
+
+/// A block being read on the helper thread.
+type BlockLoad<'scope, 'env> =
+    std::thread::ScopedJoinHandle<'scope, gptq_models::Result<Box<dyn BlockRunner + 'env>>>;
+
+impl<'scope, 'env> Prefetch<'scope, 'env> {
+    /// Block `b` (read ahead if it was asked for, else now); starts
+    /// reading `then` if given.
+    fn take(&mut self, b: usize, then: Option<usize>) -> Result<Box<dyn BlockRunner + 'env>> {
+        let block = match self.pending.take() {
+            Some((p, h)) if p == b => h
+                .join()
+                .map_err(|_| Error::Input(format!("reading block {b} panicked")))??,
+            _ => self.model.block(b)?,
+        };
+        if let Some(n) = then {
+            let model = self.model;
+            self.pending = Some((n, self.scope.spawn(move || model.block(n))));
+        }
+        Ok(block)
+    }
+}
+
+/// The loop of [`quantize_on_device`].
+#[allow(clippy::too_many_arguments)]
+fn device_loop(
+    model: &dyn LayerwiseModel,
+    samples: &[Vec<u32>],
+    opts: &PipelineOptions,
+    progress: &mut dyn Progress,
+    sink: &mut Handoff<'_>,
+    replay: &dyn Replay,
+    dev: &mut dyn BlockDevice,
+    blocks_ahead: &mut Prefetch<'_, '_>,
+) -> Result<Vec<LayerReport>> {
     let arch = model.arch();
     let hidden = model.hidden_size();
     let t0 = Instant::now();
@@ -91,38 +152,10 @@ pub fn quantize_on_device(
     for s in samples {
         dev.push_input(&model.embed(s)?)?;
     }
-    let groups: Vec<Vec<&'static str>> = if opts.true_sequential {
-        arch.sequential_groups.iter().map(|g| g.to_vec()).collect()
-    } else {
-        vec![arch.linear_layers().collect()]
-    };
-    let point_of = |name: &str| {
-        arch.point_of(name).ok_or_else(|| {
-            Error::Input(format!(
-                "architecture {}: layer {name} is in no input point",
-                arch.name
-            ))
-        })
-    };
-    // Each group's input points, and whether the states may go on from
-    // where the previous group left them: only if no layer before the
-    // group's last point is quantized by it or a later group.
-    let mut plan: Vec<(Vec<usize>, bool)> = Vec::new();
-    for (gi, group) in groups.iter().enumerate() {
-        let mut points: Vec<usize> = group.iter().map(|n| point_of(n)).collect::<Result<_>>()?;
-        points.sort_unstable();
-        points.dedup();
-        let last = points.last().copied().unwrap_or(0);
-        let later: Vec<&str> = groups[gi..].iter().flatten().copied().collect();
-        let adopt = arch.input_points[..last]
-            .iter()
-            .flat_map(|p| p.iter())
-            .all(|n| !later.contains(n));
-        plan.push((points, adopt));
-    }
+    let plan = group_plan(arch, opts.true_sequential)?;
     // Whether the block input must be kept: a group that cannot go on, or
     // a last group whose states ran with unquantized weights.
-    let keep_input = plan.iter().any(|(_, adopt)| !adopt) || !opts.true_sequential;
+    let keep_input = plan.iter().any(|g| !g.adopt) || !opts.true_sequential;
     // Seconds in: reading and uploading blocks, forward passes and Hessians,
     // solves (with setting the quantized weights), handing layers to `sink`.
     let (mut load, mut forward, mut solve, mut write) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
@@ -130,8 +163,9 @@ pub fn quantize_on_device(
     let blocks = model.num_blocks();
     for b in 0..blocks {
         progress.block_start(b, blocks);
+        let first = reports.len();
         let t = Instant::now();
-        let mut block = model.block(b)?;
+        let mut block = blocks_ahead.take(b, (b + 1 < blocks).then_some(b + 1))?;
         load += t.elapsed().as_secs_f64();
         let needed = (b + 1..blocks).any(|c| !replay.has(c));
         let prefix = (arch.block_prefix)(b);
@@ -153,7 +187,7 @@ pub fn quantize_on_device(
                 forward += t.elapsed().as_secs_f64();
             }
             let t = Instant::now();
-            sink(b, layers)?;
+            sink(b, layers, reports[first..].to_vec())?;
             write += t.elapsed().as_secs_f64();
             progress.block_done(b);
             continue;
@@ -164,16 +198,17 @@ pub fn quantize_on_device(
         load += t.elapsed().as_secs_f64();
         let mut done: Vec<(String, QLinear)> = Vec::new();
         let mut at = 0usize; // segments the states have run
-        for (group, (points, adopt)) in groups.iter().zip(&plan) {
+        for g in &plan {
+            let points = &g.points;
             let t = Instant::now();
-            if !adopt || at > points[0] {
+            if !g.adopt || at > points[0] {
                 dev.rewind()?;
             }
             dev.collect(points)?;
             dev.sync()?;
             at = points.last().copied().unwrap_or(0) + 1;
             forward += t.elapsed().as_secs_f64();
-            let todo = split_skipped(block.as_mut(), group, b, opts, progress, &mut reports)?;
+            let todo = split_skipped(block.as_mut(), &g.names, b, opts, progress, &mut reports)?;
             for &point in points {
                 let names: Vec<&'static str> = todo
                     .iter()
@@ -219,13 +254,13 @@ pub fn quantize_on_device(
             forward += t.elapsed().as_secs_f64();
         }
         let t = Instant::now();
-        sink(b, done)?;
+        sink(b, done, reports[first..].to_vec())?;
         write += t.elapsed().as_secs_f64();
         progress.block_done(b);
     }
     tracing::info!(
         "{}: {:.1}s (loading blocks {load:.1}s, forward and Hessians {forward:.1}s, \
-         solver {solve:.1}s, writing {write:.1}s){}",
+         solver {solve:.1}s, handing to the writer {write:.1}s){}",
         dev.describe(),
         t0.elapsed().as_secs_f64(),
         dev.peak_memory()

@@ -25,7 +25,7 @@ mod device;
 pub use device::{quantize_on_device, BlockDevice};
 
 use gptq_core::{QLinear, Tensor};
-use gptq_models::{BlockRunner, LayerwiseModel};
+use gptq_models::{ArchSpec, BlockRunner, LayerwiseModel};
 use gptq_quant::{CrossTerm, GptqParams, Hessian};
 use std::time::Instant;
 
@@ -160,6 +160,105 @@ impl Progress for () {}
 /// A block from an earlier run: its quantized layers (full names, in the
 /// order the sink got them) and its layer reports.
 pub type SavedBlock = (Vec<(String, QLinear)>, Vec<LayerReport>);
+
+/// Receives each finished block, in order: its index, its quantized
+/// layers (full names) and the reports of all its layers (quantized and
+/// left unquantized). It runs on a writer thread (see [`write_behind`]).
+pub type Sink<'a> =
+    dyn FnMut(usize, Vec<(String, QLinear)>, Vec<LayerReport>) -> Result<()> + Send + 'a;
+
+/// What the loops hand finished blocks to: `sink`'s arguments, queued.
+type Handoff<'a> = dyn FnMut(usize, Vec<(String, QLinear)>, Vec<LayerReport>) -> Result<()> + 'a;
+
+/// Runs `work` with a hand-off that passes each finished block to `sink` on
+/// a writer thread, so packing and writing block `b` overlap the work on
+/// block `b + 1`. At most one block waits in the queue (memory: about two
+/// blocks' quantized layers). Blocks reach `sink` in order; the first
+/// error of either side is returned (the writer's first: when it stops,
+/// the hand-off fails too).
+fn write_behind<R>(
+    sink: &mut Sink<'_>,
+    work: impl FnOnce(&mut Handoff<'_>) -> Result<R>,
+) -> Result<R> {
+    std::thread::scope(|s| {
+        let (tx, rx) =
+            std::sync::mpsc::sync_channel::<(usize, Vec<(String, QLinear)>, Vec<LayerReport>)>(1);
+        let writer = s.spawn(move || -> Result<()> {
+            for (b, layers, reports) in rx {
+                sink(b, layers, reports)?;
+            }
+            Ok(())
+        });
+        let out = {
+            let mut handoff = move |b: usize, layers: Vec<(String, QLinear)>, reports| {
+                tx.send((b, layers, reports))
+                    .map_err(|_| Error::Sink("the checkpoint writer stopped".into()))
+            };
+            work(&mut handoff)
+        };
+        writer
+            .join()
+            .map_err(|_| Error::Sink("the checkpoint writer panicked".into()))??;
+        out
+    })
+}
+
+/// One true-sequential group of a block and how its calibration pass runs.
+struct GroupPlan {
+    /// The group's layers.
+    names: Vec<&'static str>,
+    /// The input points they read, ascending.
+    points: Vec<usize>,
+    /// States advanced to the group's inputs may be kept for the next
+    /// groups: no layer before its last point is quantized by this or a
+    /// later group.
+    adopt: bool,
+    /// The unquantized path's states may advance in place: no later group
+    /// reads a point before this group's last.
+    fp_adopt: bool,
+}
+
+/// The groups of a block (the architecture's true-sequential groups, or
+/// all linears at once), each with its input points, checked once.
+fn group_plan(arch: &ArchSpec, true_sequential: bool) -> Result<Vec<GroupPlan>> {
+    let groups: Vec<Vec<&'static str>> = if true_sequential {
+        arch.sequential_groups.iter().map(|g| g.to_vec()).collect()
+    } else {
+        vec![arch.linear_layers().collect()]
+    };
+    let point_of = |name: &str| {
+        arch.point_of(name).ok_or_else(|| {
+            Error::Input(format!(
+                "architecture {}: layer {name} is in no input point",
+                arch.name
+            ))
+        })
+    };
+    let mut plan = Vec::with_capacity(groups.len());
+    for (gi, group) in groups.iter().enumerate() {
+        let mut points: Vec<usize> = group.iter().map(|n| point_of(n)).collect::<Result<_>>()?;
+        points.sort_unstable();
+        points.dedup();
+        let last = points.last().copied().unwrap_or(0);
+        let later: Vec<&str> = groups[gi..].iter().flatten().copied().collect();
+        let adopt = arch.input_points[..last]
+            .iter()
+            .flat_map(|p| p.iter())
+            .all(|n| !later.contains(n));
+        let fp_adopt = groups[gi + 1..]
+            .iter()
+            .flatten()
+            .filter_map(|n| arch.point_of(n))
+            .all(|p| p > last);
+        plan.push(GroupPlan {
+            names: group.clone(),
+            points,
+            adopt,
+            fp_adopt,
+        });
+    }
+    Ok(plan)
+}
 
 /// Blocks finished by an earlier, interrupted run (see
 /// [`quantize_resumable`]).
@@ -355,14 +454,14 @@ fn collect_hessians(
     Ok(done)
 }
 
-/// Quantizes the model layer by layer. `sink(block, layers)` receives each
-/// block's quantized linears (full names) as soon as the block is done.
+/// Quantizes the model layer by layer. `sink` receives each block's
+/// quantized linears (full names) and reports as soon as the block is done.
 pub fn quantize(
     model: &dyn LayerwiseModel,
     samples: &[Vec<u32>],
     opts: &PipelineOptions,
     progress: &mut dyn Progress,
-    sink: &mut dyn FnMut(usize, Vec<(String, QLinear)>) -> Result<()>,
+    sink: &mut Sink<'_>,
 ) -> Result<Vec<LayerReport>> {
     quantize_resumable(model, samples, opts, progress, sink, &())
 }
@@ -378,12 +477,26 @@ pub fn quantize_resumable(
     samples: &[Vec<u32>],
     opts: &PipelineOptions,
     progress: &mut dyn Progress,
-    sink: &mut dyn FnMut(usize, Vec<(String, QLinear)>) -> Result<()>,
+    sink: &mut Sink<'_>,
     replay: &dyn Replay,
 ) -> Result<Vec<LayerReport>> {
     if samples.is_empty() {
         return Err(Error::Input("no calibration samples".into()));
     }
+    write_behind(sink, |handoff| {
+        host_loop(model, samples, opts, progress, handoff, replay)
+    })
+}
+
+/// The loop of [`quantize_resumable`], handing blocks to `sink`.
+fn host_loop(
+    model: &dyn LayerwiseModel,
+    samples: &[Vec<u32>],
+    opts: &PipelineOptions,
+    progress: &mut dyn Progress,
+    sink: &mut Handoff<'_>,
+    replay: &dyn Replay,
+) -> Result<Vec<LayerReport>> {
     let arch = model.arch();
     let hidden = model.hidden_size();
     let mut states: Vec<SeqState> = samples
@@ -404,25 +517,13 @@ pub fn quantize_resumable(
     let asym = opts.asym_calib && opts.method == Method::Gptq;
     let mut fp_states: Vec<SeqState> = if asym { states.clone() } else { Vec::new() };
     let budget = opts.state_budget.unwrap_or(2 * input_bytes);
-    let groups: Vec<Vec<&'static str>> = if opts.true_sequential {
-        arch.sequential_groups.iter().map(|g| g.to_vec()).collect()
-    } else {
-        vec![arch.linear_layers().collect()]
-    };
-    // Input point of every group member, checked once.
-    let point_of = |name: &str| {
-        arch.point_of(name).ok_or_else(|| {
-            Error::Input(format!(
-                "architecture {}: layer {name} is in no input point",
-                arch.name
-            ))
-        })
-    };
+    let plan = group_plan(arch, opts.true_sequential)?;
     let mut reports = Vec::new();
     let mut times = Times::default();
     let blocks = model.num_blocks();
     for b in 0..blocks {
         progress.block_start(b, blocks);
+        let first = reports.len();
         let mut block = model.block(b)?;
         // Whether a later block still needs this block's outputs.
         let needed = (b + 1..blocks).any(|c| !replay.has(c));
@@ -447,34 +548,17 @@ pub fn quantize_resumable(
                     finish_block(fb.as_ref(), &mut fp_states, hidden, &mut times)?;
                 }
             }
-            sink(b, layers)?;
+            sink(b, layers, reports[first..].to_vec())?;
             progress.block_done(b);
             continue;
         }
         let mut done: Vec<(String, QLinear)> = Vec::new();
         let mut kept: usize = states.iter().map(SeqState::bytes).sum();
-        for (gi, group) in groups.iter().enumerate() {
-            let mut group_points: Vec<usize> =
-                group.iter().map(|n| point_of(n)).collect::<Result<_>>()?;
-            group_points.sort_unstable();
-            group_points.dedup();
-            // A state advanced to this group's inputs can be kept for the next
-            // groups only if the segments it ran use final weights: no layer
-            // before the group's last input point is quantized later.
-            let last = group_points.last().copied().unwrap_or(0);
-            let later: Vec<&str> = groups[gi..].iter().flatten().copied().collect();
-            let adopt = arch.input_points[..last]
-                .iter()
-                .flat_map(|p| p.iter())
-                .all(|n| !later.contains(n));
+        for g in &plan {
             let fp = fp_block.as_ref().map(|fb| FpPath {
                 block: fb.as_ref(),
                 states: &mut fp_states,
-                adopt: groups[gi + 1..]
-                    .iter()
-                    .flatten()
-                    .filter_map(|n| arch.point_of(n))
-                    .all(|p| p > last),
+                adopt: g.fp_adopt,
             });
             let hs = if opts.method == Method::Gptq {
                 Some(collect_hessians(
@@ -482,8 +566,8 @@ pub fn quantize_resumable(
                     &mut states,
                     fp,
                     hidden,
-                    &group_points,
-                    adopt,
+                    &g.points,
+                    g.adopt,
                     budget,
                     &mut kept,
                     opts.token_clip,
@@ -494,7 +578,7 @@ pub fn quantize_resumable(
                 None
             };
             // Layers that cannot be stored packed stay dense.
-            let todo = split_skipped(block.as_mut(), group, b, opts, progress, &mut reports)?;
+            let todo = split_skipped(block.as_mut(), &g.names, b, opts, progress, &mut reports)?;
             // Layers reading the same input share one Hessian factorization.
             let batches: Vec<Vec<&'static str>> = match &hs {
                 Some(hs) => hs
@@ -585,7 +669,7 @@ pub fn quantize_resumable(
                 finish_block(fb.as_ref(), &mut fp_states, hidden, &mut times)?;
             }
         }
-        sink(b, done)?;
+        sink(b, done, reports[first..].to_vec())?;
         tracing::debug!("block {b}: {times:?} so far");
         progress.block_done(b);
     }

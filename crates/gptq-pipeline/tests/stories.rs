@@ -6,7 +6,7 @@
 use gptq_core::QLinear;
 use gptq_io::gptq::{CheckpointWriter, QuantizeConfig, TensorData};
 use gptq_models::{Batch, CausalLm};
-use gptq_pipeline::{Method, PipelineOptions};
+use gptq_pipeline::{LayerReport, Method, PipelineOptions};
 use gptq_quant::GptqParams;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -85,7 +85,7 @@ fn quantize(
     qcfg.checkpoint_format = "gptq_v2".into();
     let mut writer = CheckpointWriter::create(out, true, None).unwrap();
     let mut layers = HashMap::new();
-    let mut sink = |_: usize, qs: Vec<(String, QLinear)>| -> gptq_pipeline::Result<()> {
+    let mut sink = |_: usize, qs: Vec<(String, QLinear)>, _| -> gptq_pipeline::Result<()> {
         for (n, q) in qs {
             let p = gptq_core::pack::pack(&q, gptq_core::pack::Format::V2).unwrap();
             writer.add_packed(&n, &p).unwrap();
@@ -183,7 +183,7 @@ fn quantized_layers(opts: &PipelineOptions, calib: &[Vec<u32>]) -> Vec<(String, 
     let files = gptq_io::source::open_dir(&shared().join("models/stories260K")).unwrap();
     let model = gptq_models::layerwise(&files).unwrap();
     let mut out = Vec::new();
-    let mut sink = |_: usize, qs: Vec<(String, QLinear)>| -> gptq_pipeline::Result<()> {
+    let mut sink = |_: usize, qs: Vec<(String, QLinear)>, _| -> gptq_pipeline::Result<()> {
         out.extend(qs);
         Ok(())
     };
@@ -377,8 +377,13 @@ fn device_loop_reproduces_the_host_loop() {
             hess: HashMap::new(),
         };
         let mut got = Vec::new();
-        let mut sink = |_: usize, qs: Vec<(String, QLinear)>| -> gptq_pipeline::Result<()> {
+        let mut handed: Vec<(usize, Vec<LayerReport>)> = Vec::new();
+        let mut sink = |b: usize,
+                        qs: Vec<(String, QLinear)>,
+                        rs: Vec<LayerReport>|
+         -> gptq_pipeline::Result<()> {
             got.extend(qs);
+            handed.push((b, rs));
             Ok(())
         };
         let reports = gptq_pipeline::quantize_on_device(
@@ -394,6 +399,17 @@ fn device_loop_reproduces_the_host_loop() {
         // 8 bits pack every stories260K shape: all 7 linears × 5 blocks.
         assert_eq!(reports.len(), 35);
         assert_eq!(got.len(), 35);
+        // The writer got the blocks in order, each with its own reports.
+        assert_eq!(
+            handed.iter().map(|h| h.0).collect::<Vec<_>>(),
+            vec![0, 1, 2, 3, 4]
+        );
+        let names = |rs: &[LayerReport]| rs.iter().map(|r| r.name.clone()).collect::<Vec<_>>();
+        let all: Vec<LayerReport> = handed.iter().flat_map(|h| h.1.clone()).collect();
+        assert_eq!(names(&all), names(&reports));
+        assert!(handed
+            .iter()
+            .all(|(b, rs)| rs.iter().all(|r| r.block == *b)));
         assert_eq!(got.len(), reference.len());
         for ((n1, q1), (n2, q2)) in reference.iter().zip(&got) {
             assert_eq!(n1, n2);
@@ -405,4 +421,45 @@ fn device_loop_reproduces_the_host_loop() {
             assert_eq!(q1.zeros, q2.zeros, "{n1}");
         }
     }
+}
+
+/// A failing sink (the checkpoint writer, on its own thread) stops the run
+/// with its error; the blocks before it were handed over in order.
+#[test]
+fn a_failing_sink_stops_the_run_with_its_error() {
+    let calib_ids = tokens("text/brown/brown.txt");
+    let calib = windows(&calib_ids, 2, 64, 0);
+    let files = gptq_io::source::open_dir(&shared().join("models/stories260K")).unwrap();
+    let model = gptq_models::layerwise(&files).unwrap();
+    let opts = PipelineOptions {
+        params: GptqParams {
+            bits: 8,
+            group_size: Some(32),
+            sym: false,
+            desc_act: false,
+            static_groups: false,
+            damp_percent: 0.01,
+            block_size: 128,
+            mse: false,
+        },
+        method: Method::Gptq,
+        true_sequential: true,
+        skip: vec![],
+        state_budget: None,
+        token_clip: None,
+        asym_calib: false,
+        solver: None,
+    };
+    let mut seen = Vec::new();
+    let mut sink = |b: usize, _: Vec<(String, QLinear)>, _| -> gptq_pipeline::Result<()> {
+        seen.push(b);
+        if b == 2 {
+            return Err(gptq_pipeline::Error::Sink("disk full (test)".into()));
+        }
+        Ok(())
+    };
+    let err = gptq_pipeline::quantize(model.as_ref(), &calib, &opts, &mut (), &mut sink)
+        .expect_err("the sink's error");
+    assert_eq!(err.to_string(), "disk full (test)");
+    assert_eq!(seen, vec![0, 1, 2]);
 }

@@ -199,8 +199,6 @@ pub fn peak_rss() -> Option<u64> {
 }
 
 struct Bars {
-    /// Reports of the block in progress, for the resume folder.
-    pending: std::rc::Rc<std::cell::RefCell<Vec<LayerReport>>>,
     blocks: ProgressBar,
     layers: ProgressBar,
     per_block: usize,
@@ -215,7 +213,6 @@ impl Progress for Bars {
         self.layers.set_position(0);
     }
     fn layer_done(&mut self, r: &LayerReport) {
-        self.pending.borrow_mut().push(r.clone());
         self.layers.inc(1);
         let name = r
             .name
@@ -493,50 +490,50 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         arch.linear_layers().count() as u64,
         "layers",
     ));
-    let pending = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
     let mut bars = Bars {
-        pending: pending.clone(),
         blocks: blocks_bar,
         layers: layers_bar,
         per_block: arch.linear_layers().count(),
         started: std::time::Instant::now(),
     };
     let weights = files.weights.as_ref();
-    let mut sink =
-        |b: usize, layers: Vec<(String, gptq_core::QLinear)>| -> gptq_pipeline::Result<()> {
-            let err = |e: String| gptq_pipeline::Error::Sink(e);
-            // Packing is per layer and independent: in parallel, written in order.
-            let packed: Vec<pack::Packed> = layers
-                .par_iter()
-                .map(|(name, q)| pack::pack(q, format).map_err(|e| err(format!("{name}: {e}"))))
-                .collect::<gptq_pipeline::Result<_>>()?;
-            for ((name, q), p) in layers.iter().zip(&packed) {
-                if format == Format::V1 && !q.zeros.is_empty() {
-                    v1_conflicts += pack::v1_zero_point_conflicts(q);
-                }
-                writer.add_packed(name, p).map_err(|e| err(e.to_string()))?;
-                written.insert(format!("{name}.weight"));
-                written.insert(format!("{name}.bias"));
+    // Runs on the pipeline's writer thread, one block behind the solver.
+    let mut sink = |b: usize,
+                    layers: Vec<(String, gptq_core::QLinear)>,
+                    block_reports: Vec<LayerReport>|
+     -> gptq_pipeline::Result<()> {
+        let err = |e: String| gptq_pipeline::Error::Sink(e);
+        // Packing is per layer and independent: in parallel, written in order.
+        let packed: Vec<pack::Packed> = layers
+            .par_iter()
+            .map(|(name, q)| pack::pack(q, format).map_err(|e| err(format!("{name}: {e}"))))
+            .collect::<gptq_pipeline::Result<_>>()?;
+        for ((name, q), p) in layers.iter().zip(&packed) {
+            if format == Format::V1 && !q.zeros.is_empty() {
+                v1_conflicts += pack::v1_zero_point_conflicts(q);
             }
-            let prefix = (arch.block_prefix)(b);
-            let rest: Vec<&String> = all_names
-                .iter()
-                .filter(|n| n.starts_with(&prefix) && !written.contains(*n))
-                .collect();
-            for n in rest {
-                let t = weights.load_f32(n).map_err(|e| err(e.to_string()))?;
-                writer
-                    .add(n.clone(), TensorData::f16_from_tensor(&t))
-                    .map_err(|e| err(e.to_string()))?;
-                written.insert(n.clone());
-            }
-            let block_reports: Vec<LayerReport> = pending.borrow_mut().drain(..).collect();
-            if !work.has(b) {
-                work.save_block(b, &layers, &block_reports)
-                    .map_err(|e| err(format!("saving progress: {e:#}")))?;
-            }
-            Ok(())
-        };
+            writer.add_packed(name, p).map_err(|e| err(e.to_string()))?;
+            written.insert(format!("{name}.weight"));
+            written.insert(format!("{name}.bias"));
+        }
+        let prefix = (arch.block_prefix)(b);
+        let rest: Vec<&String> = all_names
+            .iter()
+            .filter(|n| n.starts_with(&prefix) && !written.contains(*n))
+            .collect();
+        for n in rest {
+            let t = weights.load_f32(n).map_err(|e| err(e.to_string()))?;
+            writer
+                .add(n.clone(), TensorData::f16_from_tensor(&t))
+                .map_err(|e| err(e.to_string()))?;
+            written.insert(n.clone());
+        }
+        if !work.has(b) {
+            work.save_block(b, &layers, &block_reports)
+                .map_err(|e| err(format!("saving progress: {e:#}")))?;
+        }
+        Ok(())
+    };
     let reports = match gpu_calib.as_mut() {
         Some(dev) => gptq_pipeline::quantize_on_device(
             model.as_ref(),
