@@ -212,3 +212,12 @@ extern "C" __global__ void blk_mirror_upper(float *__restrict__ h, int n) {
     if (j < i)
         h[(u64)i * n + j] = h[(u64)j * n + i];
 }
+
+// out = f16(a − b) of two f16 arrays (the asymmetric calibration's
+// x − x̃; exact when a and b are within a factor 2 of each other).
+extern "C" __global__ void blk_sub_f16(const u16 *__restrict__ a, const u16 *__restrict__ b, u64 n,
+                                       u16 *__restrict__ out) {
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (u64)gridDim.x * blockDim.x)
+        out[i] = f32_to_f16(f16_to_f32(a[i]) - f16_to_f32(b[i]));
+}

@@ -247,3 +247,15 @@ extern "C" __global__ void gptq_sub(const float* __restrict__ a, const float* __
          k += (long long)gridDim.x * blockDim.x)
         out[k] = __fsub_rn(a[k], b[k]);
 }
+
+// w[r][perm[p]] += t[r][p]: a correction computed in the permuted column
+// order added to the weight in its own order.
+extern "C" __global__ void gptq_add_unpermuted(const float* __restrict__ t,
+                                               const int* __restrict__ perm, int rows, int n,
+                                               float* __restrict__ w) {
+    long long p = blockIdx.x * (long long)blockDim.x + threadIdx.x;
+    long long r = blockIdx.y;
+    if (p >= n || r >= rows) return;
+    long long k = r * n + perm[p];
+    w[k] = __fadd_rn(w[k], t[r * n + p]);
+}

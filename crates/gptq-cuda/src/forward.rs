@@ -31,7 +31,7 @@ use crate::{compile, Error, Result};
 use cudarc::driver::{CudaFunction, CudaModule, CudaSlice, LaunchConfig, PushKernelArg};
 use gptq_core::{QLinear, Tensor};
 use gptq_models::BlockRunner;
-use gptq_quant::{GptqParams, GptqResult, Hessian};
+use gptq_quant::{CrossTerm, GptqParams, GptqResult, Hessian};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -46,6 +46,7 @@ pub const BLOCK_FUNCTIONS: &[&str] = &[
     "blk_to_f16",
     "blk_dequant",
     "blk_mirror_upper",
+    "blk_sub_f16",
 ];
 
 /// Rows per chunk of the MLP's f32 intermediates (two `[rows, inter]`).
@@ -64,13 +65,40 @@ struct DevLinear {
     cols: usize,
 }
 
-/// Borrowed calibration state: residual, scratch `a`, scratch `b`, block.
+/// Borrowed calibration state of one lane: residual, scratch `a`, scratch
+/// `b`, the block and the lane's linears.
 type State<'a> = (
     &'a CudaSlice<f32>,
     &'a CudaSlice<u16>,
     &'a CudaSlice<u16>,
     &'a DevBlock,
+    &'a HashMap<&'static str, DevLinear>,
 );
+
+/// One path's states over all calibration tokens. Lane 0 is the quantized
+/// model's; with asymmetric calibration lane 1 is the full-precision
+/// model's, run in lockstep through the same segments so both lanes hold
+/// a point's inputs at once.
+struct Lane {
+    /// Residual stream `[tokens, hidden]`.
+    x: CudaSlice<f32>,
+    /// The block input, kept for a rewind.
+    x_in: Option<CudaSlice<f32>>,
+    /// f16 activations `[tokens, hidden]` (norm outputs).
+    a: Option<CudaSlice<u16>>,
+    /// f16 activations `[tokens, max(heads·d, inter)]` (attention output,
+    /// MLP inner activation).
+    b: Option<CudaSlice<u16>>,
+}
+
+/// What a group's pass collected at one input point.
+struct PointStat {
+    /// `H = (2/n)·Σ x̃ᵀx̃`, `[width, width]`.
+    h: CudaSlice<f32>,
+    width: usize,
+    /// The cross term `C = (2/n)·Σ (x − x̃)ᵀx̃` (asymmetric calibration).
+    c: Option<CudaSlice<f32>>,
+}
 
 struct DevBlock {
     ln1: CudaSlice<f32>,
@@ -83,15 +111,27 @@ struct DevBlock {
     /// Sliding window, 0 for none.
     window: i32,
     inter: usize,
+    /// The linears as the quantized model has them (lane 0).
     lin: HashMap<&'static str, DevLinear>,
+    /// The unquantized linears (lane 1, asymmetric calibration).
+    fp_lin: Option<HashMap<&'static str, DevLinear>>,
 }
 
 impl DevBlock {
-    fn lin(&self, name: &str) -> Result<&DevLinear> {
-        self.lin
-            .get(name)
-            .ok_or_else(|| Error::Shape(format!("the block has no layer {name}")))
+    /// Lane `lane`'s linears.
+    fn lins(&self, lane: usize) -> Result<&HashMap<&'static str, DevLinear>> {
+        match (lane, &self.fp_lin) {
+            (0, _) => Ok(&self.lin),
+            (1, Some(fp)) => Ok(fp),
+            _ => Err(Error::Shape(format!("no lane {lane}"))),
+        }
     }
+}
+
+/// Layer `name` of a lane's linears.
+fn layer<'a>(lins: &'a HashMap<&'static str, DevLinear>, name: &str) -> Result<&'a DevLinear> {
+    lins.get(name)
+        .ok_or_else(|| Error::Shape(format!("the block has no layer {name}")))
 }
 
 /// The GPU calibration device (see the module docs).
@@ -105,20 +145,14 @@ pub struct GpuCalibration {
     tokens: usize,
     hidden: usize,
     pushed: usize,
-    /// Residual stream `[tokens, hidden]`.
-    x: Option<CudaSlice<f32>>,
-    /// The block input, kept for a rewind.
-    x_in: Option<CudaSlice<f32>>,
-    /// f16 activations `[tokens, hidden]` (norm outputs).
-    a: Option<CudaSlice<u16>>,
-    /// f16 activations `[tokens, max(heads·d, inter)]` (attention output,
-    /// MLP inner activation).
-    b: Option<CudaSlice<u16>>,
+    /// The quantized model's states and, with asymmetric calibration, the
+    /// full-precision model's (see [`Lane`]).
+    lanes: Vec<Lane>,
     block: Option<DevBlock>,
     /// Segments the states have run in the current block.
     done: usize,
-    /// `H` per input point of the current group, `[n, n]`.
-    hess: HashMap<usize, (CudaSlice<f32>, usize)>,
+    /// Statistics per input point of the current group.
+    hess: HashMap<usize, PointStat>,
     peak: usize,
 }
 
@@ -173,10 +207,7 @@ impl GpuCalibration {
             tokens: 0,
             hidden: 0,
             pushed: 0,
-            x: None,
-            x_in: None,
-            a: None,
-            b: None,
+            lanes: Vec::new(),
             block: None,
             done: 0,
             hess: HashMap::new(),
@@ -200,10 +231,15 @@ impl GpuCalibration {
         }
     }
 
-    /// The residual `x`, the scratch buffers `a` and `b` and the loaded block.
-    fn state(&self) -> Result<State<'_>> {
-        match (&self.x, &self.a, &self.b, &self.block) {
-            (Some(x), Some(a), Some(b), Some(blk)) => Ok((x, a, b, blk)),
+    /// Lane `lane`'s residual `x` and scratch buffers `a` and `b`, the
+    /// loaded block and the lane's linears.
+    fn state(&self, lane: usize) -> Result<State<'_>> {
+        let l = self
+            .lanes
+            .get(lane)
+            .ok_or_else(|| Error::Shape(format!("no lane {lane}")))?;
+        match (&l.a, &l.b, &self.block) {
+            (Some(a), Some(b), Some(blk)) => Ok((&l.x, a, b, blk, blk.lins(lane)?)),
             _ => Err(Error::Shape("no block loaded".into())),
         }
     }
@@ -247,8 +283,8 @@ impl GpuCalibration {
         self.add_bias(y, &l.bias, rows, l.rows)
     }
 
-    fn rms_norm(&self, w: &CudaSlice<f32>, eps: f32) -> Result<()> {
-        let (x, a, _, _) = self.state()?;
+    fn rms_norm(&self, lane: usize, w: &CudaSlice<f32>, eps: f32) -> Result<()> {
+        let (x, a, _, _, _) = self.state(lane)?;
         let (px, pw, pa, h) = (self.p(x), self.p(w), self.p(a), self.hidden as i32);
         let f = self.func("blk_rms_norm")?;
         let mut l = self.dev.stream.launch_builder(f);
@@ -259,8 +295,8 @@ impl GpuCalibration {
 
     /// Segment 1: attention of every sequence, from `a` (normed) into `b`
     /// (`[tokens, heads·d]`, the o_proj input).
-    fn attention(&self) -> Result<()> {
-        let (_, a, b, blk) = self.state()?;
+    fn attention(&self, lane: usize) -> Result<()> {
+        let (_, a, b, blk, lins) = self.state(lane)?;
         let (nh, nkv, d) = (blk.nh, blk.nkv, blk.d);
         let rep = nh / nkv;
         let maxl = self.lens.iter().copied().max().unwrap_or(0);
@@ -279,9 +315,9 @@ impl GpuCalibration {
         let (ps, pp, po) = (self.p(&s), self.p(&pm), self.p(&o));
         let (pa, pb, pf) = (self.p(a), self.p(b), self.p(&blk.inv_freq));
         let (lq, lk, lv) = (
-            blk.lin("self_attn.q_proj")?,
-            blk.lin("self_attn.k_proj")?,
-            blk.lin("self_attn.v_proj")?,
+            layer(lins, "self_attn.q_proj")?,
+            layer(lins, "self_attn.k_proj")?,
+            layer(lins, "self_attn.v_proj")?,
         );
         let scale = 1.0 / (d as f32).sqrt();
         let heads_fn = self.func("blk_qkv_heads")?;
@@ -348,14 +384,14 @@ impl GpuCalibration {
     }
 
     /// Segment 3: `b = f16(silu(a·W_gateᵀ) · a·W_upᵀ)`, in row chunks.
-    fn mlp_inner(&self) -> Result<()> {
-        let (_, a, b, blk) = self.state()?;
+    fn mlp_inner(&self, lane: usize) -> Result<()> {
+        let (_, a, b, blk, lins) = self.state(lane)?;
         let inter = blk.inter;
         let chunk = (MLP_CHUNK_BYTES / (8 * inter.max(1))).clamp(1, self.tokens.max(1));
         let g = self.dev.zeros::<f32>(chunk * inter)?;
         let u = self.dev.zeros::<f32>(chunk * inter)?;
         let (pg, pu, pa, pb) = (self.p(&g), self.p(&u), self.p(a), self.p(b));
-        let (lg, lu) = (blk.lin("mlp.gate_proj")?, blk.lin("mlp.up_proj")?);
+        let (lg, lu) = (layer(lins, "mlp.gate_proj")?, layer(lins, "mlp.up_proj")?);
         let f = self.func("blk_silu_mul")?;
         for r0 in (0..self.tokens).step_by(chunk) {
             let rows = chunk.min(self.tokens - r0);
@@ -371,20 +407,25 @@ impl GpuCalibration {
         Ok(())
     }
 
-    /// Runs segment `s` (see [`BlockRunner::segment`]) for all sequences.
-    fn segment(&mut self, s: usize) -> Result<()> {
+    /// Runs segment `s` (see [`BlockRunner::segment`]) of lane `lane` for
+    /// all sequences.
+    fn segment(&mut self, s: usize, lane: usize) -> Result<()> {
         {
-            let (x, _, b, blk) = self.state()?;
+            let (x, _, b, blk, lins) = self.state(lane)?;
             let (px, pb) = (self.p(x), self.p(b));
             match s {
-                0 => self.rms_norm(&blk.ln1, blk.eps)?,
-                1 => self.attention()?,
+                0 => self.rms_norm(lane, &blk.ln1, blk.eps)?,
+                1 => self.attention(lane)?,
                 2 => {
-                    self.linear(blk.lin("self_attn.o_proj")?, pb, self.tokens, px, 1.0)?;
-                    self.rms_norm(&blk.ln2, blk.eps)?;
+                    let o = layer(lins, "self_attn.o_proj")?;
+                    self.linear(o, pb, self.tokens, px, 1.0)?;
+                    self.rms_norm(lane, &blk.ln2, blk.eps)?;
                 }
-                3 => self.mlp_inner()?,
-                4 => self.linear(blk.lin("mlp.down_proj")?, pb, self.tokens, px, 1.0)?,
+                3 => self.mlp_inner(lane)?,
+                4 => {
+                    let down = layer(lins, "mlp.down_proj")?;
+                    self.linear(down, pb, self.tokens, px, 1.0)?
+                }
                 _ => return Err(Error::Shape(format!("a Llama block has no segment {s}"))),
             }
         }
@@ -392,9 +433,9 @@ impl GpuCalibration {
         Ok(())
     }
 
-    /// The f16 input buffer of point `p` and its width.
-    fn point_input(&self, p: usize) -> Result<(u64, usize)> {
-        let (_, a, b, blk) = self.state()?;
+    /// The f16 input buffer of point `p` in lane `lane` and its width.
+    fn point_input(&self, p: usize, lane: usize) -> Result<(u64, usize)> {
+        let (_, a, b, blk, _) = self.state(lane)?;
         Ok(match p {
             0 | 2 => (self.p(a), self.hidden),
             1 => (self.p(b), blk.nh * blk.d),
@@ -407,9 +448,10 @@ impl GpuCalibration {
         })
     }
 
-    /// `H = (2/n)·XᵀX` of point `p`'s current input, mirrored.
+    /// `H = (2/n)·X̃ᵀX̃` of point `p`'s current input in lane 0, mirrored,
+    /// and with a full-precision lane the cross term (see [`Self::cross`]).
     fn hessian(&mut self, p: usize) -> Result<()> {
-        let (px, n) = self.point_input(p)?;
+        let (px, n) = self.point_input(p, 0)?;
         let h = self.dev.zeros::<f32>(n * n)?;
         let alpha = (2.0 / self.lens.len() as f64) as f32;
         let ph = self.p(&h);
@@ -433,9 +475,48 @@ impl GpuCalibration {
             shared_mem_bytes: 0,
         };
         unsafe { l.launch(cfg) }.ctx("blk_mirror_upper")?;
-        self.hess.insert(p, (h, n));
+        let c = if self.lanes.len() > 1 {
+            Some(self.cross(p)?)
+        } else {
+            None
+        };
+        self.hess.insert(p, PointStat { h, width: n, c });
         self.note_memory();
         Ok(())
+    }
+
+    /// The cross term `C = (2/n)·Σ (x − x̃)ᵀx̃` of point `p` (`x` lane 1's
+    /// input, `x̃` lane 0's): `D = f16(x − x̃)` in row chunks of at most
+    /// [`MLP_CHUNK_BYTES`], each adding `DᵀX̃` into `C` by one GEMM (f16
+    /// products exact in f32, f32 sums).
+    fn cross(&self, p: usize) -> Result<CudaSlice<f32>> {
+        let (pq, n) = self.point_input(p, 0)?;
+        let (pf, _) = self.point_input(p, 1)?;
+        let c = self.dev.zeros::<f32>(n * n)?;
+        let chunk = (MLP_CHUNK_BYTES / (2 * n.max(1))).clamp(1, self.tokens.max(1));
+        let d = self.dev.zeros::<u16>(chunk * n)?;
+        let (pc, pd) = (self.p(&c), self.p(&d));
+        let alpha = (2.0 / self.lens.len() as f64) as f32;
+        let f = self.func("blk_sub_f16")?;
+        for r0 in (0..self.tokens).step_by(chunk) {
+            let rows = chunk.min(self.tokens - r0);
+            let off = (r0 * n * 2) as u64;
+            let (xf, xq, len) = (pf + off, pq + off, (rows * n) as u64);
+            let mut l = self.dev.stream.launch_builder(f);
+            l.arg(&xf).arg(&xq).arg(&len).arg(&pd);
+            unsafe { l.launch(grid(rows * n)) }.ctx("blk_sub_f16")?;
+            gemm(
+                &self.dev,
+                (n, n, rows),
+                alpha,
+                Mat::f16(pd, n).t(),
+                Mat::f16(xq, n),
+                if r0 == 0 { 0.0 } else { 1.0 },
+                Mat::f32(pc, n),
+                1,
+            )?;
+        }
+        Ok(c)
     }
 
     fn quantize(
@@ -444,11 +525,11 @@ impl GpuCalibration {
         weights: &[&Tensor],
         params: &GptqParams,
     ) -> Result<Vec<GptqResult>> {
-        let (h, n) = self
+        let stat = self
             .hess
             .get(&point)
             .ok_or_else(|| Error::Shape(format!("no Hessian collected at input point {point}")))?;
-        let n = *n;
+        let (h, n) = (&stat.h, stat.width);
         for w in weights {
             gptq_quant::gptq::check_weight_columns(w, n)?;
         }
@@ -460,14 +541,29 @@ impl GpuCalibration {
         }) {
             tracing::debug!("solving on the CPU: {e}");
             let hh = Hessian::from_matrix(self.dev.download(h)?, n, self.lens.len())?;
-            return Ok(gptq_quant::gptq_quantize_many(weights, &hh, params)?);
+            let targets = match &stat.c {
+                Some(c) => {
+                    let c = CrossTerm::from_matrix(self.dev.download(c)?, n, self.lens.len())?;
+                    gptq_quant::asymmetric_targets(weights, &hh, &c, params.damp_percent)?
+                }
+                None => Vec::new(),
+            };
+            let refs: Vec<&Tensor> = if targets.is_empty() {
+                weights.to_vec()
+            } else {
+                targets.iter().collect()
+            };
+            return Ok(gptq_quant::gptq_quantize_many(&refs, &hh, params)?);
         }
         let prep = self.solver.prepare(h, n, params)?;
         let out = weights
             .iter()
             .map(|w| {
                 let rows = w.shape()[0];
-                let wd = self.dev.upload(w.data())?;
+                let mut wd = self.dev.upload(w.data())?;
+                if let Some(c) = &stat.c {
+                    self.solver.asym_target(&mut wd, rows, c, &prep)?;
+                }
                 let solved = self.solver.solve(&wd, rows, &prep, params)?;
                 let (error_gptq, error_rtn) = self.solver.errors(&wd, h, &solved, params)?;
                 Ok(GptqResult {
@@ -541,13 +637,40 @@ impl GpuCalibration {
             }
         }
         let bw = (nh * d).max(inter);
-        if self.b.as_ref().is_none_or(|b| b.len() < self.tokens * bw) {
-            self.b = None;
-            self.b = Some(self.dev.zeros::<u16>(self.tokens * bw)?);
+        let tokens = self.tokens;
+        for i in 0..self.lanes.len() {
+            if self.lanes[i]
+                .b
+                .as_ref()
+                .is_none_or(|b| b.len() < tokens * bw)
+            {
+                self.lanes[i].b = None;
+                self.lanes[i].b = Some(self.dev.zeros::<u16>(tokens * bw)?);
+            }
+            if self.lanes[i].a.is_none() {
+                self.lanes[i].a = Some(self.dev.zeros::<u16>(tokens * h)?);
+            }
         }
-        if self.a.is_none() {
-            self.a = Some(self.dev.zeros::<u16>(self.tokens * h)?);
-        }
+        // The full-precision lane's own copy of the weights.
+        let fp_lin = if self.lanes.len() > 1 {
+            let mut fp = HashMap::new();
+            for (name, l) in &lin {
+                let copy = DevLinear {
+                    w: self.dev.stream.clone_dtod(&l.w).ctx("copying a weight")?,
+                    bias: l
+                        .bias
+                        .as_ref()
+                        .map(|b| self.dev.stream.clone_dtod(b).ctx("copying a bias"))
+                        .transpose()?,
+                    rows: l.rows,
+                    cols: l.cols,
+                };
+                fp.insert(*name, copy);
+            }
+            Some(fp)
+        } else {
+            None
+        };
         self.block = Some(DevBlock {
             ln1: self.dev.upload(view.input_norm)?,
             ln2: self.dev.upload(view.post_norm)?,
@@ -559,22 +682,21 @@ impl GpuCalibration {
             window: view.window.map_or(0, |w| w.min(i32::MAX as usize) as i32),
             inter,
             lin,
+            fp_lin,
         });
         self.done = 0;
         if keep_input {
-            let x = self
-                .x
-                .as_ref()
-                .ok_or_else(|| Error::Shape("no inputs".into()))?;
-            let mut keep = match self.x_in.take() {
-                Some(k) => k,
-                None => self.dev.zeros::<f32>(x.len())?,
-            };
-            self.dev
-                .stream
-                .memcpy_dtod(x, &mut keep)
-                .ctx("keeping the block input")?;
-            self.x_in = Some(keep);
+            for i in 0..self.lanes.len() {
+                let mut keep = match self.lanes[i].x_in.take() {
+                    Some(k) => k,
+                    None => self.dev.zeros::<f32>(self.lanes[i].x.len())?,
+                };
+                self.dev
+                    .stream
+                    .memcpy_dtod(&self.lanes[i].x, &mut keep)
+                    .ctx("keeping the block input")?;
+                self.lanes[i].x_in = Some(keep);
+            }
         }
         self.note_memory();
         Ok(())
@@ -627,7 +749,9 @@ impl GpuCalibration {
     fn run_to(&mut self, end: usize, collect: &[usize]) -> Result<()> {
         while self.done < end {
             let s = self.done;
-            self.segment(s)?;
+            for lane in 0..self.lanes.len() {
+                self.segment(s, lane)?;
+            }
             self.done += 1;
             if collect.contains(&s) {
                 self.hessian(s)?;
@@ -641,18 +765,27 @@ impl GpuCalibration {
 impl GpuCalibration {
     /// The residual stream of all sequences `[tokens, hidden]`.
     pub fn residual(&self) -> Result<Vec<f32>> {
-        let x = self
-            .x
-            .as_ref()
+        let lane = self
+            .lanes
+            .first()
             .ok_or_else(|| Error::Shape("no inputs".into()))?;
-        self.dev.download(x)
+        self.dev.download(&lane.x)
     }
 
     /// The Hessian collected at input point `p` in the current group.
     pub fn hessian_at(&self, p: usize) -> Result<Option<Vec<f32>>> {
         self.hess
             .get(&p)
-            .map(|(h, _)| self.dev.download(h))
+            .map(|st| self.dev.download(&st.h))
+            .transpose()
+    }
+
+    /// The cross term collected at input point `p` (asymmetric calibration).
+    pub fn cross_at(&self, p: usize) -> Result<Option<Vec<f32>>> {
+        self.hess
+            .get(&p)
+            .and_then(|st| st.c.as_ref())
+            .map(|c| self.dev.download(c))
             .transpose()
     }
 }
@@ -660,12 +793,17 @@ impl GpuCalibration {
 impl gptq_pipeline::BlockDevice for GpuCalibration {
     fn describe(&self) -> String {
         format!(
-            "cuda ({}), calibration forward on the GPU",
-            self.dev.info.name
+            "cuda ({}), calibration forward on the GPU{}",
+            self.dev.info.name,
+            if self.lanes.len() > 1 {
+                " (quantized and full-precision paths)"
+            } else {
+                ""
+            }
         )
     }
 
-    fn begin(&mut self, lengths: &[usize], hidden: usize) -> gptq_pipeline::Result<()> {
+    fn begin(&mut self, lengths: &[usize], hidden: usize, asym: bool) -> gptq_pipeline::Result<()> {
         self.lens = lengths.to_vec();
         self.offs = lengths
             .iter()
@@ -678,17 +816,21 @@ impl gptq_pipeline::BlockDevice for GpuCalibration {
         self.tokens = lengths.iter().sum();
         self.hidden = hidden;
         self.pushed = 0;
-        self.x = None;
-        self.x_in = None;
-        self.a = None;
-        self.b = None;
+        self.lanes.clear();
         self.block = None;
         self.hess.clear();
-        self.x = Some(
-            self.dev
+        for _ in 0..if asym { 2 } else { 1 } {
+            let x = self
+                .dev
                 .zeros::<f32>(self.tokens * hidden)
-                .map_err(to_pipeline)?,
-        );
+                .map_err(to_pipeline)?;
+            self.lanes.push(Lane {
+                x,
+                x_in: None,
+                a: None,
+                b: None,
+            });
+        }
         Ok(())
     }
 
@@ -702,15 +844,14 @@ impl gptq_pipeline::BlockDevice for GpuCalibration {
             )));
         }
         let off = self.offs[n] * self.hidden;
-        let x = self
-            .x
-            .as_mut()
-            .ok_or_else(|| gptq_pipeline::Error::Device("begin() first".into()))?;
-        let mut dst = x.slice_mut(off..off + v.len());
-        self.dev
-            .stream
-            .memcpy_htod(v, &mut dst)
-            .map_err(|e| gptq_pipeline::Error::Device(format!("copying an input: {e}")))?;
+        // Both lanes start from the same embeddings.
+        for lane in &mut self.lanes {
+            let mut dst = lane.x.slice_mut(off..off + v.len());
+            self.dev
+                .stream
+                .memcpy_htod(v, &mut dst)
+                .map_err(|e| gptq_pipeline::Error::Device(format!("copying an input: {e}")))?;
+        }
         self.pushed += 1;
         Ok(())
     }
@@ -756,19 +897,17 @@ impl gptq_pipeline::BlockDevice for GpuCalibration {
     }
 
     fn rewind(&mut self) -> gptq_pipeline::Result<()> {
-        match (&self.x_in, &mut self.x) {
-            (Some(keep), Some(x)) => {
-                self.dev
-                    .stream
-                    .memcpy_dtod(keep, x)
-                    .map_err(|e| gptq_pipeline::Error::Device(format!("rewinding: {e}")))?;
-                self.done = 0;
-                Ok(())
-            }
-            _ => Err(gptq_pipeline::Error::Device(
-                "rewind without a kept block input".into(),
-            )),
+        for lane in &mut self.lanes {
+            let keep = lane.x_in.as_ref().ok_or_else(|| {
+                gptq_pipeline::Error::Device("rewind without a kept block input".into())
+            })?;
+            self.dev
+                .stream
+                .memcpy_dtod(keep, &mut lane.x)
+                .map_err(|e| gptq_pipeline::Error::Device(format!("rewinding: {e}")))?;
         }
+        self.done = 0;
+        Ok(())
     }
 
     fn finish_block(&mut self) -> gptq_pipeline::Result<()> {

@@ -54,6 +54,7 @@ pub const SOLVE_FUNCTIONS: &[&str] = &[
     "gptq_delta_rtn",
     "gptq_row_dot",
     "gptq_sub",
+    "gptq_add_unpermuted",
 ];
 
 /// Widest lazy batch the block kernel holds (4 columns per lane).
@@ -479,6 +480,94 @@ impl Solver {
             Mat::f32(c, ldc),
             1,
         )
+    }
+
+    /// The asymmetric calibration target (see `gptq_quant::asym`) of the
+    /// device weight `w` (`[rows, n]`, original column order), in place:
+    /// `W ← W + W·C·(H + λI)⁻¹` with `prep`'s damping and dead columns, as
+    /// `gptq_quant::asymmetric_targets` computes on the host. With `P` the
+    /// processing order, `(H + λI)⁻¹ = PᵀUᵀUP`, so the correction is
+    /// `(WC)Pᵀ·Uᵀ·U` taken back to the original order: three f32 GEMMs (no
+    /// TF32) where the host solves in f64 — they agree to about 1e-5 of the
+    /// correction (checked in `tests/solve_gpu.rs`). Dead columns are
+    /// decoupled in `H + λI` (their rows and columns of `H` are zero), so
+    /// zeroing them in `(WC)Pᵀ` changes no other column.
+    pub fn asym_target(
+        &self,
+        w: &mut CudaSlice<f32>,
+        rows: usize,
+        c: &CudaSlice<f32>,
+        prep: &Prepared,
+    ) -> Result<()> {
+        let n = prep.order.perm.len();
+        if rows == 0 || w.len() < rows * n || c.len() < n * n {
+            return Err(Error::Shape(format!(
+                "a weight of {} values and a cross term of {} values are not [{rows}, {n}] and \
+                 [{n}, {n}]",
+                w.len(),
+                c.len()
+            )));
+        }
+        if rows > MAX_ROWS {
+            return Err(Error::Unsupported(format!(
+                "{rows} output rows (the element-wise kernels take at most {MAX_ROWS})"
+            )));
+        }
+        let st = &self.dev.stream;
+        let (ri, ni) = (rows as i32, n as i32);
+        let g = self.dev.zeros::<f32>(rows * n)?;
+        let mut gp = self.dev.zeros::<f32>(rows * n)?;
+        let (pw, pc, pu) = (dptr(w, st), dptr(c, st), dptr(&prep.u, st));
+        let (pg, pgp) = (dptr(&g, st), dptr(&gp, st));
+        // G = W·C.
+        blas::gemm(
+            &self.dev,
+            (rows, n, n),
+            1.0,
+            Mat::f32(pw, n),
+            Mat::f32(pc, n),
+            0.0,
+            Mat::f32(pg, n),
+            1,
+        )?;
+        {
+            let f = self.func("gptq_permute")?;
+            let mut b = st.launch_builder(f);
+            b.arg(&g)
+                .arg(&prep.perm)
+                .arg(&prep.dead)
+                .arg(&ri)
+                .arg(&ni)
+                .arg(&mut gp);
+            unsafe { b.launch(grid_2d(rows, n)) }.ctx("gptq_permute")?;
+        }
+        // G ← GP·Uᵀ, then GP ← G·U.
+        blas::gemm(
+            &self.dev,
+            (rows, n, n),
+            1.0,
+            Mat::f32(pgp, n),
+            Mat::f32(pu, n).t(),
+            0.0,
+            Mat::f32(pg, n),
+            1,
+        )?;
+        blas::gemm(
+            &self.dev,
+            (rows, n, n),
+            1.0,
+            Mat::f32(pg, n),
+            Mat::f32(pu, n),
+            0.0,
+            Mat::f32(pgp, n),
+            1,
+        )?;
+        let f = self.func("gptq_add_unpermuted")?;
+        let mut b = st.launch_builder(f);
+        b.arg(&gp).arg(&prep.perm).arg(&ri).arg(&ni).arg(w);
+        unsafe { b.launch(grid_2d(rows, n)) }.ctx("gptq_add_unpermuted")?;
+        drop(g);
+        Ok(())
     }
 
     /// GPTQ of the device weight `w` (`[rows, n]` row-major, original column

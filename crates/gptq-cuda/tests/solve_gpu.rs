@@ -213,3 +213,70 @@ fn gpu_stats_match_host_stats() {
         }
     }
 }
+
+/// The asymmetric target `W′ = W + W·C·(H + λI)⁻¹` on the GPU (f32 GEMMs
+/// through `U`) against the host's (f64 Cholesky solve), with dead columns
+/// and act-order: the corrections `W′ − W` agree to 1e-3 relative
+/// (Frobenius). `H + λI` has condition number ≲ 1e4 here (20× channels,
+/// 1 % damping), so f32 products through `U` lose at most ~1e4 × 6e-8 ≈
+/// 6e-4 of the correction; a wrong order or transpose gives O(1).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gpu_asym_target_matches_host() {
+    let dev = Arc::new(Cuda::new(0).expect("a CUDA device"));
+    let solver = Solver::new(dev.clone()).expect("solver");
+    for (out, inn, dead) in [(64usize, 200usize, &[][..]), (48, 333, &[3usize, 100][..])] {
+        let tokens = 800;
+        let (w, _) = layer(out, inn, tokens, dead, 11);
+        // Quantized-model inputs x̃ and full-precision inputs x = x̃ + noise.
+        let mut xq = normal_values(tokens * inn, 5, 1.0);
+        for row in xq.chunks_exact_mut(inn) {
+            for v in row.iter_mut().take(4) {
+                *v *= 20.0;
+            }
+            for &c in dead {
+                row[c] = 0.0;
+            }
+        }
+        let xf: Vec<f32> = xq
+            .iter()
+            .zip(normal_values(tokens * inn, 6, 0.05))
+            .map(|(a, b)| a + b)
+            .collect();
+        let mut h = Hessian::new(inn);
+        let mut c = gptq_quant::CrossTerm::new(inn);
+        for (sq, sf) in xq.chunks(tokens / 4 * inn).zip(xf.chunks(tokens / 4 * inn)) {
+            h.add_batch(sq, sq.len() / inn).expect("h");
+            c.add_batch(sf, sq, sq.len() / inn).expect("c");
+        }
+        for desc_act in [false, true] {
+            let params = GptqParams {
+                bits: 4,
+                group_size: Some(32),
+                desc_act,
+                ..Default::default()
+            };
+            let host = gptq_quant::asymmetric_targets(&[&w], &h, &c, params.damp_percent)
+                .expect("host target");
+            let hd = dev.upload(h.matrix()).expect("upload");
+            let cd = dev.upload(c.matrix()).expect("upload");
+            let prep = solver.prepare(&hd, inn, &params).expect("prepare");
+            let mut wd = dev.upload(w.data()).expect("upload");
+            solver
+                .asym_target(&mut wd, out, &cd, &prep)
+                .expect("gpu target");
+            let got = dev.download(&wd).expect("download");
+            let (mut num, mut den) = (0.0f64, 0.0f64);
+            for ((&g, &t), &w0) in got.iter().zip(host[0].data()).zip(w.data()) {
+                let want = (t - w0) as f64;
+                let have = (g - w0) as f64;
+                num += (want - have).powi(2);
+                den += want.powi(2);
+            }
+            let e = (num / den.max(1e-30)).sqrt();
+            eprintln!("{out}x{inn} desc_act {desc_act}: correction relative error {e:.2e}");
+            assert!(den > 0.0, "no correction at all");
+            assert!(e < 1e-3, "{out}x{inn} desc_act {desc_act}: {e}");
+        }
+    }
+}

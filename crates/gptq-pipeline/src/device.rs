@@ -24,11 +24,17 @@ use std::time::Instant;
 pub trait BlockDevice {
     /// What runs, for logs and reports.
     fn describe(&self) -> String;
-    /// Starts a run of sequences of `lengths` tokens, `hidden` wide.
-    fn begin(&mut self, lengths: &[usize], hidden: usize) -> Result<()>;
+    /// Starts a run of sequences of `lengths` tokens, `hidden` wide. With
+    /// `asym`, the device also runs the full-precision model beside the
+    /// quantized one (asymmetric calibration, see `gptq_quant::asym`): the
+    /// weights as loaded, never changed by [`Self::set_weight`]; each
+    /// point's statistics then include the cross term and [`Self::solve`]
+    /// fits the asymmetric targets.
+    fn begin(&mut self, lengths: &[usize], hidden: usize, asym: bool) -> Result<()>;
     /// The next sequence's block-0 input `[len, hidden]`, in order.
     fn push_input(&mut self, x: &[f32]) -> Result<()>;
-    /// Loads `block` as it is now; the sequences stand at its input. With
+    /// Loads `block` (unquantized: quantized layers come through
+    /// [`Self::set_weight`]); the sequences stand at its input. With
     /// `keep_input` the input is kept for [`Self::rewind`].
     fn load_block(&mut self, block: &dyn BlockRunner, keep_input: bool) -> Result<()>;
     /// Runs every sequence on to the last of `points` (input points, see
@@ -43,7 +49,8 @@ pub trait BlockDevice {
         weights: &[&Tensor],
         params: &GptqParams,
     ) -> gptq_quant::Result<Vec<GptqResult>>;
-    /// Replaces layer `name`'s weight in the loaded block by `q`'s values.
+    /// Replaces layer `name`'s weight in the loaded block by `q`'s values
+    /// (in the quantized model only).
     fn set_weight(&mut self, name: &str, q: &QLinear) -> Result<()>;
     /// Puts the sequences back at the block input (needs `keep_input`).
     fn rewind(&mut self) -> Result<()>;
@@ -61,9 +68,9 @@ pub trait BlockDevice {
     }
 }
 
-/// [`crate::quantize_resumable`] with the calibration on `dev`. Plain GPTQ
-/// only: round-to-nearest needs no forward, and asymmetric calibration and
-/// token clipping run on the host path.
+/// [`crate::quantize_resumable`] with the calibration on `dev`. GPTQ with
+/// or without asymmetric calibration; round-to-nearest needs no forward,
+/// and token clipping runs on the host path.
 ///
 /// Three things overlap: the device's work on block `b`, reading block
 /// `b + 1` from the checkpoint (a helper thread), and packing and writing
@@ -81,11 +88,9 @@ pub fn quantize_on_device(
     if samples.is_empty() {
         return Err(Error::Input("no calibration samples".into()));
     }
-    if opts.method != Method::Gptq || opts.asym_calib || opts.token_clip.is_some() {
+    if opts.method != Method::Gptq || opts.token_clip.is_some() {
         return Err(Error::Input(
-            "the device calibration runs plain GPTQ (no --method rtn, asymmetric calibration or \
-             token clipping)"
-                .into(),
+            "the device calibration runs GPTQ (no --method rtn or token clipping)".into(),
         ));
     }
     write_behind(sink, |handoff| {
@@ -148,7 +153,7 @@ fn device_loop(
     let hidden = model.hidden_size();
     let t0 = Instant::now();
     let lengths: Vec<usize> = samples.iter().map(Vec::len).collect();
-    dev.begin(&lengths, hidden)?;
+    dev.begin(&lengths, hidden, opts.asym_calib)?;
     for s in samples {
         dev.push_input(&model.embed(s)?)?;
     }
@@ -171,16 +176,25 @@ fn device_loop(
         let prefix = (arch.block_prefix)(b);
         if replay.has(b) {
             let (layers, block_reports) = replay.load(b)?;
+            if needed {
+                // Unquantized first (the full-precision path's weights),
+                // then the saved layers as in the run that saved them.
+                let t = Instant::now();
+                dev.load_block(block.as_ref(), false)?;
+                dev.sync()?;
+                load += t.elapsed().as_secs_f64();
+            }
+            // Checks the saved layers' names and shapes.
             apply_saved(block.as_mut(), b, &layers)?;
             for r in block_reports {
                 progress.layer_done(&r);
                 reports.push(r);
             }
             if needed {
-                let t = Instant::now();
-                dev.load_block(block.as_ref(), false)?;
-                dev.sync()?;
-                load += t.elapsed().as_secs_f64();
+                for (full, q) in &layers {
+                    let name = full.strip_prefix(&prefix).unwrap_or(full);
+                    dev.set_weight(name, q)?;
+                }
                 let t = Instant::now();
                 dev.finish_block()?;
                 dev.sync()?;

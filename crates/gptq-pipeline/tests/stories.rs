@@ -240,33 +240,87 @@ fn state_budget_does_not_change_results() {
 }
 
 /// A [`gptq_pipeline::BlockDevice`] made of the host's own pieces (the
-/// block runner's segments, `Hessian::add_batch` per sequence, the CPU
-/// solver): the device loop driving it must reproduce the host loop's
-/// result bit for bit, which checks the loop's order of segments, groups,
-/// rewinds and weight updates without a GPU.
+/// block runner's segments, `Hessian`/`CrossTerm::add_batch` per sequence,
+/// the CPU solver): the device loop driving it must reproduce the host
+/// loop's result bit for bit, which checks the loop's order of segments,
+/// groups, rewinds and weight updates without a GPU. Lane 0 is the
+/// quantized model; with asymmetric calibration lane 1 is the unquantized
+/// one, in lockstep.
 struct HostDevice<'m> {
     model: &'m dyn gptq_models::LayerwiseModel,
     lens: Vec<usize>,
+    lanes: Vec<HostLane<'m>>,
+    next: usize,
+    done: usize,
+    stats: HashMap<usize, (gptq_quant::Hessian, Option<gptq_quant::CrossTerm>)>,
+}
+
+#[derive(Default)]
+struct HostLane<'m> {
+    block: Option<Box<dyn gptq_models::BlockRunner + 'm>>,
     x: Vec<Vec<f32>>,
     x_in: Vec<Vec<f32>>,
     t: Vec<Vec<f32>>,
-    block: Option<Box<dyn gptq_models::BlockRunner + 'm>>,
-    next: usize,
-    done: usize,
-    hess: HashMap<usize, gptq_quant::Hessian>,
+}
+
+impl<'m> HostDevice<'m> {
+    fn new(model: &'m dyn gptq_models::LayerwiseModel) -> Self {
+        HostDevice {
+            model,
+            lens: Vec::new(),
+            lanes: Vec::new(),
+            next: 0,
+            done: 0,
+            stats: HashMap::new(),
+        }
+    }
+
+    /// Runs every lane's sequence `i` through segments `done..end`,
+    /// returning each lane's inputs at `points`.
+    fn run(
+        &mut self,
+        i: usize,
+        end: usize,
+        points: &[usize],
+    ) -> gptq_pipeline::Result<Vec<HashMap<usize, Vec<f32>>>> {
+        let len = self.lens[i];
+        let mut seen = Vec::new();
+        for lane in &mut self.lanes {
+            let block = lane.block.as_ref().unwrap();
+            let mut at = HashMap::new();
+            for s in self.done..end {
+                block.segment(s, &mut lane.x[i], &mut lane.t[i], len)?;
+                if points.contains(&s) {
+                    at.insert(s, lane.t[i].clone());
+                }
+            }
+            seen.push(at);
+        }
+        Ok(seen)
+    }
 }
 
 impl gptq_pipeline::BlockDevice for HostDevice<'_> {
     fn describe(&self) -> String {
         "host device".into()
     }
-    fn begin(&mut self, lengths: &[usize], _hidden: usize) -> gptq_pipeline::Result<()> {
+    fn begin(
+        &mut self,
+        lengths: &[usize],
+        _hidden: usize,
+        asym: bool,
+    ) -> gptq_pipeline::Result<()> {
         self.lens = lengths.to_vec();
+        self.lanes = (0..if asym { 2 } else { 1 })
+            .map(|_| HostLane::default())
+            .collect();
         Ok(())
     }
     fn push_input(&mut self, x: &[f32]) -> gptq_pipeline::Result<()> {
-        self.x.push(x.to_vec());
-        self.t.push(Vec::new());
+        for lane in &mut self.lanes {
+            lane.x.push(x.to_vec());
+            lane.t.push(Vec::new());
+        }
         Ok(())
     }
     fn load_block(
@@ -274,30 +328,36 @@ impl gptq_pipeline::BlockDevice for HostDevice<'_> {
         _block: &dyn gptq_models::BlockRunner,
         keep_input: bool,
     ) -> gptq_pipeline::Result<()> {
-        self.block = Some(self.model.block(self.next)?);
+        for lane in &mut self.lanes {
+            lane.block = Some(self.model.block(self.next)?);
+            lane.x_in = if keep_input {
+                lane.x.clone()
+            } else {
+                Vec::new()
+            };
+        }
         self.next += 1;
         self.done = 0;
-        self.x_in = if keep_input {
-            self.x.clone()
-        } else {
-            Vec::new()
-        };
         Ok(())
     }
     fn collect(&mut self, points: &[usize]) -> gptq_pipeline::Result<()> {
         let end = points.iter().max().unwrap() + 1;
-        let block = self.block.as_ref().unwrap();
-        self.hess.clear();
-        for ((x, t), &len) in self.x.iter_mut().zip(&mut self.t).zip(&self.lens) {
-            for s in self.done..end {
-                block.segment(s, x, t, len)?;
-                if points.contains(&s) {
-                    let n = t.len() / len;
-                    self.hess
-                        .entry(s)
-                        .or_insert_with(|| gptq_quant::Hessian::new(n))
-                        .add_batch(t, len)
-                        .unwrap();
+        self.stats.clear();
+        for i in 0..self.lens.len() {
+            let len = self.lens[i];
+            let seen = self.run(i, end, points)?;
+            for (&p, xq) in &seen[0] {
+                let n = xq.len() / len;
+                let asym = seen.len() > 1;
+                let (h, c) = self.stats.entry(p).or_insert_with(|| {
+                    (
+                        gptq_quant::Hessian::new(n),
+                        asym.then(|| gptq_quant::CrossTerm::new(n)),
+                    )
+                });
+                h.add_batch(xq, len).unwrap();
+                if let Some(c) = c {
+                    c.add_batch(&seen[1][&p], xq, len).unwrap();
                 }
             }
         }
@@ -310,41 +370,62 @@ impl gptq_pipeline::BlockDevice for HostDevice<'_> {
         weights: &[&gptq_core::Tensor],
         params: &GptqParams,
     ) -> gptq_quant::Result<Vec<gptq_quant::GptqResult>> {
-        gptq_quant::gptq_quantize_many(weights, &self.hess[&point], params)
+        let (h, c) = &self.stats[&point];
+        match c {
+            Some(c) => {
+                let t = gptq_quant::asymmetric_targets(weights, h, c, params.damp_percent)?;
+                gptq_quant::gptq_quantize_many(&t.iter().collect::<Vec<_>>(), h, params)
+            }
+            None => gptq_quant::gptq_quantize_many(weights, h, params),
+        }
     }
     fn set_weight(&mut self, name: &str, q: &QLinear) -> gptq_pipeline::Result<()> {
-        let b = self.block.as_mut().unwrap();
+        let b = self.lanes[0].block.as_mut().unwrap();
         b.linear_mut(name).unwrap().weight = std::sync::Arc::new(q.dequantize());
         Ok(())
     }
     fn rewind(&mut self) -> gptq_pipeline::Result<()> {
-        assert!(!self.x_in.is_empty(), "rewind without keep_input");
-        self.x = self.x_in.clone();
+        for lane in &mut self.lanes {
+            assert!(!lane.x_in.is_empty(), "rewind without keep_input");
+            lane.x = lane.x_in.clone();
+        }
         self.done = 0;
         Ok(())
     }
     fn finish_block(&mut self) -> gptq_pipeline::Result<()> {
-        let block = self.block.as_ref().unwrap();
-        let end = block.arch().input_points.len() + 1;
-        for ((x, t), &len) in self.x.iter_mut().zip(&mut self.t).zip(&self.lens) {
-            for s in self.done..end {
-                block.segment(s, x, t, len)?;
-            }
+        let end = self.model.arch().input_points.len() + 1;
+        for i in 0..self.lens.len() {
+            self.run(i, end, &[])?;
         }
         self.done = 0;
         Ok(())
     }
 }
 
+/// Blocks saved by an earlier run, for resuming.
+struct Saved(HashMap<usize, gptq_pipeline::SavedBlock>);
+
+impl gptq_pipeline::Replay for Saved {
+    fn has(&self, b: usize) -> bool {
+        self.0.contains_key(&b)
+    }
+    fn load(&self, b: usize) -> gptq_pipeline::Result<gptq_pipeline::SavedBlock> {
+        Ok(self.0[&b].clone())
+    }
+}
+
 /// The device loop (`quantize_on_device`, the GPU's) driving host pieces
-/// gives exactly the host loop's layers, true-sequential or not.
+/// gives exactly the host loop's layers, true-sequential or not, with and
+/// without asymmetric calibration; resumed after two saved blocks, too.
 #[test]
 fn device_loop_reproduces_the_host_loop() {
     let calib_ids = tokens("text/brown/brown.txt");
     let calib = windows(&calib_ids, 6, 200, 0);
     let files = gptq_io::source::open_dir(&shared().join("models/stories260K")).unwrap();
     let model = gptq_models::layerwise(&files).unwrap();
-    for true_sequential in [true, false] {
+    for (true_sequential, asym_calib) in
+        [(true, false), (false, false), (true, true), (false, true)]
+    {
         let opts = PipelineOptions {
             params: GptqParams {
                 bits: 8,
@@ -361,28 +442,22 @@ fn device_loop_reproduces_the_host_loop() {
             skip: vec![],
             state_budget: None,
             token_clip: None,
-            asym_calib: false,
+            asym_calib,
             solver: None,
         };
         let reference = quantized_layers(&opts, &calib);
-        let mut dev = HostDevice {
-            model: model.as_ref(),
-            lens: Vec::new(),
-            x: Vec::new(),
-            x_in: Vec::new(),
-            t: Vec::new(),
-            block: None,
-            next: 0,
-            done: 0,
-            hess: HashMap::new(),
-        };
+        let mut dev = HostDevice::new(model.as_ref());
         let mut got = Vec::new();
         let mut handed: Vec<(usize, Vec<LayerReport>)> = Vec::new();
+        let mut saved = HashMap::new();
         let mut sink = |b: usize,
                         qs: Vec<(String, QLinear)>,
                         rs: Vec<LayerReport>|
          -> gptq_pipeline::Result<()> {
-            got.extend(qs);
+            got.extend(qs.clone());
+            if b < 2 {
+                saved.insert(b, (qs, rs.clone()));
+            }
             handed.push((b, rs));
             Ok(())
         };
@@ -415,10 +490,31 @@ fn device_loop_reproduces_the_host_loop() {
             assert_eq!(n1, n2);
             assert_eq!(
                 q1.codes, q2.codes,
-                "{n1} (true_sequential {true_sequential})"
+                "{n1} (true_sequential {true_sequential}, asym {asym_calib})"
             );
             assert_eq!(q1.scales, q2.scales, "{n1}");
             assert_eq!(q1.zeros, q2.zeros, "{n1}");
+        }
+        // Resumed after blocks 0 and 1: the same layers.
+        let mut resumed = Vec::new();
+        let mut sink = |_: usize, qs: Vec<(String, QLinear)>, _| -> gptq_pipeline::Result<()> {
+            resumed.extend(qs);
+            Ok(())
+        };
+        gptq_pipeline::quantize_on_device(
+            model.as_ref(),
+            &calib,
+            &opts,
+            &mut (),
+            &mut sink,
+            &Saved(saved),
+            &mut HostDevice::new(model.as_ref()),
+        )
+        .unwrap();
+        assert_eq!(resumed.len(), got.len());
+        for ((n1, q1), (n2, q2)) in got.iter().zip(&resumed) {
+            assert_eq!(n1, n2);
+            assert_eq!(q1.codes, q2.codes, "{n1} resumed (asym {asym_calib})");
         }
     }
 }

@@ -125,10 +125,11 @@ pub struct Args {
     pub state_budget_mib: Option<usize>,
 
     /// Where to quantize: auto (a CUDA GPU when one is present, else the
-    /// CPU), cpu, cuda or cuda:N. On a GPU, plain GPTQ (--asym-calib false)
-    /// of a Llama-family model runs entirely there (calibration forward in
-    /// f16 GEMMs, Hessians, solves); otherwise the forward passes run on
-    /// the CPU and the solves on the GPU (docs/quantization.md).
+    /// CPU), cpu, cuda or cuda:N. On a GPU, GPTQ of a Llama-family model
+    /// runs entirely there (calibration forward in f16 GEMMs, Hessians,
+    /// asymmetric targets, solves); otherwise (--token-clip, other
+    /// architectures) the forward passes run on the CPU and the solves on
+    /// the GPU (docs/quantization.md).
     #[arg(long, default_value = "auto", value_name = "DEVICE")]
     pub device: super::Device,
 
@@ -411,11 +412,6 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if let Some(dev) = &cuda {
         let why_not = if a.host_forward {
             Some("--host-forward".to_string())
-        } else if asym_calib {
-            Some(
-                "asymmetric calibration runs on the host (--asym-calib false for the GPU forward)"
-                    .into(),
-            )
         } else if opts.token_clip.is_some() {
             Some("--token-clip runs on the host".into())
         } else if !gptq_cuda::forward::supports_arch(arch.name) {
