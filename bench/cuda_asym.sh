@@ -5,6 +5,8 @@
 #   bash bench/cuda_asym.sh 1   GPU tests; stories260K GPU forward vs CPU forward, default settings, w4/w3 g32
 #   bash bench/cuda_asym.sh 2   SmolLM2 GPU forward vs host forward (default settings, w4 g128, 64×512)
 #   bash bench/cuda_asym.sh 3   8B-shaped end to end: plain GPTQ and asymmetric, timings and peak memory
+#   bash bench/cuda_asym.sh 4 ASYM GIB   GPU forward tests again (chunked states); 8B-shaped with --asym-calib ASYM
+#                                        --max-gpu-memory GIB
 # Results: bench/results/2026-12-03-cuda-asym.md.
 set -u
 PART=${1:-1}
@@ -47,6 +49,19 @@ case $PART in
       --device cuda --overwrite > $OUT/q8b-$a.log 2>&1
     echo rc=$?
     sed 's/\x1b\[[0-9;]*m//g' $OUT/q8b-$a.log | grep -E "calibration forward on the GPU|layers quantized|peak GPU|wall"
+  done
+  ;;
+4)
+  GPTQ_STORIES_DIR=$S $B/forward_gpu --ignored --nocapture 2>&1 | grep -E "chunks Some.*block 4|total error|test result|panicked|FAILED" | tail -20
+  [ -d /tmp/l8b ] || python3 scripts/research/synth_llama.py /tmp/l8b 8b 32 $S 2>&1 | tail -1
+  ASYM=${2:-false}; GIB=${3:-12}
+  for cfg in "$ASYM $GIB"; do set -- $cfg
+    echo "== 8B-shaped, --asym-calib $1 --max-gpu-memory $2"
+    /usr/bin/time -f "wall %e s, max RSS %M KiB" timeout 280 $B/gptq quantize /tmp/l8b -o /tmp/q8b --bits 4 \
+      --group-size 128 --dataset data/calib/brown-excerpt.txt --nsamples 128 --seqlen 2048 --asym-calib $1 \
+      --max-gpu-memory $2 --device cuda --overwrite > $OUT/q8b-$1-mem$2.log 2>&1
+    echo rc=$?
+    sed 's/\x1b\[[0-9;]*m//g' $OUT/q8b-$1-mem$2.log | grep -E "states on the host|calibration forward on the GPU|layers quantized|peak GPU|wall|error"
   done
   ;;
 esac

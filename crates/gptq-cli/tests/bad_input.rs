@@ -664,6 +664,10 @@ fn cases() -> Vec<Case> {
             let m = tiny(r);
             quantize_args(&m, r, &["--group-size", "0"])
         }),
+        case!("GPU memory limit 0", BAD_INPUT, "max-gpu-memory", |r| {
+            let m = tiny(r);
+            quantize_args(&m, r, &["--max-gpu-memory", "0"])
+        }),
         case!(
             "bad quantize_config.json",
             BAD_INPUT,

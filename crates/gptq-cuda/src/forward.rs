@@ -80,7 +80,7 @@ type State<'a> = (
 /// model's, run in lockstep through the same segments so both lanes hold
 /// a point's inputs at once.
 struct Lane {
-    /// Residual stream `[tokens, hidden]`.
+    /// Residual stream `[tokens, hidden]` (the sequences on the device).
     x: CudaSlice<f32>,
     /// The block input, kept for a rewind.
     x_in: Option<CudaSlice<f32>>,
@@ -140,11 +140,31 @@ pub struct GpuCalibration {
     solver: Solver,
     _module: Arc<CudaModule>,
     funcs: HashMap<String, CudaFunction>,
+    /// Every calibration sequence's length and first token.
+    all_lens: Vec<usize>,
+    all_offs: Vec<usize>,
+    /// The sequences on the device now (all of them, or one chunk):
+    /// lengths, first tokens (from 0) and total tokens.
     lens: Vec<usize>,
     offs: Vec<usize>,
     tokens: usize,
+    /// Tokens the device buffers hold.
+    cap_tokens: usize,
     hidden: usize,
     pushed: usize,
+    /// Lanes: 1, or 2 with asymmetric calibration.
+    nlanes: usize,
+    /// Most device memory to use, bytes (`None`: what is free).
+    limit: Option<usize>,
+    /// At most this many tokens on the device at once (tests).
+    max_chunk_tokens: Option<usize>,
+    /// Host copies of the states, per lane `[all tokens, hidden]`: the
+    /// block-0 inputs until the first block decides where states live,
+    /// then empty (on the device) or the states between passes.
+    host_x: Vec<Vec<f32>>,
+    /// Sequence ranges run through the device one after another when the
+    /// states do not fit there (`None`: all on the device).
+    chunks: Option<Vec<std::ops::Range<usize>>>,
     /// The quantized model's states and, with asymmetric calibration, the
     /// full-precision model's (see [`Lane`]).
     lanes: Vec<Lane>,
@@ -202,17 +222,40 @@ impl GpuCalibration {
             solver,
             _module: module,
             funcs,
+            all_lens: Vec::new(),
+            all_offs: Vec::new(),
             lens: Vec::new(),
             offs: Vec::new(),
             tokens: 0,
+            cap_tokens: 0,
             hidden: 0,
             pushed: 0,
+            nlanes: 1,
+            limit: None,
+            max_chunk_tokens: None,
+            host_x: Vec::new(),
+            chunks: None,
             lanes: Vec::new(),
             block: None,
             done: 0,
             hess: HashMap::new(),
             peak: 0,
         })
+    }
+
+    /// Uses at most `bytes` of device memory in all (the CUDA context and
+    /// kernels included): calibration states that do not fit stay on the
+    /// host and pass through the device in chunks of sequences.
+    pub fn with_memory_limit(mut self, bytes: usize) -> Self {
+        self.limit = Some(bytes);
+        self
+    }
+
+    /// Keeps the states on the host and runs at most `tokens` tokens on
+    /// the device at once, whatever fits (to test the chunked path).
+    pub fn with_max_chunk_tokens(mut self, tokens: usize) -> Self {
+        self.max_chunk_tokens = Some(tokens.max(1));
+        self
     }
 
     fn func(&self, name: &str) -> Result<&CudaFunction> {
@@ -450,10 +493,14 @@ impl GpuCalibration {
 
     /// `H = (2/n)·X̃ᵀX̃` of point `p`'s current input in lane 0, mirrored,
     /// and with a full-precision lane the cross term (see [`Self::cross`]).
+    /// Adds to what earlier chunks collected at `p` in this pass.
     fn hessian(&mut self, p: usize) -> Result<()> {
         let (px, n) = self.point_input(p, 0)?;
-        let h = self.dev.zeros::<f32>(n * n)?;
-        let alpha = (2.0 / self.lens.len() as f64) as f32;
+        let (h, beta, c_before) = match self.hess.remove(&p) {
+            Some(st) => (st.h, 1.0, st.c),
+            None => (self.dev.zeros::<f32>(n * n)?, 0.0, None),
+        };
+        let alpha = (2.0 / self.all_lens.len() as f64) as f32;
         let ph = self.p(&h);
         gemm(
             &self.dev,
@@ -461,7 +508,7 @@ impl GpuCalibration {
             alpha,
             Mat::f16(px, n).t(),
             Mat::f16(px, n),
-            0.0,
+            beta,
             Mat::f32(ph, n),
             1,
         )?;
@@ -476,7 +523,7 @@ impl GpuCalibration {
         };
         unsafe { l.launch(cfg) }.ctx("blk_mirror_upper")?;
         let c = if self.lanes.len() > 1 {
-            Some(self.cross(p)?)
+            Some(self.cross(p, c_before)?)
         } else {
             None
         };
@@ -489,14 +536,18 @@ impl GpuCalibration {
     /// input, `x̃` lane 0's): `D = f16(x − x̃)` in row chunks of at most
     /// [`MLP_CHUNK_BYTES`], each adding `DᵀX̃` into `C` by one GEMM (f16
     /// products exact in f32, f32 sums).
-    fn cross(&self, p: usize) -> Result<CudaSlice<f32>> {
+    fn cross(&self, p: usize, before: Option<CudaSlice<f32>>) -> Result<CudaSlice<f32>> {
         let (pq, n) = self.point_input(p, 0)?;
         let (pf, _) = self.point_input(p, 1)?;
-        let c = self.dev.zeros::<f32>(n * n)?;
+        let first = before.is_none();
+        let c = match before {
+            Some(c) => c,
+            None => self.dev.zeros::<f32>(n * n)?,
+        };
         let chunk = (MLP_CHUNK_BYTES / (2 * n.max(1))).clamp(1, self.tokens.max(1));
         let d = self.dev.zeros::<u16>(chunk * n)?;
         let (pc, pd) = (self.p(&c), self.p(&d));
-        let alpha = (2.0 / self.lens.len() as f64) as f32;
+        let alpha = (2.0 / self.all_lens.len() as f64) as f32;
         let f = self.func("blk_sub_f16")?;
         for r0 in (0..self.tokens).step_by(chunk) {
             let rows = chunk.min(self.tokens - r0);
@@ -511,7 +562,7 @@ impl GpuCalibration {
                 alpha,
                 Mat::f16(pd, n).t(),
                 Mat::f16(xq, n),
-                if r0 == 0 { 0.0 } else { 1.0 },
+                if r0 == 0 && first { 0.0 } else { 1.0 },
                 Mat::f32(pc, n),
                 1,
             )?;
@@ -540,10 +591,10 @@ impl GpuCalibration {
             Ok(())
         }) {
             tracing::debug!("solving on the CPU: {e}");
-            let hh = Hessian::from_matrix(self.dev.download(h)?, n, self.lens.len())?;
+            let hh = Hessian::from_matrix(self.dev.download(h)?, n, self.all_lens.len())?;
             let targets = match &stat.c {
                 Some(c) => {
-                    let c = CrossTerm::from_matrix(self.dev.download(c)?, n, self.lens.len())?;
+                    let c = CrossTerm::from_matrix(self.dev.download(c)?, n, self.all_lens.len())?;
                     gptq_quant::asymmetric_targets(weights, &hh, &c, params.damp_percent)?
                 }
                 None => Vec::new(),
@@ -637,7 +688,10 @@ impl GpuCalibration {
             }
         }
         let bw = (nh * d).max(inter);
-        let tokens = self.tokens;
+        if self.lanes.is_empty() {
+            self.place_states(&lin, nh, view.n_kv, d, inter)?;
+        }
+        let tokens = self.cap_tokens;
         for i in 0..self.lanes.len() {
             if self.lanes[i]
                 .b
@@ -685,7 +739,7 @@ impl GpuCalibration {
             fp_lin,
         });
         self.done = 0;
-        if keep_input {
+        if keep_input && self.chunks.is_none() {
             for i in 0..self.lanes.len() {
                 let mut keep = match self.lanes[i].x_in.take() {
                     Some(k) => k,
@@ -700,6 +754,179 @@ impl GpuCalibration {
         }
         self.note_memory();
         Ok(())
+    }
+
+    /// Decides, at the first block, whether the calibration states live on
+    /// the device (when they fit the memory limit next to the block's
+    /// weights, statistics and scratch) or on the host, passing through the
+    /// device in chunks of whole sequences; allocates the residual streams.
+    fn place_states(
+        &mut self,
+        lin: &HashMap<&'static str, DevLinear>,
+        nh: usize,
+        nkv: usize,
+        d: usize,
+        inter: usize,
+    ) -> Result<()> {
+        let (h, nl) = (self.hidden, self.nlanes);
+        let bw = (nh * d).max(inter);
+        // Device bytes per calibration token and lane: the residual (f32),
+        // `a` and `b` (f16), and the kept block input (f32) when resident.
+        let chunked_tok = nl * (4 * h + 2 * h + 2 * bw);
+        let resident_tok = chunked_tok + nl * 4 * h;
+        // Fixed: the block's f16 weights per lane and H (and C) of every
+        // input point; then the largest of what lives only for a while —
+        // the solver's f64 factor, U and four weight-sized f32 buffers of
+        // the widest layer, a sequence's attention scratch, an MLP or
+        // cross-term chunk.
+        let weights = lin.values().map(|l| l.rows * l.cols * 2).sum::<usize>() * nl;
+        let stats = [h, nh * d, inter].iter().map(|n| n * n * 4).sum::<usize>() * nl;
+        let (n_max, rows) = lin
+            .values()
+            .map(|l| (l.cols, l.rows))
+            .max()
+            .unwrap_or((0, 0));
+        let solver = n_max * n_max * 12 + 4 * rows * n_max * 4;
+        let maxl = self.all_lens.iter().copied().max().unwrap_or(0);
+        let attn = maxl * (nh + 2 * nkv) * d * 6 + nh * maxl * maxl * 6 + nh * maxl * d * 4;
+        let fixed = weights + stats + solver.max(attn).max(MLP_CHUNK_BYTES);
+        let (free, total) = self
+            .dev
+            .ctx
+            .mem_get_info()
+            .ctx("reading the free device memory")?;
+        let avail = match self.limit {
+            Some(l) => l.saturating_sub(total - free).min(free),
+            None => free,
+        };
+        // A margin for the allocator and cuBLAS workspaces.
+        let avail = avail.saturating_sub(avail / 20 + (256 << 20));
+        let all: usize = self.all_lens.iter().sum();
+        let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
+        let x0 = std::mem::take(&mut self.host_x).into_iter().next();
+        let x0 = x0.ok_or_else(|| Error::Shape("no inputs".into()))?;
+        self.lanes.clear();
+        if self.max_chunk_tokens.is_none() && fixed + resident_tok * all <= avail {
+            self.chunks = None;
+            self.cap_tokens = all;
+            self.lens = self.all_lens.clone();
+            self.offs = self.all_offs.clone();
+            self.tokens = all;
+            for _ in 0..nl {
+                let x = self.dev.upload(&x0)?;
+                self.lanes.push(Lane {
+                    x,
+                    x_in: None,
+                    a: None,
+                    b: None,
+                });
+            }
+            return Ok(());
+        }
+        let fit = avail.saturating_sub(fixed) / chunked_tok.max(1);
+        let cap = self.max_chunk_tokens.map_or(fit, |m| m.min(fit));
+        if cap < maxl.max(1) {
+            return Err(Error::Unsupported(format!(
+                "the GPU calibration needs about {:.1} GiB of device memory for one sequence of \
+                 {maxl} tokens, {:.1} GiB are available (raise --max-gpu-memory, or \
+                 --host-forward)",
+                gib(fixed + chunked_tok * maxl),
+                gib(avail)
+            )));
+        }
+        let mut chunks = Vec::new();
+        let (mut start, mut t) = (0usize, 0usize);
+        for (i, &l) in self.all_lens.iter().enumerate() {
+            if t + l > cap && i > start {
+                chunks.push(start..i);
+                start = i;
+                t = 0;
+            }
+            t += l;
+        }
+        chunks.push(start..self.all_lens.len());
+        self.cap_tokens = chunks
+            .iter()
+            .map(|r| self.all_lens[r.clone()].iter().sum::<usize>())
+            .max()
+            .unwrap_or(0);
+        tracing::info!(
+            "calibration states on the host ({:.1} GiB would not fit on the device next to \
+             {:.1} GiB of weights and work space): {} chunks of at most {} tokens",
+            gib(resident_tok * all),
+            gib(fixed),
+            chunks.len(),
+            self.cap_tokens
+        );
+        for _ in 0..nl {
+            let x = self.dev.zeros::<f32>(self.cap_tokens * h)?;
+            self.lanes.push(Lane {
+                x,
+                x_in: None,
+                a: None,
+                b: None,
+            });
+        }
+        self.host_x = vec![x0; nl];
+        self.chunks = Some(chunks);
+        Ok(())
+    }
+
+    /// Puts chunk `ci`'s sequences (host states) on the device.
+    fn enter_chunk(&mut self, ci: usize) -> Result<()> {
+        let r = match &self.chunks {
+            Some(c) => c[ci].clone(),
+            None => return Err(Error::Shape("the states are on the device".into())),
+        };
+        self.lens = self.all_lens[r.clone()].to_vec();
+        self.offs = self
+            .lens
+            .iter()
+            .scan(0usize, |acc, &l| {
+                let o = *acc;
+                *acc += l;
+                Some(o)
+            })
+            .collect();
+        self.tokens = self.lens.iter().sum();
+        let (from, n) = (
+            self.all_offs[r.start] * self.hidden,
+            self.tokens * self.hidden,
+        );
+        for (lane, host) in self.lanes.iter_mut().zip(&self.host_x) {
+            let mut dst = lane.x.slice_mut(0..n);
+            self.dev
+                .stream
+                .memcpy_htod(&host[from..from + n], &mut dst)
+                .ctx("copying states to the device")?;
+        }
+        self.done = 0;
+        Ok(())
+    }
+
+    /// Copies chunk `ci`'s states back to the host.
+    fn leave_chunk(&mut self, ci: usize) -> Result<()> {
+        let start = match &self.chunks {
+            Some(c) => c[ci].start,
+            None => return Ok(()),
+        };
+        let (from, n) = (
+            self.all_offs[start] * self.hidden,
+            self.tokens * self.hidden,
+        );
+        for (lane, host) in self.lanes.iter().zip(self.host_x.iter_mut()) {
+            let src = lane.x.slice(0..n);
+            self.dev
+                .stream
+                .memcpy_dtoh(&src, &mut host[from..from + n])
+                .ctx("copying states to the host")?;
+        }
+        Ok(())
+    }
+
+    /// The number of chunks, if the states are on the host.
+    fn chunk_count(&self) -> Option<usize> {
+        self.chunks.as_ref().map(Vec::len)
     }
 
     fn replace_weight(&mut self, name: &str, q: &QLinear) -> Result<()> {
@@ -765,10 +992,13 @@ impl GpuCalibration {
 impl GpuCalibration {
     /// The residual stream of all sequences `[tokens, hidden]`.
     pub fn residual(&self) -> Result<Vec<f32>> {
+        if self.chunks.is_some() {
+            return Ok(self.host_x[0].clone());
+        }
         let lane = self
             .lanes
             .first()
-            .ok_or_else(|| Error::Shape("no inputs".into()))?;
+            .ok_or_else(|| Error::Shape("no block loaded yet".into()))?;
         self.dev.download(&lane.x)
     }
 
@@ -793,19 +1023,23 @@ impl GpuCalibration {
 impl gptq_pipeline::BlockDevice for GpuCalibration {
     fn describe(&self) -> String {
         format!(
-            "cuda ({}), calibration forward on the GPU{}",
+            "cuda ({}), calibration forward on the GPU{}{}",
             self.dev.info.name,
-            if self.lanes.len() > 1 {
+            if self.nlanes > 1 {
                 " (quantized and full-precision paths)"
             } else {
                 ""
+            },
+            match self.chunk_count() {
+                Some(n) => format!(", states on the host in {n} chunks"),
+                None => String::new(),
             }
         )
     }
 
     fn begin(&mut self, lengths: &[usize], hidden: usize, asym: bool) -> gptq_pipeline::Result<()> {
-        self.lens = lengths.to_vec();
-        self.offs = lengths
+        self.all_lens = lengths.to_vec();
+        self.all_offs = lengths
             .iter()
             .scan(0usize, |acc, &l| {
                 let o = *acc;
@@ -813,45 +1047,31 @@ impl gptq_pipeline::BlockDevice for GpuCalibration {
                 Some(o)
             })
             .collect();
-        self.tokens = lengths.iter().sum();
+        self.tokens = 0;
         self.hidden = hidden;
         self.pushed = 0;
+        self.nlanes = if asym { 2 } else { 1 };
         self.lanes.clear();
+        self.chunks = None;
         self.block = None;
         self.hess.clear();
-        for _ in 0..if asym { 2 } else { 1 } {
-            let x = self
-                .dev
-                .zeros::<f32>(self.tokens * hidden)
-                .map_err(to_pipeline)?;
-            self.lanes.push(Lane {
-                x,
-                x_in: None,
-                a: None,
-                b: None,
-            });
-        }
+        // The inputs wait on the host until the first block decides where
+        // the states live (see `place_states`).
+        self.host_x = vec![vec![0.0; lengths.iter().sum::<usize>() * hidden]];
         Ok(())
     }
 
     fn push_input(&mut self, v: &[f32]) -> gptq_pipeline::Result<()> {
         let n = self.pushed;
-        let want = self.lens.get(n).map(|l| l * self.hidden);
-        if want != Some(v.len()) {
+        let want = self.all_lens.get(n).map(|l| l * self.hidden);
+        if want != Some(v.len()) || !self.lanes.is_empty() {
             return Err(gptq_pipeline::Error::Device(format!(
-                "input {n} has {} values, expected {want:?}",
+                "input {n} has {} values, expected {want:?} before the first block",
                 v.len()
             )));
         }
-        let off = self.offs[n] * self.hidden;
-        // Both lanes start from the same embeddings.
-        for lane in &mut self.lanes {
-            let mut dst = lane.x.slice_mut(off..off + v.len());
-            self.dev
-                .stream
-                .memcpy_htod(v, &mut dst)
-                .map_err(|e| gptq_pipeline::Error::Device(format!("copying an input: {e}")))?;
-        }
+        let off = self.all_offs[n] * self.hidden;
+        self.host_x[0][off..off + v.len()].copy_from_slice(v);
         self.pushed += 1;
         Ok(())
     }
@@ -861,11 +1081,11 @@ impl gptq_pipeline::BlockDevice for GpuCalibration {
         block: &dyn BlockRunner,
         keep_input: bool,
     ) -> gptq_pipeline::Result<()> {
-        if self.pushed != self.lens.len() {
+        if self.pushed != self.all_lens.len() {
             return Err(gptq_pipeline::Error::Device(format!(
                 "{} of {} inputs given",
                 self.pushed,
-                self.lens.len()
+                self.all_lens.len()
             )));
         }
         self.load(block, keep_input).map_err(to_pipeline)
@@ -873,6 +1093,18 @@ impl gptq_pipeline::BlockDevice for GpuCalibration {
 
     fn collect(&mut self, points: &[usize]) -> gptq_pipeline::Result<()> {
         let end = points.iter().copied().max().map_or(0, |p| p + 1);
+        if let Some(n) = self.chunk_count() {
+            // Every pass starts from the block input: the same states as
+            // going on would give (the earlier segments' weights are final
+            // or rewound to) — see `quantize_on_device`.
+            self.hess.clear();
+            for ci in 0..n {
+                self.enter_chunk(ci).map_err(to_pipeline)?;
+                self.run_to(end, points).map_err(to_pipeline)?;
+            }
+            self.done = 0;
+            return Ok(());
+        }
         if points.iter().any(|&p| p < self.done) {
             return Err(gptq_pipeline::Error::Device(format!(
                 "input points {points:?} are behind the states (after segment {})",
@@ -897,6 +1129,10 @@ impl gptq_pipeline::BlockDevice for GpuCalibration {
     }
 
     fn rewind(&mut self) -> gptq_pipeline::Result<()> {
+        if self.chunks.is_some() {
+            self.done = 0;
+            return Ok(());
+        }
         for lane in &mut self.lanes {
             let keep = lane.x_in.as_ref().ok_or_else(|| {
                 gptq_pipeline::Error::Device("rewind without a kept block input".into())
@@ -912,6 +1148,15 @@ impl gptq_pipeline::BlockDevice for GpuCalibration {
 
     fn finish_block(&mut self) -> gptq_pipeline::Result<()> {
         self.hess.clear();
+        if let Some(n) = self.chunk_count() {
+            for ci in 0..n {
+                self.enter_chunk(ci).map_err(to_pipeline)?;
+                self.run_to(5, &[]).map_err(to_pipeline)?;
+                self.leave_chunk(ci).map_err(to_pipeline)?;
+            }
+            self.done = 0;
+            return self.dev.synchronize().map_err(to_pipeline);
+        }
         self.run_to(5, &[]).map_err(to_pipeline)?;
         self.done = 0;
         self.dev.synchronize().map_err(to_pipeline)

@@ -52,10 +52,17 @@ fn rel(a: &[f32], b: &[f32]) -> f64 {
 /// GEMM operand to f16 (relative 2⁻¹¹ ≈ 4.9e-4 per value); through norms,
 /// attention and the MLP that stays within a few 1e-3 relative (Frobenius),
 /// so 1e-2 is a safe bound that still catches any layout or indexing error
-/// (those give O(1) differences).
+/// (those give O(1) differences). Also with the states on the host, passing
+/// through the device in chunks of at most 200 tokens (3 chunks).
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn gpu_forward_matches_host_forward() {
+    for chunk in [None, Some(200)] {
+        forward_matches_host(chunk);
+    }
+}
+
+fn forward_matches_host(chunk: Option<usize>) {
     let files = gptq_io::source::open_dir(&stories()).expect("stories260K");
     let model = gptq_models::layerwise(&files).unwrap();
     let hidden = model.hidden_size();
@@ -63,6 +70,9 @@ fn gpu_forward_matches_host_forward() {
     let lens: Vec<usize> = seqs.iter().map(Vec::len).collect();
     let dev = Arc::new(Cuda::new(0).expect("a CUDA device"));
     let mut gpu = GpuCalibration::new(dev).unwrap();
+    if let Some(c) = chunk {
+        gpu = gpu.with_max_chunk_tokens(c);
+    }
     gpu.begin(&lens, hidden, false).unwrap();
     let mut host: Vec<Vec<f32>> = seqs.iter().map(|s| model.embed(s).unwrap()).collect();
     for x in &host {
@@ -96,15 +106,18 @@ fn gpu_forward_matches_host_forward() {
             let scale = 1.0 / lens.len() as f32;
             let want: Vec<f32> = h.matrix().iter().map(|v| v * scale).collect();
             let e = rel(&g, &want);
-            eprintln!("block {b} point {p}: H relative error {e:.2e}");
+            eprintln!("chunks {chunk:?} block {b} point {p}: H relative error {e:.2e}");
             assert!(e < 1e-2, "block {b} point {p}: H relative error {e}");
         }
         gpu.finish_block().unwrap();
         let got = gpu.residual().unwrap();
         let want: Vec<f32> = host.concat();
         let e = rel(&got, &want);
-        eprintln!("block {b}: output relative error {e:.2e}");
+        eprintln!("chunks {chunk:?} block {b}: output relative error {e:.2e}");
         assert!(e < 1e-2, "block {b}: output relative error {e}");
+    }
+    if chunk.is_some() {
+        assert!(gpu.describe().contains("3 chunks"), "{}", gpu.describe());
     }
 }
 
@@ -161,9 +174,21 @@ fn gpu_pipeline_matches_host_pipeline_quality() {
             (out, reports)
         };
         let dev = Arc::new(Cuda::new(0).expect("a CUDA device"));
-        let mut gpu = GpuCalibration::new(dev).unwrap();
+        let mut gpu = GpuCalibration::new(dev.clone()).unwrap();
         let (g, gr) = run(Some(&mut gpu));
         let (h, hr) = run(None);
+        // The same on the GPU with the states on the host, 3 sequences
+        // per chunk: same quality (other GEMM shapes round differently).
+        let mut chunked = GpuCalibration::new(dev)
+            .unwrap()
+            .with_max_chunk_tokens(3 * 256);
+        let (_, cr) = run(Some(&mut chunked));
+        assert!(
+            chunked.describe().contains("6 chunks"),
+            "{}",
+            chunked.describe()
+        );
+        let ec: f64 = cr.iter().map(|r| r.error).sum();
         assert_eq!(g.len(), 35);
         assert_eq!(g.len(), h.len());
         let (mut diff, mut total) = (0usize, 0usize);
@@ -197,6 +222,8 @@ fn gpu_pipeline_matches_host_pipeline_quality() {
             100.0 * diff as f64 / total as f64
         );
         assert!((eg / eh - 1.0).abs() < 0.1, "GPU {eg} vs host {eh}");
+        eprintln!("  states on the host in chunks: total error {ec:.4e}");
+        assert!((ec / eh - 1.0).abs() < 0.1, "GPU chunked {ec} vs host {eh}");
     }
 }
 

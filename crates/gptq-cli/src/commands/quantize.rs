@@ -133,6 +133,14 @@ pub struct Args {
     #[arg(long, default_value = "auto", value_name = "DEVICE")]
     pub device: super::Device,
 
+    /// With the GPU calibration forward: use at most this much device
+    /// memory (GiB, the CUDA context included). Calibration states that do
+    /// not fit stay in host memory and pass through the GPU in chunks of
+    /// sequences (more copying, same results up to f16 rounding order).
+    /// Default: what is free on the device.
+    #[arg(long, value_name = "GIB")]
+    pub max_gpu_memory: Option<f64>,
+
     /// With a GPU: keep the calibration forward on the CPU even when the
     /// GPU could run it (solves on the GPU give the CPU's codes up to rare
     /// rounding ties).
@@ -384,6 +392,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     params
         .validate()
         .map_err(|e| anyhow::anyhow!("quantization settings: {e}"))?;
+    if let Some(g) = a.max_gpu_memory {
+        if !(g.is_finite() && g > 0.0) {
+            anyhow::bail!("--max-gpu-memory must be a positive number of GiB, got {g}");
+        }
+    }
     if let Some(c) = a.token_clip {
         if !(c.is_finite() && c > 0.0) {
             anyhow::bail!("--token-clip must be a positive number, got {c}");
@@ -421,8 +434,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         };
         match why_not {
             None => {
-                let c = gptq_cuda::GpuCalibration::new(dev.clone())
+                let mut c = gptq_cuda::GpuCalibration::new(dev.clone())
                     .context("cannot start the GPU calibration")?;
+                if let Some(g) = a.max_gpu_memory {
+                    c = c.with_memory_limit((g * (1u64 << 30) as f64) as usize);
+                }
                 eprintln!("device: {}", gptq_pipeline::BlockDevice::describe(&c));
                 gpu_calib = Some(c);
             }
