@@ -178,6 +178,30 @@ fn gptq_beats_rtn_and_reload_is_bit_identical() {
     }
 }
 
+/// 8-bit g32 asymmetric-grid GPTQ settings (every stories260K shape
+/// packs at 8 bits), act-order on.
+fn eight_bit(true_sequential: bool, asym_calib: bool) -> PipelineOptions {
+    PipelineOptions {
+        params: GptqParams {
+            bits: 8,
+            group_size: Some(32),
+            sym: false,
+            desc_act: true,
+            static_groups: false,
+            damp_percent: 0.01,
+            block_size: 128,
+            mse: false,
+        },
+        method: Method::Gptq,
+        true_sequential,
+        skip: vec![],
+        state_budget: None,
+        token_clip: None,
+        asym_calib,
+        solver: None,
+    }
+}
+
 /// The quantized layers of stories260K under `opts`, in sink order.
 fn quantized_layers(opts: &PipelineOptions, calib: &[Vec<u32>]) -> Vec<(String, QLinear)> {
     let files = gptq_io::source::open_dir(&shared().join("models/stories260K")).unwrap();
@@ -199,27 +223,11 @@ fn quantized_layers(opts: &PipelineOptions, calib: &[Vec<u32>]) -> Vec<(String, 
 fn state_budget_does_not_change_results() {
     let calib_ids = tokens("text/brown/brown.txt");
     let calib = windows(&calib_ids, 12, 256, 0);
-    let params = GptqParams {
-        bits: 8,
-        group_size: Some(32),
-        sym: false,
-        desc_act: true,
-        static_groups: false,
-        damp_percent: 0.01,
-        block_size: 128,
-        mse: false,
-    };
     for true_sequential in [true, false] {
         let run = |state_budget| {
             let opts = PipelineOptions {
-                params,
-                method: Method::Gptq,
-                true_sequential,
-                skip: vec![],
                 state_budget,
-                token_clip: None,
-                asym_calib: false,
-                solver: None,
+                ..eight_bit(true_sequential, false)
             };
             quantized_layers(&opts, &calib)
         };
@@ -426,25 +434,7 @@ fn device_loop_reproduces_the_host_loop() {
     for (true_sequential, asym_calib) in
         [(true, false), (false, false), (true, true), (false, true)]
     {
-        let opts = PipelineOptions {
-            params: GptqParams {
-                bits: 8,
-                group_size: Some(32),
-                sym: false,
-                desc_act: true,
-                static_groups: false,
-                damp_percent: 0.01,
-                block_size: 128,
-                mse: false,
-            },
-            method: Method::Gptq,
-            true_sequential,
-            skip: vec![],
-            state_budget: None,
-            token_clip: None,
-            asym_calib,
-            solver: None,
-        };
+        let opts = eight_bit(true_sequential, asym_calib);
         let reference = quantized_layers(&opts, &calib);
         let mut dev = HostDevice::new(model.as_ref());
         let mut got = Vec::new();
@@ -527,25 +517,7 @@ fn a_failing_sink_stops_the_run_with_its_error() {
     let calib = windows(&calib_ids, 2, 64, 0);
     let files = gptq_io::source::open_dir(&shared().join("models/stories260K")).unwrap();
     let model = gptq_models::layerwise(&files).unwrap();
-    let opts = PipelineOptions {
-        params: GptqParams {
-            bits: 8,
-            group_size: Some(32),
-            sym: false,
-            desc_act: false,
-            static_groups: false,
-            damp_percent: 0.01,
-            block_size: 128,
-            mse: false,
-        },
-        method: Method::Gptq,
-        true_sequential: true,
-        skip: vec![],
-        state_budget: None,
-        token_clip: None,
-        asym_calib: false,
-        solver: None,
-    };
+    let opts = eight_bit(true, false);
     let mut seen = Vec::new();
     let mut sink = |b: usize, _: Vec<(String, QLinear)>, _| -> gptq_pipeline::Result<()> {
         seen.push(b);
