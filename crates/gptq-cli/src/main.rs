@@ -55,11 +55,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Quantize(a) => commands::quantize::run(a),
         Command::Convert(a) => commands::convert::run(a),
-        Command::Eval(a) => commands::eval::run(a),
-        Command::Generate(a) => commands::generate::run(a),
+        Command::Eval(a) => on_pool(|| commands::eval::run(a)),
+        Command::Generate(a) => on_pool(|| commands::generate::run(a)),
         Command::Inspect(a) => commands::inspect::run(a),
-        Command::Bench(a) => commands::bench::run(a),
+        Command::Bench(a) => on_pool(|| commands::bench::run(a)),
     }
+}
+
+/// Runs `f` on a worker of the global thread pool (panics propagate). The
+/// parallel loops it starts then fork from inside the pool — the calling
+/// thread takes a share and waits by stealing work — instead of being
+/// injected from outside and waited for on a lock, which costs two context
+/// switches per loop: decode runs ~250 small GEMVs per token. Only for
+/// commands that never block a worker on another thread's parallel work
+/// (quantize's writer thread packs in parallel while the loop waits on it).
+fn on_pool<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    rayon::scope(|_| f())
 }
 
 /// Keeps freed buffers in the heap for reuse. A forward pass allocates and
