@@ -176,6 +176,17 @@ pub struct GpuCalibration {
     peak: usize,
 }
 
+/// Each sequence's first token: the running sum of `lens`.
+fn offsets(lens: &[usize]) -> Vec<usize> {
+    lens.iter()
+        .scan(0usize, |acc, &l| {
+            let o = *acc;
+            *acc += l;
+            Some(o)
+        })
+        .collect()
+}
+
 fn grid(n: usize) -> LaunchConfig {
     let blocks = n.div_ceil(256).clamp(1, 1 << 20) as u32;
     LaunchConfig {
@@ -592,19 +603,22 @@ impl GpuCalibration {
         }) {
             tracing::debug!("solving on the CPU: {e}");
             let hh = Hessian::from_matrix(self.dev.download(h)?, n, self.all_lens.len())?;
-            let targets = match &stat.c {
-                Some(c) => {
-                    let c = CrossTerm::from_matrix(self.dev.download(c)?, n, self.all_lens.len())?;
-                    gptq_quant::asymmetric_targets(weights, &hh, &c, params.damp_percent)?
-                }
-                None => Vec::new(),
+            let c = match &stat.c {
+                Some(c) => Some(CrossTerm::from_matrix(
+                    self.dev.download(c)?,
+                    n,
+                    self.all_lens.len(),
+                )?),
+                None => None,
             };
-            let refs: Vec<&Tensor> = if targets.is_empty() {
-                weights.to_vec()
-            } else {
-                targets.iter().collect()
-            };
-            return Ok(gptq_quant::gptq_quantize_many(&refs, &hh, params)?);
+            let cpu = gptq_quant::CpuSolver;
+            return Ok(gptq_quant::quantize_towards(
+                &cpu,
+                weights,
+                &hh,
+                c.as_ref(),
+                params,
+            )?);
         }
         let prep = self.solver.prepare(h, n, params)?;
         let out = weights
@@ -879,15 +893,7 @@ impl GpuCalibration {
             None => return Err(Error::Shape("the states are on the device".into())),
         };
         self.lens = self.all_lens[r.clone()].to_vec();
-        self.offs = self
-            .lens
-            .iter()
-            .scan(0usize, |acc, &l| {
-                let o = *acc;
-                *acc += l;
-                Some(o)
-            })
-            .collect();
+        self.offs = offsets(&self.lens);
         self.tokens = self.lens.iter().sum();
         let (from, n) = (
             self.all_offs[r.start] * self.hidden,
@@ -1039,14 +1045,7 @@ impl gptq_pipeline::BlockDevice for GpuCalibration {
 
     fn begin(&mut self, lengths: &[usize], hidden: usize, asym: bool) -> gptq_pipeline::Result<()> {
         self.all_lens = lengths.to_vec();
-        self.all_offs = lengths
-            .iter()
-            .scan(0usize, |acc, &l| {
-                let o = *acc;
-                *acc += l;
-                Some(o)
-            })
-            .collect();
+        self.all_offs = offsets(lengths);
         self.tokens = 0;
         self.hidden = hidden;
         self.pushed = 0;

@@ -9,7 +9,7 @@
 //! shared through the same helpers. Only the arithmetic moves.
 
 use crate::{
-    apply_saved, finish_layer, group_plan, split_skipped, write_behind, Error, Handoff,
+    finish_layer, group_plan, saved_layers, split_skipped, write_behind, Error, Handoff,
     LayerReport, Method, PipelineOptions, Progress, Replay, Result, Sink,
 };
 use gptq_core::{QLinear, Tensor};
@@ -176,6 +176,11 @@ fn device_loop(
         let prefix = (arch.block_prefix)(b);
         if replay.has(b) {
             let (layers, block_reports) = replay.load(b)?;
+            let saved = saved_layers(block.as_mut(), b, &layers)?;
+            for r in block_reports {
+                progress.layer_done(&r);
+                reports.push(r);
+            }
             if needed {
                 // Unquantized first (the full-precision path's weights),
                 // then the saved layers as in the run that saved them.
@@ -183,16 +188,7 @@ fn device_loop(
                 dev.load_block(block.as_ref(), false)?;
                 dev.sync()?;
                 load += t.elapsed().as_secs_f64();
-            }
-            // Checks the saved layers' names and shapes.
-            apply_saved(block.as_mut(), b, &layers)?;
-            for r in block_reports {
-                progress.layer_done(&r);
-                reports.push(r);
-            }
-            if needed {
-                for (full, q) in &layers {
-                    let name = full.strip_prefix(&prefix).unwrap_or(full);
+                for (name, q) in saved {
                     dev.set_weight(name, q)?;
                 }
                 let t = Instant::now();

@@ -606,34 +606,22 @@ fn host_loop(
                             .iter()
                             .find(|ps| arch.point_of(names[0]) == Some(ps.point))
                             .expect("every group layer was observed");
-                        let solver = |source| Error::Solver {
-                            layer: full0.clone(),
-                            source,
-                        };
-                        let mut refs: Vec<&Tensor> = weights.iter().map(|w| w.as_ref()).collect();
+                        let refs: Vec<&Tensor> = weights.iter().map(|w| w.as_ref()).collect();
                         // Asymmetric calibration: GPTQ towards W′ (see gptq_quant::asym).
-                        let targets = match &ps.c {
-                            Some(c) => gptq_quant::asymmetric_targets(
-                                &refs,
-                                &ps.h,
-                                c,
-                                opts.params.damp_percent,
-                            )
-                            .map_err(solver)?,
-                            None => Vec::new(),
-                        };
-                        if !targets.is_empty() {
-                            refs = targets.iter().collect();
-                        }
-                        backend
-                            .quantize_many(&refs, &ps.h, &opts.params)
-                            .map_err(|source| Error::Solver {
-                                layer: full0,
-                                source,
-                            })?
-                            .into_iter()
-                            .map(|r| (r.q, r.error_gptq, r.error_rtn, r.damp_used))
-                            .collect()
+                        gptq_quant::quantize_towards(
+                            backend,
+                            &refs,
+                            &ps.h,
+                            ps.c.as_ref(),
+                            &opts.params,
+                        )
+                        .map_err(|source| Error::Solver {
+                            layer: full0,
+                            source,
+                        })?
+                        .into_iter()
+                        .map(|r| (r.q, r.error_gptq, r.error_rtn, r.damp_used))
+                        .collect()
                     }
                     None => vec![(
                         gptq_quant::rtn_quantize(&weights[0], &opts.params).map_err(|source| {
@@ -712,26 +700,39 @@ struct Times {
 
 /// Swaps a replayed block's saved layers (dequantized) into `block`.
 fn apply_saved(block: &mut dyn BlockRunner, b: usize, layers: &[(String, QLinear)]) -> Result<()> {
-    let prefix = (block.arch().block_prefix)(b);
-    for (full, q) in layers {
-        let lin = full
-            .strip_prefix(&prefix)
-            .and_then(|n| block.linear_mut(n))
-            .ok_or_else(|| {
-                Error::Input(format!("saved block {b} names an unknown layer {full}"))
-            })?;
-        if (lin.out_dim(), lin.in_dim()) != (q.out_features, q.in_features) {
-            return Err(Error::Input(format!(
-                "saved layer {full} is {}x{}, the model's is {}x{}",
-                q.out_features,
-                q.in_features,
-                lin.out_dim(),
-                lin.in_dim()
-            )));
-        }
-        lin.weight = std::sync::Arc::new(q.dequantize());
+    for (name, q) in saved_layers(block, b, layers)? {
+        block.linear_mut(name).expect("checked above").weight = std::sync::Arc::new(q.dequantize());
     }
     Ok(())
+}
+
+/// A replayed block's saved layers under their names in `block`, each
+/// checked to be one of its layers with the same shape.
+fn saved_layers<'s>(
+    block: &mut dyn BlockRunner,
+    b: usize,
+    layers: &'s [(String, QLinear)],
+) -> Result<Vec<(&'s str, &'s QLinear)>> {
+    let prefix = (block.arch().block_prefix)(b);
+    layers
+        .iter()
+        .map(|(full, q)| {
+            let name = full.strip_prefix(&prefix).unwrap_or_default();
+            let lin = block.linear_mut(name).ok_or_else(|| {
+                Error::Input(format!("saved block {b} names an unknown layer {full}"))
+            })?;
+            if (lin.out_dim(), lin.in_dim()) != (q.out_features, q.in_features) {
+                return Err(Error::Input(format!(
+                    "saved layer {full} is {}x{}, the model's is {}x{}",
+                    q.out_features,
+                    q.in_features,
+                    lin.out_dim(),
+                    lin.in_dim()
+                )));
+            }
+            Ok((name, q))
+        })
+        .collect()
 }
 
 /// The layers of `group` to quantize; the others (see [`skip_reason`]) are

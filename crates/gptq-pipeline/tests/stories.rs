@@ -379,13 +379,7 @@ impl gptq_pipeline::BlockDevice for HostDevice<'_> {
         params: &GptqParams,
     ) -> gptq_quant::Result<Vec<gptq_quant::GptqResult>> {
         let (h, c) = &self.stats[&point];
-        match c {
-            Some(c) => {
-                let t = gptq_quant::asymmetric_targets(weights, h, c, params.damp_percent)?;
-                gptq_quant::gptq_quantize_many(&t.iter().collect::<Vec<_>>(), h, params)
-            }
-            None => gptq_quant::gptq_quantize_many(weights, h, params),
-        }
+        gptq_quant::quantize_towards(&gptq_quant::CpuSolver, weights, h, c.as_ref(), params)
     }
     fn set_weight(&mut self, name: &str, q: &QLinear) -> gptq_pipeline::Result<()> {
         let b = self.lanes[0].block.as_mut().unwrap();

@@ -23,7 +23,7 @@
 //! ([`asymmetric_targets`]); the pipeline runs the full-precision block
 //! beside the quantized one to get `X`.
 
-use crate::gptq::{column_order_from_diag, weight_dims, GptqParams};
+use crate::gptq::{column_order_from_diag, weight_dims, GptqParams, GptqResult, LayerSolver};
 use crate::hessian::Hessian;
 use crate::{Error, Result};
 use gptq_core::Tensor;
@@ -209,6 +209,25 @@ pub fn asymmetric_targets(
             Ok(Tensor::new(vec![out, inn], data)?)
         })
         .collect()
+}
+
+/// GPTQ by `solver` of weights sharing `h`: towards their asymmetric
+/// targets ([`asymmetric_targets`], with the solver's damping) when the
+/// cross term `c` is given, towards the weights themselves otherwise.
+pub fn quantize_towards(
+    solver: &dyn LayerSolver,
+    ws: &[&Tensor],
+    h: &Hessian,
+    c: Option<&CrossTerm>,
+    params: &GptqParams,
+) -> Result<Vec<GptqResult>> {
+    match c {
+        Some(c) => {
+            let targets = asymmetric_targets(ws, h, c, params.damp_percent)?;
+            solver.quantize_many(&targets.iter().collect::<Vec<_>>(), h, params)
+        }
+        None => solver.quantize_many(ws, h, params),
+    }
 }
 
 #[cfg(test)]

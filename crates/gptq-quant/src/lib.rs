@@ -40,7 +40,7 @@ mod hinv;
 pub mod rtn;
 pub mod stats;
 
-pub use asym::{asymmetric_targets, CrossTerm};
+pub use asym::{asymmetric_targets, quantize_towards, CrossTerm};
 pub use gptq::{
     column_order, gptq_quantize, gptq_quantize_many, ColumnOrder, CpuSolver, GptqParams,
     GptqResult, LayerSolver, MAX_DAMP_RETRIES,
