@@ -22,11 +22,24 @@ struct Cli {
     /// Worker threads (default: all cores).
     #[arg(long, global = true, value_name = "N")]
     threads: Option<usize>,
+    /// How eval, generate and bench feed quantized layers on the CPU: int8
+    /// quantizes each activation in blocks of 32 for integer dot products
+    /// (AVX-512 VNNI / AVX2; faster, and f16 output layers are run at 8 bits
+    /// per row), f32 computes with the activations as they are. Quantize
+    /// always computes in f32.
+    #[arg(long, global = true, value_enum, default_value_t = ActivationsArg::Int8)]
+    activations: ActivationsArg,
     /// Print debug logs (or set RUST_LOG).
     #[arg(long, short, global = true)]
     verbose: bool,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ActivationsArg {
+    Int8,
+    F32,
 }
 
 #[derive(Subcommand)]
@@ -51,6 +64,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             .num_threads(n.max(1))
             .build_global()
             .map_err(|e| anyhow::anyhow!("cannot start {n} threads: {e}"))?;
+    }
+    if !matches!(cli.command, Command::Quantize(_)) {
+        gptq_kernels::cpu::set_activations(match cli.activations {
+            ActivationsArg::Int8 => gptq_kernels::cpu::Activations::Int8,
+            ActivationsArg::F32 => gptq_kernels::cpu::Activations::F32,
+        });
     }
     match cli.command {
         Command::Quantize(a) => commands::quantize::run(a),

@@ -203,7 +203,7 @@ pub struct KernelRow {
     pub k: usize,
     /// Output width.
     pub n: usize,
-    /// int4 GEMV time, µs.
+    /// int4 GEMV time with f32 activations, µs.
     pub int4_us: f64,
     /// Bytes the int4 GEMV streams (codes + f32 scales and zero terms).
     pub int4_bytes: usize,
@@ -211,6 +211,11 @@ pub struct KernelRow {
     pub int4_gbps: f64,
     /// `int4_gbps / copy_gbps`.
     pub int4_vs_copy: f64,
+    /// int4 GEMV time with int8 activations, µs (`None` when this CPU has
+    /// no integer kernel for 4 bits).
+    pub int4_i8_us: Option<f64>,
+    /// `int4_bytes / int4_i8_us`, relative to `copy_gbps`.
+    pub int4_i8_vs_copy: Option<f64>,
     /// f16 GEMV time, µs.
     pub f16_us: f64,
     /// f16 GB/s.
@@ -270,7 +275,8 @@ fn time_cold<T>(mats: &[T], rounds: usize, mut call: impl FnMut(&T)) -> f64 {
 }
 
 /// Times single-row products (GEMV) of random int4 g128 (asymmetric,
-/// act-order off), f16 and f32 weights for each of [`KERNEL_SHAPES`].
+/// act-order off; f32 and, where the CPU has the kernels, int8
+/// activations), f16 and f32 weights for each of [`KERNEL_SHAPES`].
 pub fn kernels(copy_gbps: f64, rounds: usize) -> Result<KernelsReport> {
     let group_size = 128;
     let mut rows = Vec::new();
@@ -302,7 +308,12 @@ pub fn kernels(copy_gbps: f64, rounds: usize) -> Result<KernelsReport> {
         let int4_bytes = base.bytes();
         let mats: Vec<cpu::QMatrix> = (0..copies(int4_bytes)).map(|_| base.clone()).collect();
         drop(base);
-        let int4 = time_cold(&mats, rounds, |m| m.matmul(&x, 1, &mut y));
+        let isa = cpu::Isa::detect();
+        let act = |a: cpu::Activations, y: &mut [f32]| {
+            time_cold(&mats, rounds, |m| m.matmul_act(isa, a, &x, 1, y))
+        };
+        let int4 = act(cpu::Activations::F32, &mut y);
+        let int4_i8 = cpu::int8_available(4).then(|| act(cpu::Activations::Int8, &mut y));
         drop(mats);
 
         let w: Vec<f32> = (0..n * k)
@@ -326,6 +337,8 @@ pub fn kernels(copy_gbps: f64, rounds: usize) -> Result<KernelsReport> {
             int4_bytes,
             int4_gbps: gbps(int4_bytes, int4),
             int4_vs_copy: gbps(int4_bytes, int4) / copy_gbps,
+            int4_i8_us: int4_i8.map(|t| t * 1e6),
+            int4_i8_vs_copy: int4_i8.map(|t| gbps(int4_bytes, t) / copy_gbps),
             f16_us: f16_time * 1e6,
             f16_gbps: gbps(f16.bytes(), f16_time),
             f32_us: f32_time * 1e6,

@@ -89,6 +89,27 @@ impl Linear {
         })
     }
 
+    /// This layer as an output layer under the process-wide activation
+    /// mode: with int8 activations on a CPU with 8-bit integer kernels, an
+    /// f16 layer is rounded to 8 bits per row
+    /// ([`cpu::QMatrix::from_f16_int8`]; decode reads half the bytes — this
+    /// layer is the largest one a small model streams per token); anything
+    /// else is returned unchanged.
+    pub fn into_output_layer(self) -> Result<Self> {
+        let Some(Packed::F16(f)) = self.packed() else {
+            return Ok(self);
+        };
+        if cpu::activations() != cpu::Activations::Int8 || !cpu::int8_available(8) {
+            return Ok(self);
+        }
+        let q = cpu::QMatrix::from_f16_int8(f, None).map_err(gptq_io::Error::from)?;
+        Ok(Self {
+            weight: empty(),
+            bias: self.bias,
+            packed: Some(Packed::Quantized(Arc::new(q))),
+        })
+    }
+
     /// Loads `{name}.weight` `[out, in]` held as f16 when the checkpoint
     /// stores it as f16 (no f32 copy is made, and nothing is rounded), else
     /// as a dense f32 layer; and `{name}.bias` if present.

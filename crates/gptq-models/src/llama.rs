@@ -345,7 +345,9 @@ impl Llama {
             embed,
             blocks,
             norm,
-            lm_head,
+            // After counting parameters: a converted layer no longer shares
+            // the embedding's storage.
+            lm_head: lm_head.into_output_layer()?,
             rope,
         })
     }

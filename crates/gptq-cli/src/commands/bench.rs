@@ -88,21 +88,37 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if !a.no_kernels {
         let k = gptq_infer::bench::kernels(copy_gbps, a.kernel_rounds.max(1))?;
         println!(
-            "\nGEMV kernels ({}, {} threads; int4 = GPTQ 4-bit g{} asym; weights streamed from memory, best of {} passes)",
+            "\nGEMV kernels ({}, {} threads; int4 = GPTQ 4-bit g{} asym, f32 and int8 activations; weights streamed from memory, best of {} passes)",
             k.isa, k.threads, k.group_size, a.kernel_rounds.max(1)
         );
         println!(
-            "{:>13}  {:>9} {:>8} {:>8} {:>6}  {:>9} {:>8}  {:>9} {:>8}",
-            "k → n", "int4 µs", "MB", "GB/s", "%copy", "f16 µs", "GB/s", "f32 µs", "GB/s"
+            "{:>13}  {:>9} {:>8} {:>8} {:>6}  {:>9} {:>6}  {:>9} {:>8}  {:>9} {:>8}",
+            "k → n",
+            "int4 µs",
+            "MB",
+            "GB/s",
+            "%copy",
+            "i8-act µs",
+            "%copy",
+            "f16 µs",
+            "GB/s",
+            "f32 µs",
+            "GB/s"
         );
         for r in &k.rows {
+            let (i8_us, i8_pct) = match (r.int4_i8_us, r.int4_i8_vs_copy) {
+                (Some(t), Some(c)) => (format!("{t:.1}"), format!("{:.0}%", 100.0 * c)),
+                _ => ("–".into(), "–".into()),
+            };
             println!(
-                "{:>13}  {:>9.1} {:>8.2} {:>8.1} {:>5.0}%  {:>9.1} {:>8.1}  {:>9.1} {:>8.1}",
+                "{:>13}  {:>9.1} {:>8.2} {:>8.1} {:>5.0}%  {:>9} {:>6}  {:>9.1} {:>8.1}  {:>9.1} {:>8.1}",
                 format!("{} → {}", r.k, r.n),
                 r.int4_us,
                 r.int4_bytes as f64 / 1e6,
                 r.int4_gbps,
                 100.0 * r.int4_vs_copy,
+                i8_us,
+                i8_pct,
                 r.f16_us,
                 r.f16_gbps,
                 r.f32_us,

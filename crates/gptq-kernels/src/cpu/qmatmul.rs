@@ -15,11 +15,15 @@
 //! - **Rows** are cut into tiles of 16 (the last one zero-padded). A tile's
 //!   codes are stored as consecutive *chunks* of 16 rows × 8 columns,
 //!   `16·bits` bytes each: row `j`'s 8 codes form the little-endian bit field
-//!   `F_j = Σ_i q[j, i] << (bits·i)`, and byte `c` of `F_j` sits at offset
-//!   `16·c + j`. For 4 bits, byte `c` of a row holds columns `2c` (low
-//!   nibble) and `2c + 1` (high nibble), so one 16-byte load gives two
-//!   columns of 16 rows — one zero-extension to 16 lanes, an AND and a shift
-//!   away from the multiplier.
+//!   `F_j = Σ_i q[j, i] << (bits·i)` (`bits` bytes), and byte `c` of `F_j`
+//!   sits at offset [`byte_offset`]`(bits, j, c) = 64·⌊c/4⌋ + min(bits, 4)·j
+//!   + c mod 4`: rows are consecutive, and each row's bytes come in 32-bit
+//!   words, one vector of 16 words per word index. For 4 bits a 64-byte load
+//!   is one 32-bit lane per row holding its 8 codes (columns `2c` and
+//!   `2c + 1` in the low and high nibble of byte `c`); for 8 bits two loads,
+//!   columns 0–3 and 4–7. Shift-and-mask gives one column per lane for the
+//!   f32 kernels, and the lanes are already the `4 × u8` groups the int8 dot
+//!   products (`vpdpbusd`, `vpmaddubsw`) take.
 //! - **Scales** are kept as f32 `scale` and `−scale·zero`, `[tile][group][16]`,
 //!   so the zero point costs nothing in the inner loop:
 //!   `y[r] = Σ_g scale[g, r]·(Σ_{i∈g} x[i]·q[r, i]) + (−scale·zero)[g, r]·Σ_{i∈g} x[i]`.
@@ -40,13 +44,15 @@
 //! [`F16Matrix`] holds an f16 weight (the tied embedding / output layer) and
 //! converts it in-kernel (F16C / AVX-512F), with the same two regimes.
 
+pub use super::qint8::Activations;
+use super::qint8::{self, QuantX};
 use gptq_core::{Error, QLinear, Result};
 use rayon::prelude::*;
 
 /// Rows per tile.
-const TILE: usize = 16;
+pub(super) const TILE: usize = 16;
 /// Columns per chunk (groups are padded to a multiple of this).
-const CHUNK: usize = 8;
+pub(super) const CHUNK: usize = 8;
 /// A padded column (no source column; its code is 0 and its activation 0).
 const PAD: u32 = u32::MAX;
 
@@ -182,7 +188,7 @@ impl QMatrix {
                     }
                     let base = (t * chunks + ci) * cb;
                     for c in 0..bits as usize {
-                        data[base + TILE * c + j] = (f >> (8 * c)) as u8;
+                        data[base + byte_offset(bits as usize, j, c)] = (f >> (8 * c)) as u8;
                     }
                 }
             }
@@ -216,6 +222,54 @@ impl QMatrix {
         })
     }
 
+    /// An f16 weight rounded to 8 bits, symmetrically per row and group of
+    /// `group` columns (every row when `None`): `scale = max|w|/127`, zero
+    /// point 128, codes in 1..=255 — for running an f16 output layer with the
+    /// int8 kernels at half the bytes (llama.cpp keeps its output layers at
+    /// 6–8 bits likewise). The rounding error is at most `scale/2` per weight.
+    pub fn from_f16_int8(f: &F16Matrix, group: Option<usize>) -> Result<Self> {
+        let (n, k) = (f.out_dim(), f.in_dim());
+        let gs = group.unwrap_or(k).max(1);
+        let groups = k.div_ceil(gs).max(1);
+        let mut codes = vec![0u8; n * k];
+        let mut scales = vec![0f32; groups * n];
+        let per_row: Vec<Vec<f32>> = codes
+            .par_chunks_mut(k.max(1))
+            .enumerate()
+            .map(|(r, c)| {
+                let mut w = vec![0f32; k];
+                f.row_into(r, &mut w);
+                let mut s = vec![0f32; groups];
+                for (g, (wc, cc)) in w.chunks(gs).zip(c.chunks_mut(gs)).enumerate() {
+                    let amax = wc.iter().fold(0f32, |a, v| a.max(v.abs()));
+                    s[g] = amax / 127.0;
+                    let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+                    for (q, v) in cc.iter_mut().zip(wc) {
+                        *q = ((v * inv).round().clamp(-127.0, 127.0) + 128.0) as u8;
+                    }
+                }
+                s
+            })
+            .collect();
+        for (r, s) in per_row.iter().enumerate() {
+            for (g, &v) in s.iter().enumerate() {
+                scales[g * n + r] = v;
+            }
+        }
+        let q = QLinear {
+            out_features: n,
+            in_features: k,
+            bits: 8,
+            group_size: group,
+            codes,
+            scales,
+            zeros: vec![128; groups * n],
+            g_idx: (0..k).map(|c| (c / gs) as u32).collect(),
+            bias: None,
+        };
+        Self::from_qlinear(&q)
+    }
+
     /// Output width `n`.
     pub fn out_dim(&self) -> usize {
         self.n
@@ -240,6 +294,30 @@ impl QMatrix {
         self.gstart.len() - 1
     }
 
+    /// Start of each group in padded columns.
+    pub(super) fn gstart(&self) -> &[usize] {
+        &self.gstart
+    }
+
+    /// Padded column count.
+    pub(super) fn kp(&self) -> usize {
+        self.kp
+    }
+
+    /// The packed codes.
+    pub(super) fn data(&self) -> &[u8] {
+        &self.data
+    }
+
+    /// Tile `t`'s `scale` and `−scale·zero`, `[group][16]` each.
+    pub(super) fn tile_scales(&self, t: usize) -> (&[f32], &[f32]) {
+        let gn = self.groups() * TILE;
+        (
+            &self.scale[t * gn..(t + 1) * gn],
+            &self.mzs[t * gn..(t + 1) * gn],
+        )
+    }
+
     fn chunks(&self) -> usize {
         self.kp / CHUNK
     }
@@ -258,46 +336,46 @@ impl QMatrix {
         w
     }
 
-    /// `out[m×n] = x[m×k] · Ŵᵀ` with the best kernels of this CPU.
+    /// `out[m×n] = x[m×k] · Ŵᵀ` with the best kernels of this CPU and the
+    /// process-wide activation mode ([`qint8::activations`]).
     pub fn matmul(&self, x: &[f32], m: usize, out: &mut [f32]) {
-        self.matmul_with(Isa::detect(), x, m, out)
+        self.matmul_act(Isa::detect(), qint8::activations(), x, m, out)
     }
 
-    /// [`Self::matmul`] with a given kernel level.
+    /// [`Self::matmul`] with a given kernel level and f32 activations.
     ///
     /// # Panics
     /// When the sizes disagree or the CPU lacks `isa` (programming errors).
     pub fn matmul_with(&self, isa: Isa, x: &[f32], m: usize, out: &mut [f32]) {
+        self.matmul_act(isa, Activations::F32, x, m, out)
+    }
+
+    /// [`Self::matmul`] with a given kernel level and activation mode. With
+    /// [`Activations::Int8`] the integer kernels run when `isa` has one for
+    /// this bit width (else the f32 ones).
+    ///
+    /// # Panics
+    /// When the sizes disagree or the CPU lacks `isa` (programming errors).
+    pub fn matmul_act(&self, isa: Isa, act: Activations, x: &[f32], m: usize, out: &mut [f32]) {
         isa.check();
         assert_eq!(x.len(), m * self.k, "x is not m×k");
         assert_eq!(out.len(), m * self.n, "out is not m×n");
         if m == 0 || self.n == 0 {
             return;
         }
-        if m == 1 {
-            self.gemv(isa, x, out);
-        } else {
-            blocked_matmul(self, isa, x, m, out);
+        let int = match act {
+            Activations::Int8 => qint8::int_kernel(isa, self.bits),
+            Activations::F32 => None,
+        };
+        match (m, int) {
+            (1, _) => self.gemv(isa, int, x, out),
+            (_, Some(k)) => self.int_matmul(k, x, m, out),
+            (_, None) => blocked_matmul(self, isa, x, m, out),
         }
     }
 
-    fn gemv(&self, isa: Isa, x: &[f32], y: &mut [f32]) {
-        let gathered;
-        let xp: &[f32] = match &self.order {
-            None => x,
-            Some(o) => {
-                gathered = o
-                    .iter()
-                    .map(|&c| if c == PAD { 0.0 } else { x[c as usize] })
-                    .collect::<Vec<f32>>();
-                &gathered
-            }
-        };
-        let xsum: Vec<f32> = self
-            .gstart
-            .windows(2)
-            .map(|w| xp[w[0]..w[1]].iter().sum())
-            .collect();
+    /// Runs `f(t, y_t)` for every row tile, in parallel bands.
+    fn for_tiles(&self, y: &mut [f32], f: impl Fn(usize, &mut [f32; TILE]) + Sync) {
         let tiles = self.n.div_ceil(TILE);
         let per = (tiles / (8 * rayon::current_num_threads())).clamp(1, 4);
         y.par_chunks_mut(per * TILE)
@@ -305,10 +383,67 @@ impl QMatrix {
             .for_each(|(b, yc)| {
                 for (tt, ys) in yc.chunks_mut(TILE).enumerate() {
                     let mut acc = [0f32; TILE];
-                    self.tile_gemv(isa, b * per + tt, xp, &xsum, &mut acc);
+                    f(b * per + tt, &mut acc);
                     ys.copy_from_slice(&acc[..ys.len()]);
                 }
             });
+    }
+
+    /// `x` (`[k]`) in the padded column order.
+    fn gather<'a>(&self, x: &'a [f32]) -> std::borrow::Cow<'a, [f32]> {
+        match &self.order {
+            None => x.into(),
+            Some(o) => o
+                .iter()
+                .map(|&c| if c == PAD { 0.0 } else { x[c as usize] })
+                .collect::<Vec<f32>>()
+                .into(),
+        }
+    }
+
+    /// `out[m×n] = x̂[m×k] · Ŵᵀ` with integer kernel `kern`: every row of
+    /// `x` is quantized once, then each task takes a band of row tiles (its
+    /// codes stay in L1) and runs it against every activation row.
+    fn int_matmul(&self, kern: qint8::IntKernel, x: &[f32], m: usize, out: &mut [f32]) {
+        let n = self.n;
+        let qxs: Vec<QuantX> = x
+            .par_chunks(self.k)
+            .map(|r| QuantX::new(self, &self.gather(r)))
+            .collect();
+        let tiles = n.div_ceil(TILE);
+        let ptr = OutPtr(out.as_mut_ptr());
+        (0..tiles).into_par_iter().for_each_init(
+            || vec![[0f32; TILE]; m],
+            |acc, t| {
+                let p = ptr;
+                let rows = TILE.min(n - t * TILE);
+                qint8::tile_rows(kern, self, t, &qxs, acc);
+                for (i, a) in acc.iter().enumerate() {
+                    // SAFETY: row i, columns 16t .. 16t + rows of the m × n
+                    // `out` (in bounds: i < m, 16t + rows ≤ n); tile t is
+                    // this task's alone.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(a.as_ptr(), p.0.add(i * n + t * TILE), rows);
+                    }
+                }
+            },
+        );
+        debug_assert_eq!(qxs.len(), m);
+    }
+
+    fn gemv(&self, isa: Isa, int: Option<qint8::IntKernel>, x: &[f32], y: &mut [f32]) {
+        let xp = self.gather(x);
+        let xp: &[f32] = &xp;
+        if let Some(k) = int {
+            let qx = QuantX::new(self, xp);
+            return self.for_tiles(y, |t, acc| qint8::tile(k, self, t, &qx, acc));
+        }
+        let xsum: Vec<f32> = self
+            .gstart
+            .windows(2)
+            .map(|w| xp[w[0]..w[1]].iter().sum())
+            .collect();
+        self.for_tiles(y, |t, acc| self.tile_gemv(isa, t, xp, &xsum, acc));
     }
 
     fn tile_gemv(&self, isa: Isa, t: usize, xp: &[f32], xsum: &[f32], y: &mut [f32; TILE]) {
@@ -344,23 +479,24 @@ impl QMatrix {
     }
 }
 
+/// Where byte `c` of row `j`'s code field sits in a chunk (module docs).
+#[inline(always)]
+pub(super) const fn byte_offset(bits: usize, j: usize, c: usize) -> usize {
+    let w = if bits < 4 { bits } else { 4 };
+    4 * TILE * (c / 4) + w * j + c % 4
+}
+
 /// Codes of one chunk as f32, `[column][row]`.
 #[inline(always)]
 fn decode_chunk<const B: usize>(ch: &[u8], q: &mut [[f32; TILE]; CHUNK]) {
-    let mask = (1u32 << B) - 1;
-    for (i, qi) in q.iter_mut().enumerate() {
-        let bit = B * i;
-        let (by, sh) = (bit / 8, bit % 8);
-        let lo = &ch[TILE * by..TILE * (by + 1)];
-        if sh + B <= 8 {
-            for j in 0..TILE {
-                qi[j] = ((lo[j] as u32 >> sh) & mask) as i32 as f32;
-            }
-        } else {
-            let hi = &ch[TILE * (by + 1)..TILE * (by + 2)];
-            for j in 0..TILE {
-                qi[j] = (((lo[j] as u32 | (hi[j] as u32) << 8) >> sh) & mask) as i32 as f32;
-            }
+    let mask = (1u64 << B) - 1;
+    for j in 0..TILE {
+        let mut f = 0u64;
+        for c in 0..B {
+            f |= (ch[byte_offset(B, j, c)] as u64) << (8 * c);
+        }
+        for (i, qi) in q.iter_mut().enumerate() {
+            qi[j] = ((f >> (B * i)) & mask) as u32 as f32;
         }
     }
 }
@@ -826,7 +962,8 @@ mod x86 {
         }
     }
 
-    /// 4-bit tile GEMV, AVX2 + FMA: two 8-row halves, eight accumulators.
+    /// 4-bit tile GEMV, AVX2 + FMA: two 8-row halves (one 32-bit lane per
+    /// row), eight accumulators.
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::needless_range_loop)] // g indexes gstart[g], gstart[g + 1] and xsum[g]
     pub(super) unsafe fn tile4_avx2(
@@ -856,45 +993,28 @@ mod x86 {
                 for ci in a..b {
                     let p = data.as_ptr().add(ci * 64);
                     let xq = xp.as_ptr().add(ci * CHUNK);
-                    macro_rules! sub {
-                        ($c:expr, $l0:ident, $h0:ident, $l1:ident, $h1:ident) => {{
-                            let x0 = _mm256_broadcast_ss(&*xq.add(2 * $c));
-                            let x1 = _mm256_broadcast_ss(&*xq.add(2 * $c + 1));
-                            let v0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(
-                                p.add(16 * $c) as *const __m128i
-                            ));
-                            let v1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(
-                                p.add(16 * $c + 8) as *const __m128i
-                            ));
-                            $l0 = _mm256_fmadd_ps(
-                                _mm256_cvtepi32_ps(_mm256_and_si256(v0, mask)),
-                                x0,
-                                $l0,
-                            );
-                            $h0 = _mm256_fmadd_ps(
-                                _mm256_cvtepi32_ps(_mm256_srli_epi32(v0, 4)),
-                                x1,
-                                $h0,
-                            );
-                            $l1 = _mm256_fmadd_ps(
-                                _mm256_cvtepi32_ps(_mm256_and_si256(v1, mask)),
-                                x0,
-                                $l1,
-                            );
-                            $h1 = _mm256_fmadd_ps(
-                                _mm256_cvtepi32_ps(_mm256_srli_epi32(v1, 4)),
-                                x1,
-                                $h1,
-                            );
+                    let v0 = _mm256_loadu_si256(p as *const __m256i);
+                    let v1 = _mm256_loadu_si256(p.add(32) as *const __m256i);
+                    macro_rules! col {
+                        ($i:literal, $lo:ident, $hi:ident) => {{
+                            let xv = _mm256_broadcast_ss(&*xq.add($i));
+                            let q0 = _mm256_and_si256(_mm256_srli_epi32::<{ 4 * $i }>(v0), mask);
+                            let q1 = _mm256_and_si256(_mm256_srli_epi32::<{ 4 * $i }>(v1), mask);
+                            $lo = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q0), xv, $lo);
+                            $hi = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q1), xv, $hi);
                         }};
                     }
-                    sub!(0, a0, a1, a2, a3);
-                    sub!(1, a4, a5, a6, a7);
-                    sub!(2, a0, a1, a2, a3);
-                    sub!(3, a4, a5, a6, a7);
+                    col!(0, a0, a1);
+                    col!(1, a2, a3);
+                    col!(2, a4, a5);
+                    col!(3, a6, a7);
+                    col!(4, a0, a1);
+                    col!(5, a2, a3);
+                    col!(6, a4, a5);
+                    col!(7, a6, a7);
                 }
-                let r0 = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a4, a5));
-                let r1 = _mm256_add_ps(_mm256_add_ps(a2, a3), _mm256_add_ps(a6, a7));
+                let r0 = _mm256_add_ps(_mm256_add_ps(a0, a2), _mm256_add_ps(a4, a6));
+                let r1 = _mm256_add_ps(_mm256_add_ps(a1, a3), _mm256_add_ps(a5, a7));
                 let xs = _mm256_set1_ps(xsum[g]);
                 let s = sc.as_ptr().add(g * TILE);
                 let zz = mz.as_ptr().add(g * TILE);
@@ -941,18 +1061,26 @@ mod x86 {
                 }
                 let mut acc = [_mm512_setzero_ps(); 8];
                 for ci in a..b {
-                    let p = data.as_ptr().add(ci * 64);
+                    let v = _mm512_loadu_si512(data.as_ptr().add(ci * 64) as *const __m512i);
                     let xq = xp.as_ptr().add(ci * CHUNK);
-                    for c in 0..4 {
-                        let v =
-                            _mm512_cvtepu8_epi32(_mm_loadu_si128(p.add(16 * c) as *const __m128i));
-                        let lo = _mm512_cvtepi32_ps(_mm512_and_si512(v, mask));
-                        let hi = _mm512_cvtepi32_ps(_mm512_srli_epi32(v, 4));
-                        acc[2 * c] =
-                            _mm512_fmadd_ps(lo, _mm512_set1_ps(*xq.add(2 * c)), acc[2 * c]);
-                        acc[2 * c + 1] =
-                            _mm512_fmadd_ps(hi, _mm512_set1_ps(*xq.add(2 * c + 1)), acc[2 * c + 1]);
+                    macro_rules! col {
+                        ($i:literal) => {{
+                            let q = _mm512_and_si512(_mm512_srli_epi32::<{ 4 * $i }>(v), mask);
+                            acc[$i] = _mm512_fmadd_ps(
+                                _mm512_cvtepi32_ps(q),
+                                _mm512_set1_ps(*xq.add($i)),
+                                acc[$i],
+                            );
+                        }};
                     }
+                    col!(0);
+                    col!(1);
+                    col!(2);
+                    col!(3);
+                    col!(4);
+                    col!(5);
+                    col!(6);
+                    col!(7);
                 }
                 let r = _mm512_add_ps(
                     _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])),
@@ -1107,6 +1235,124 @@ mod tests {
                         // are rounded once): ≤ k·2⁻²⁴·Σ|x·w|, 2e-6·(k/16+1) covers it.
                         let bound = 2e-6 * (k as f64 / 16.0 + 1.0) * (a + 1e-6);
                         prop_assert!((got[i * n + j] as f64 - s).abs() <= bound, "{isa:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        /// Int8 activations: the activation is quantized in blocks (each
+        /// value within half a step of the input), and every integer kernel
+        /// — the portable one and this CPU's — gives `x̂·Ŵᵀ` up to f32
+        /// rounding. Random activations with a few outliers per row, so
+        /// blocks get different scales.
+        #[test]
+        fn int8_kernels_compute_the_quantized_activation_product(
+            n in 1usize..70,
+            kq in 1usize..40,
+            eight in any::<bool>(),
+            gs_i in 0usize..4,
+            act in any::<bool>(),
+            seed in any::<u64>(),
+        ) {
+            let bits = if eight { 8 } else { 4 };
+            let k = kq * if eight { 4 } else { 8 };
+            let gs = [None, Some(32), Some(64), Some(128)][gs_i];
+            let q = layer(n, k, bits, gs, act, seed);
+            let qm = QMatrix::from_qlinear(&q).unwrap();
+            let mut r = rng(seed ^ 0x7777);
+            let x: Vec<f32> = (0..k)
+                .map(|_| {
+                    let v = (r() % 2001) as f32 / 1000.0 - 1.0;
+                    if r().is_multiple_of(16) { 20.0 * v } else { v }
+                })
+                .collect();
+            let src = |p: usize| match &qm.order {
+                None => Some(p),
+                Some(o) => (o[p] != PAD).then_some(o[p] as usize),
+            };
+            let xp: Vec<f32> = (0..qm.kp).map(|p| src(p).map_or(0.0, |c| x[c])).collect();
+            let qx = QuantX::new(&qm, &xp);
+            let xh = qx.dequantized(&qm);
+            let mut xhat = vec![0f32; k];
+            for (p, &v) in xh.iter().enumerate() {
+                if let Some(c) = src(p) {
+                    xhat[c] = v;
+                }
+            }
+            let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
+            for (a, b) in x.iter().zip(&xhat) {
+                // Half a step of the block (≤ the row's largest value / 254)
+                // plus the f32 rounding of dx·q.
+                prop_assert!((a - b).abs() <= amax / 254.0 * (1.0 + 1e-5), "{a} -> {b}");
+            }
+            let (want, mag) = reference(&q, &xhat, 1);
+            let mut kernels = vec![qint8::IntKernel::Scalar];
+            kernels.extend(Isa::available().into_iter().filter_map(|i| qint8::int_kernel(i, bits)));
+            for kern in kernels {
+                let mut got = vec![f32::NAN; qm.n.div_ceil(TILE) * TILE];
+                for (t, y) in got.chunks_mut(TILE).enumerate() {
+                    let mut acc = [0f32; TILE];
+                    qint8::tile(kern, &qm, t, &qx, &mut acc);
+                    y.copy_from_slice(&acc);
+                }
+                for (idx, ((g, w), a)) in got.iter().zip(&want).zip(&mag).enumerate() {
+                    // The integer sums are exact; what remains is f32
+                    // rounding of the scaled block sums, bounded as in
+                    // `matches_dequantized_reference` (plus one rounding of
+                    // dx·I per block: 32 more units).
+                    let bound = (k as f32 + 48.0) * f32::EPSILON * a + 1e-7;
+                    prop_assert!((g - w).abs() <= bound,
+                        "{kern:?} bits {bits} gs {gs:?} act {act} n {n} k {k} at {idx}: {g} vs {w} (bound {bound})");
+                }
+            }
+            // Through the public entry, M = 1, 2 and 5 (rows x, −x, x, …;
+            // the x̂ of −x is −x̂ exactly; 5 rows take the 4-row kernels
+            // once plus one row): int8 where the CPU has a kernel.
+            let sign = |i: usize| if i.is_multiple_of(2) { 1.0 } else { -1.0 };
+            let x5: Vec<f32> = (0..5).flat_map(|i| x.iter().map(move |v| sign(i) * v)).collect();
+            for isa in Isa::available() {
+                let exact = qint8::int_kernel(isa, bits).is_some();
+                let w = if exact { want.clone() } else { reference(&q, &x, 1).0 };
+                for m in [1, 2, 5] {
+                    let mut got = vec![f32::NAN; m * n];
+                    qm.matmul_act(isa, Activations::Int8, &x5[..m * k], m, &mut got);
+                    for (idx, g) in got.iter().enumerate() {
+                        let (sign, j) = (sign(idx / n), idx % n);
+                        let bound = (k as f32 + 48.0) * f32::EPSILON * mag[j] * 8.0 + 1e-6;
+                        prop_assert!((g - sign * w[j]).abs() <= bound, "{isa:?} m {m}: {g} vs {}", sign * w[j]);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn f16_to_int8_rows_round_within_half_a_step() {
+        let mut r = rng(3);
+        let (n, k) = (37, 200);
+        let w: Vec<f32> = (0..n * k)
+            .map(|_| (r() % 2001) as f32 / 1000.0 - 1.0)
+            .collect();
+        let f = F16Matrix::from_f32(&w, n, k).unwrap();
+        let wf = f.to_f32();
+        for group in [None, Some(64)] {
+            let q = QMatrix::from_f16_int8(&f, group).unwrap();
+            assert_eq!(q.bits(), 8);
+            let d = q.dequantize();
+            let gs = group.unwrap_or(k);
+            for row in 0..n {
+                for (g, cols) in (0..k).collect::<Vec<_>>().chunks(gs).enumerate() {
+                    let amax = cols.iter().fold(0f32, |a, &c| a.max(wf[row * k + c].abs()));
+                    for &c in cols {
+                        let e = (d[row * k + c] - wf[row * k + c]).abs();
+                        assert!(
+                            e <= amax / 254.0 * (1.0 + 1e-5) + 1e-7,
+                            "row {row} group {g}: {e}"
+                        );
                     }
                 }
             }
