@@ -67,9 +67,10 @@ impl SelfAttention {
         let Step { batch, pos, past } = *step;
         let rows = batch.batch * batch.seq;
         let (d, qw, kw) = (self.head_dim, self.n_heads * self.head_dim, self.kv_dim());
-        let mut q = self.q.forward(x, rows);
-        let mut k = self.k.forward(x, rows);
-        let v = self.v.forward(x, rows);
+        let [mut q, mut k, v]: [Vec<f32>; 3] =
+            Linear::forward_many(&[&self.q, &self.k, &self.v], x, rows)
+                .try_into()
+                .expect("one output per layer");
         if let Some(rope) = rope {
             let (cos, sin) = rope.tables(pos);
             cpu::rope_rotate_half(&mut q, self.n_heads, d, &cos, &sin);

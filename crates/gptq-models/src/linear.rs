@@ -289,6 +289,34 @@ impl Linear {
         out
     }
 
+    /// `[rows, in] → [rows, out_i]` for layers that share their input (a
+    /// block's q/k/v or gate/up projections): quantized layers run together
+    /// ([`cpu::QMatrix::matmul_many`]: one parallel loop, the input
+    /// quantized once); anything else one [`Self::forward`] each.
+    pub fn forward_many(layers: &[&Linear], x: &[f32], rows: usize) -> Vec<Vec<f32>> {
+        let mats: Option<Vec<&cpu::QMatrix>> = layers
+            .iter()
+            .map(|l| match l.packed() {
+                Some(Packed::Quantized(q)) => Some(q.as_ref()),
+                _ => None,
+            })
+            .collect();
+        let Some(mats) = mats else {
+            return layers.iter().map(|l| l.forward(x, rows)).collect();
+        };
+        let mut outs: Vec<Vec<f32>> = mats.iter().map(|q| vec![0.0; rows * q.out_dim()]).collect();
+        {
+            let mut views: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
+            cpu::QMatrix::matmul_many(&mats, x, rows, &mut views);
+        }
+        for (o, l) in outs.iter_mut().zip(layers) {
+            if let Some(b) = &l.bias {
+                cpu::add_bias(o, b);
+            }
+        }
+        outs
+    }
+
     /// Number of parameters.
     pub fn num_params(&self) -> usize {
         self.out_dim() * self.in_dim() + self.bias.as_ref().map_or(0, Vec::len)

@@ -244,8 +244,10 @@ impl Block {
             }
             // -> down
             3 => {
-                let mut g = self.gate.forward(t, rows);
-                let u = self.up.forward(t, rows);
+                let [mut g, u]: [Vec<f32>; 2] =
+                    Linear::forward_many(&[&self.gate, &self.up], t, rows)
+                        .try_into()
+                        .expect("one output per layer");
                 cpu::silu_mul(&mut g, &u);
                 *t = g;
             }

@@ -97,6 +97,15 @@ fn arranged(bits: u32, i: usize) -> usize {
     }
 }
 
+/// `v` (|v| ≤ 127 up to rounding) to the nearest integer, halves away from
+/// zero, clamped to ±127 — with a truncating conversion, which compiles
+/// inline (`f32::round` is a libm call on baseline x86-64).
+#[inline(always)]
+fn round_i8(v: f32) -> i8 {
+    let r = v + 0.5f32.copysign(v);
+    (r as i32).clamp(-127, 127) as i8
+}
+
 /// An activation row quantized for one [`QMatrix`].
 pub(super) struct QuantX {
     /// Codes, `[kp]`, arranged per chunk (see [`arranged`]).
@@ -111,27 +120,38 @@ impl QuantX {
     /// Quantizes `xp` (the activation in the matrix's padded column order).
     pub(super) fn new(m: &QMatrix, xp: &[f32]) -> Self {
         let bits = m.bits();
+        let gs = m.gstart();
         let mut q = vec![0i8; xp.len()];
-        let mut dx = Vec::new();
-        let mut xsum = Vec::with_capacity(m.gstart().len());
-        for w in m.gstart().windows(2) {
-            let (a, b) = (w[0] / CHUNK, w[1] / CHUNK);
-            let mut gs = 0f32;
-            for c0 in (a..b).step_by(BLOCK_CHUNKS) {
-                let cols = c0 * CHUNK..(c0 + BLOCK_CHUNKS).min(b) * CHUNK;
-                let amax = xp[cols.clone()].iter().fold(0f32, |s, v| s.max(v.abs()));
+        let nblocks: usize = gs
+            .windows(2)
+            .map(|w| (w[1] - w[0]).div_ceil(BLOCK_CHUNKS * CHUNK))
+            .sum();
+        let mut dx = Vec::with_capacity(nblocks);
+        let mut xsum = Vec::with_capacity(gs.len() - 1);
+        for w in gs.windows(2) {
+            let mut total = 0f32;
+            for c0 in (w[0]..w[1]).step_by(BLOCK_CHUNKS * CHUNK) {
+                let c1 = (c0 + BLOCK_CHUNKS * CHUNK).min(w[1]);
+                let (xb, qb) = (&xp[c0..c1], &mut q[c0..c1]);
+                let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
                 let d = amax / 127.0;
                 let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
                 let mut s = 0i32;
-                for col in cols {
-                    let v = (xp[col] * inv).round().clamp(-127.0, 127.0) as i8;
-                    s += v as i32;
-                    q[col / CHUNK * CHUNK + arranged(bits, col % CHUNK)] = v;
+                for (o, &v) in qb.iter_mut().zip(xb) {
+                    *o = round_i8(v * inv);
+                    s += *o as i32;
+                }
+                if bits == 4 {
+                    // Even columns, then odd ones, per chunk (see `arranged`).
+                    for ch in qb.chunks_exact_mut(CHUNK) {
+                        let c: [i8; CHUNK] = (&*ch).try_into().expect("a chunk");
+                        ch.copy_from_slice(&[c[0], c[2], c[4], c[6], c[1], c[3], c[5], c[7]]);
+                    }
                 }
                 dx.push(d);
-                gs += d * s as f32;
+                total += d * s as f32;
             }
-            xsum.push(gs);
+            xsum.push(total);
         }
         Self { q, dx, xsum }
     }

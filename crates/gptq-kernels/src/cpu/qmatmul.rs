@@ -389,6 +389,87 @@ impl QMatrix {
             });
     }
 
+    /// `outs[i] = x · Ŵ_iᵀ` (`[m, n_i]`) for matrices that share the input
+    /// `x` (`[m, k]`: a block's q/k/v or gate/up projections), with the
+    /// process-wide activation mode. With int8 activations the products run
+    /// in one parallel loop and each activation row is quantized once per
+    /// distinct column layout; otherwise one [`Self::matmul`] each.
+    ///
+    /// # Panics
+    /// When the sizes disagree (programming errors).
+    pub fn matmul_many(mats: &[&QMatrix], x: &[f32], m: usize, outs: &mut [&mut [f32]]) {
+        assert_eq!(mats.len(), outs.len(), "one output per matrix");
+        let isa = Isa::detect();
+        let kernels: Option<Vec<qint8::IntKernel>> = match qint8::activations() {
+            Activations::Int8 => mats
+                .iter()
+                .map(|q| qint8::int_kernel(isa, q.bits))
+                .collect(),
+            Activations::F32 => None,
+        };
+        let Some(kernels) = kernels.filter(|_| m > 0 && mats.len() > 1) else {
+            for (q, o) in mats.iter().zip(outs.iter_mut()) {
+                q.matmul(x, m, o);
+            }
+            return;
+        };
+        for (q, o) in mats.iter().zip(outs.iter()) {
+            assert_eq!(x.len(), m * q.k, "x is not m×k");
+            assert_eq!(o.len(), m * q.n, "out is not m×n");
+        }
+        // Quantized rows per matrix, shared between equal column layouts.
+        let mut qx: Vec<std::sync::Arc<Vec<QuantX>>> = Vec::with_capacity(mats.len());
+        for (i, q) in mats.iter().enumerate() {
+            let same = (0..i).find(|&j| mats[j].same_columns(q));
+            qx.push(match same {
+                Some(j) => qx[j].clone(),
+                None => std::sync::Arc::new(
+                    x.par_chunks(q.k)
+                        .map(|r| QuantX::new(q, &q.gather(r)))
+                        .collect(),
+                ),
+            });
+        }
+        // Work items: bands of up to 4 tiles of every matrix.
+        let items: Vec<(usize, usize)> = mats
+            .iter()
+            .enumerate()
+            .flat_map(|(i, q)| (0..q.n.div_ceil(TILE)).step_by(4).map(move |t| (i, t)))
+            .collect();
+        let ptrs: Vec<OutPtr> = outs.iter_mut().map(|o| OutPtr(o.as_mut_ptr())).collect();
+        items.into_par_iter().for_each_init(
+            || vec![[0f32; TILE]; m],
+            |acc, (i, t0)| {
+                let (q, p) = (mats[i], ptrs[i]);
+                for t in t0..(t0 + 4).min(q.n.div_ceil(TILE)) {
+                    let rows = TILE.min(q.n - t * TILE);
+                    qint8::tile_rows(kernels[i], q, t, &qx[i], acc);
+                    for (r, a) in acc.iter().enumerate() {
+                        // SAFETY: row r, columns 16t .. 16t + rows of matrix
+                        // i's m × n output (in bounds); tile t of matrix i
+                        // belongs to this item alone.
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(
+                                a.as_ptr(),
+                                p.0.add(r * q.n + t * TILE),
+                                rows,
+                            );
+                        }
+                    }
+                }
+            },
+        );
+    }
+
+    /// True when `other` takes its input columns in the same padded order
+    /// and groups (so an activation quantized for one serves both).
+    fn same_columns(&self, other: &QMatrix) -> bool {
+        (self.bits == 4) == (other.bits == 4)
+            && self.k == other.k
+            && self.gstart == other.gstart
+            && self.order == other.order
+    }
+
     /// `x` (`[k]`) in the padded column order.
     fn gather<'a>(&self, x: &'a [f32]) -> std::borrow::Cow<'a, [f32]> {
         match &self.order {
