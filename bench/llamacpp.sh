@@ -8,13 +8,16 @@
 #    requantization (llama-quantize --allow-requantize).
 # 3. Our GPTQ 4-bit g128 and g32 checkpoints of the same model (gptq convert,
 #    then gptq quantize on data/calib/brown-excerpt.txt, 32 × 512 tokens) and
-#    `gptq bench --threads 2 --seqlen 512 --decode-tokens 128`.
+#    `gptq bench --threads 2 --seqlen 512 --decode-tokens 128` (int8
+#    activations, the default; g128 also with --activations f32).
+#    Steps 2 and 3 alternate for ROUNDS rounds (default 3), so a noisy
+#    machine affects both sides alike; compare medians.
 # 4. Perplexity on WikiText-2 test: llama-perplexity -c 512 (scores the second
 #    half of each 512-token window) and gptq eval --seqlen 512 (scores whole
 #    windows, the GPTQ paper's protocol); the Q4_1 GGUF is run through both to
 #    tie the two protocols together.
 #
-#   bench/llamacpp.sh [WINDOWS]     (WINDOWS: perplexity windows, default 40)
+#   [ROUNDS=3] bench/llamacpp.sh [WINDOWS]     (WINDOWS: perplexity windows, default 40)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -59,9 +62,6 @@ fi
 q40=$smol/SmolLM2-135M-Instruct.Q4_0.gguf
 [ -f "$q40" ] || "$bin/llama-quantize" --allow-requantize "$gguf" "$q40" Q4_0 >/dev/null 2>&1
 
-echo "## llama.cpp: llama-bench -t 2 -p 512 -n 128"
-for m in "$gguf" "$q40"; do "$bin/llama-bench" -m "$m" -t 2 -p 512 -n 128; done
-
 # --- ours ----------------------------------------------------------------------
 hf=$smol/hf-f16
 [ -f "$hf/config.json" ] || "$gptq" convert "$gguf" "$hf" --dtype f16 --overwrite
@@ -69,8 +69,18 @@ for g in 128 32; do
     out=$smol/gptq-w4g$g
     [ -f "$out/config.json" ] || "$gptq" --threads 2 quantize "$hf" -o "$out" --bits 4 --group-size $g \
         --dataset data/calib/brown-excerpt.txt --nsamples 32 --seqlen 512 --overwrite
-    echo "## gptq bench $out (2 threads)"
-    "$gptq" --threads 2 bench "$out" --seqlen 512 --decode-tokens 128 --no-kernels
+done
+
+# --- speed, alternating --------------------------------------------------------
+for r in $(seq "${ROUNDS:-3}"); do
+    echo "## round $r: llama.cpp, llama-bench -t 2 -p 512 -n 128"
+    for m in "$gguf" "$q40"; do "$bin/llama-bench" -m "$m" -t 2 -p 512 -n 128 | grep -E "pp512|tg128"; done
+    for run in "128 int8" "32 int8" "128 f32"; do
+        set -- $run
+        echo "## round $r: gptq --activations $2 bench $smol/gptq-w4g$1 (2 threads)"
+        "$gptq" --threads 2 --activations "$2" bench "$smol/gptq-w4g$1" --seqlen 512 --decode-tokens 128 \
+            --no-kernels | grep -E "prefill forward|^decode"
+    done
 done
 
 # --- perplexity ----------------------------------------------------------------
@@ -80,7 +90,12 @@ for m in "$gguf" "$q40"; do
     "$bin/llama-perplexity" -m "$m" -t 2 -c 512 --chunks "$windows" -f data/wikitext2/wiki.test.raw 2>&1 \
         | grep -E "Final estimate|^\[" | tail -2
 done
-for m in "$gguf" "$smol/gptq-w4g128" "$smol/gptq-w4g32"; do
-    echo "gptq eval $m"
-    "$gptq" --threads 2 eval "$m" --dataset wikitext2 --seqlen 512 --max-windows "$windows" 2>&1 | tail -2
+echo "gptq eval $gguf"
+"$gptq" --threads 2 eval "$gguf" --dataset wikitext2 --seqlen 512 --max-windows "$windows" 2>&1 | tail -1
+for m in "$smol/gptq-w4g128" "$smol/gptq-w4g32"; do
+    for a in int8 f32; do
+        echo "gptq --activations $a eval $m"
+        "$gptq" --threads 2 --activations $a eval "$m" --dataset wikitext2 --seqlen 512 \
+            --max-windows "$windows" 2>&1 | tail -1
+    done
 done
