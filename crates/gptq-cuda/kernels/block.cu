@@ -221,3 +221,27 @@ extern "C" __global__ void blk_sub_f16(const u16 *__restrict__ a, const u16 *__r
          i += (u64)gridDim.x * blockDim.x)
         out[i] = f32_to_f16(f16_to_f32(a[i]) - f16_to_f32(b[i]));
 }
+
+// Negative log-likelihood of one row of logits per block (the output layer's
+// f32 GEMM result): nll[r] = log Σ_c e^(l[r, c]) − l[r, target[r]], the
+// exponentials shifted by the row's max and summed in f64 like the CPU's
+// log_sum_exp. A target outside [0, vocab) gives NaN (the host checks ids).
+extern "C" __global__ void blk_nll(const float *__restrict__ logits, int vocab,
+                                   const u32 *__restrict__ target, float *__restrict__ nll) {
+    __shared__ float redf[32];
+    __shared__ double redd[32];
+    const float *l = logits + (u64)blockIdx.x * vocab;
+    float m = neg_inf();
+    for (int c = threadIdx.x; c < vocab; c += blockDim.x)
+        m = fmaxf(m, l[c]);
+    m = block_max(m, redf);
+    double s = 0.0;
+    for (int c = threadIdx.x; c < vocab; c += blockDim.x)
+        s += exp((double)(l[c] - m));
+    s = block_sum(s, redd);
+    if (threadIdx.x == 0) {
+        u32 t = target[blockIdx.x];
+        nll[blockIdx.x] =
+            t < (u32)vocab ? (float)(log(s) + (double)m - (double)l[t]) : __int_as_float(0x7fc00000);
+    }
+}

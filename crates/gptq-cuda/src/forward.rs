@@ -35,6 +35,9 @@ use gptq_quant::{CrossTerm, GptqParams, GptqResult, Hessian};
 use std::collections::HashMap;
 use std::sync::Arc;
 
+mod eval;
+pub use eval::{windows_nll, WindowsNll};
+
 /// Every kernel of `block.cu`.
 pub const BLOCK_FUNCTIONS: &[&str] = &[
     "blk_rms_norm",
@@ -47,6 +50,7 @@ pub const BLOCK_FUNCTIONS: &[&str] = &[
     "blk_dequant",
     "blk_mirror_upper",
     "blk_sub_f16",
+    "blk_nll",
 ];
 
 /// Rows per chunk of the MLP's f32 intermediates (two `[rows, inter]`).

@@ -58,6 +58,55 @@ pub fn nll_sum(model: &dyn CausalLm, hidden: &[f32], targets: &[u32]) -> f64 {
     total
 }
 
+/// How many windows of `opts.seqlen` tokens `ids` gives (checked against
+/// the model's `max_positions`); one place for the CPU and GPU evaluations.
+pub fn window_count(ids: &[u32], opts: EvalOptions, max_positions: usize) -> Result<usize> {
+    let seqlen = opts.seqlen;
+    if seqlen < 2 {
+        return Err(Error::Input(format!(
+            "--seqlen must be at least 2, got {seqlen}"
+        )));
+    }
+    if seqlen > max_positions {
+        return Err(Error::Input(format!(
+            "--seqlen {seqlen} exceeds the model's max_position_embeddings ({max_positions})"
+        )));
+    }
+    if ids.is_empty() {
+        return Err(Error::Input("the evaluation text is empty".into()));
+    }
+    let windows = ids.len() / seqlen;
+    if windows == 0 {
+        return Err(Error::Input(format!(
+            "the evaluation text has {} tokens, shorter than one window of {seqlen}; pass a smaller --seqlen or a longer text",
+            ids.len()
+        )));
+    }
+    Ok(match opts.max_windows {
+        Some(m) => windows.min(m.max(1)),
+        None => windows,
+    })
+}
+
+impl EvalResult {
+    /// The result of scoring `windows` windows of `seqlen` tokens (out of a
+    /// text of `text_tokens`) with summed NLL `nll` in `seconds`.
+    pub fn new(nll: f64, windows: usize, seqlen: usize, text_tokens: usize, seconds: f64) -> Self {
+        let scored = windows * (seqlen - 1);
+        let mean_nll = nll / scored.max(1) as f64;
+        EvalResult {
+            ppl: mean_nll.exp(),
+            mean_nll,
+            windows,
+            seqlen,
+            text_tokens,
+            scored_tokens: scored,
+            seconds,
+            tokens_per_second: (windows * seqlen) as f64 / seconds.max(1e-9),
+        }
+    }
+}
+
 /// Scores `ids`; `progress(done, total, running_ppl)` is called after each window.
 pub fn perplexity(
     model: &dyn CausalLm,
@@ -66,30 +115,7 @@ pub fn perplexity(
     mut progress: impl FnMut(usize, usize, f64),
 ) -> Result<EvalResult> {
     let seqlen = opts.seqlen;
-    if seqlen < 2 {
-        return Err(Error::Input(format!(
-            "--seqlen must be at least 2, got {seqlen}"
-        )));
-    }
-    let maxp = model.info().max_position_embeddings;
-    if seqlen > maxp {
-        return Err(Error::Input(format!(
-            "--seqlen {seqlen} exceeds the model's max_position_embeddings ({maxp})"
-        )));
-    }
-    if ids.is_empty() {
-        return Err(Error::Input("the evaluation text is empty".into()));
-    }
-    let mut windows = ids.len() / seqlen;
-    if windows == 0 {
-        return Err(Error::Input(format!(
-            "the evaluation text has {} tokens, shorter than one window of {seqlen}; pass a smaller --seqlen or a longer text",
-            ids.len()
-        )));
-    }
-    if let Some(m) = opts.max_windows {
-        windows = windows.min(m.max(1));
-    }
+    let windows = window_count(ids, opts, model.info().max_position_embeddings)?;
     let start = Instant::now();
     let mut nll = 0.0f64;
     for w in 0..windows {
@@ -105,17 +131,11 @@ pub fn perplexity(
             (nll / ((w + 1) * (seqlen - 1)) as f64).exp(),
         );
     }
-    let seconds = start.elapsed().as_secs_f64();
-    let scored = windows * (seqlen - 1);
-    let mean_nll = nll / scored as f64;
-    Ok(EvalResult {
-        ppl: mean_nll.exp(),
-        mean_nll,
+    Ok(EvalResult::new(
+        nll,
         windows,
         seqlen,
-        text_tokens: ids.len(),
-        scored_tokens: scored,
-        seconds,
-        tokens_per_second: (windows * seqlen) as f64 / seconds.max(1e-9),
-    })
+        ids.len(),
+        start.elapsed().as_secs_f64(),
+    ))
 }

@@ -80,6 +80,22 @@ pub trait LayerwiseModel: Send + Sync {
     fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>>;
     /// Loads block `i` from the checkpoint.
     fn block(&self, i: usize) -> Result<Box<dyn BlockRunner + '_>>;
+    /// The final norm and output layer in the Llama form, for backends that
+    /// run the head themselves (GPU perplexity); `None` for other forms.
+    fn llama_head(&self) -> Result<Option<LlamaHead<'_>>> {
+        Ok(None)
+    }
+}
+
+/// The head of a Llama-form model: `logits = RMSNorm(x)·Wᵀ`.
+#[derive(Debug)]
+pub struct LlamaHead<'a> {
+    /// Final RMSNorm weight `[hidden]`.
+    pub norm: Vec<f32>,
+    /// RMSNorm epsilon.
+    pub eps: f32,
+    /// Output layer `[vocab, hidden]` (the embedding matrix when tied).
+    pub lm_head: std::borrow::Cow<'a, gptq_core::Tensor>,
 }
 
 /// Opens `files` for layer-by-layer processing.

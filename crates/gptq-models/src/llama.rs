@@ -541,4 +541,22 @@ impl crate::LayerwiseModel for LlamaLayers<'_> {
             eps: self.cfg.rms_norm_eps as f32,
         }))
     }
+
+    fn llama_head(&self) -> Result<Option<crate::LlamaHead<'_>>> {
+        let (h, v) = (self.cfg.hidden_size, self.cfg.vocab_size);
+        let norm = self.w.get("model.norm.weight", &[h])?.into_data();
+        // As `LlamaModel::load`: tied models (and untied ones missing it)
+        // use the embedding matrix.
+        let lm_head = if !self.cfg.tie_word_embeddings && self.w.contains("lm_head.weight") {
+            let l = Linear::load(&self.w, "lm_head", h, v)?;
+            std::borrow::Cow::Owned(l.dense_weight().into_owned())
+        } else {
+            std::borrow::Cow::Borrowed(&self.embed)
+        };
+        Ok(Some(crate::LlamaHead {
+            norm,
+            eps: self.cfg.rms_norm_eps as f32,
+            lm_head,
+        }))
+    }
 }

@@ -20,8 +20,17 @@ pub fn open(spec: &str) -> anyhow::Result<ModelFiles> {
 /// Opens and loads a model for running.
 pub fn load(spec: &str) -> anyhow::Result<(ModelFiles, Box<dyn gptq_models::CausalLm>)> {
     let files = open(spec)?;
+    let model = load_files(&files, spec)?;
+    Ok((files, model))
+}
+
+/// Loads opened model files (`spec`: how the user named them) for running.
+pub fn load_files(
+    files: &ModelFiles,
+    spec: &str,
+) -> anyhow::Result<Box<dyn gptq_models::CausalLm>> {
     let t = std::time::Instant::now();
-    let model = gptq_models::load(&files).with_context(|| format!("cannot load model `{spec}`"))?;
+    let model = gptq_models::load(files).with_context(|| format!("cannot load model `{spec}`"))?;
     tracing::info!(
         "loaded {} ({}, {:.1}M parameters) in {:.2}s",
         files.name,
@@ -29,7 +38,7 @@ pub fn load(spec: &str) -> anyhow::Result<(ModelFiles, Box<dyn gptq_models::Caus
         model.info().num_params as f64 / 1e6,
         t.elapsed().as_secs_f64()
     );
-    Ok((files, model))
+    Ok(model)
 }
 
 /// `--device auto|cpu|cuda[:N]`.
