@@ -668,12 +668,22 @@ fn cases() -> Vec<Case> {
             let m = tiny(r);
             quantize_args(&m, r, &["--max-gpu-memory", "0"])
         }),
-        case!("eval GPU memory limit 0", BAD_INPUT, "max-gpu-memory", |r| {
-            let m = tiny(r);
-            let mut a = eval(&m, r);
-            a.extend(["--device".into(), "cuda".into(), "--max-gpu-memory".into(), "0".into()]);
-            a
-        }),
+        case!(
+            "eval GPU memory limit 0",
+            BAD_INPUT,
+            "max-gpu-memory",
+            |r| {
+                let m = tiny(r);
+                let mut a = eval(&m, r);
+                a.extend([
+                    "--device".into(),
+                    "cuda".into(),
+                    "--max-gpu-memory".into(),
+                    "0".into(),
+                ]);
+                a
+            }
+        ),
         case!(
             "bad quantize_config.json",
             BAD_INPUT,

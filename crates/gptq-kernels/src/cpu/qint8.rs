@@ -11,8 +11,8 @@
 //! (tested), and the only approximation is `x → x̂` (a relative error of at
 //! most 2⁻⁸ of each block's largest value).
 //!
-//! Kernels: 4 bits with AVX-512 VNNI or AVX2, 8 bits with AVX-512 VNNI; other
-//! bit widths and CPUs keep the f32 kernels ([`int_kernel`] says which).
+//! Kernels: 4 and 8 bits with AVX-512 VNNI or AVX2; 2/3 bits and CPUs
+//! without AVX2 keep the f32 kernels ([`int_kernel`] says which).
 
 use super::qmatmul::{byte_offset, Isa, QMatrix, CHUNK, TILE};
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -54,6 +54,8 @@ pub(super) enum IntKernel {
     Scalar,
     /// 4 bits, AVX2 `vpmaddubsw`.
     Avx2x4,
+    /// 8 bits, AVX2 `vpmaddubsw` on the codes' nibbles.
+    Avx2x8,
     /// 4 bits, AVX-512 VNNI `vpdpbusd`.
     Vnni4,
     /// 8 bits, AVX-512 VNNI `vpdpbusd`.
@@ -76,6 +78,7 @@ pub(super) fn int_kernel(isa: Isa, bits: u32) -> Option<IntKernel> {
         (Isa::Avx512, 4) if has_vnni() => Some(IntKernel::Vnni4),
         (Isa::Avx512, 8) if has_vnni() => Some(IntKernel::Vnni8),
         (Isa::Avx2 | Isa::Avx512, 4) => Some(IntKernel::Avx2x4),
+        (Isa::Avx2 | Isa::Avx512, 8) => Some(IntKernel::Avx2x8),
         _ => None,
     }
 }
@@ -188,6 +191,9 @@ pub(super) fn tile(k: IntKernel, m: &QMatrix, t: usize, qx: &QuantX, y: &mut [f3
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
         IntKernel::Avx2x4 => unsafe { x86::tile4_avx2(m, t, qx, y) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        IntKernel::Avx2x8 => unsafe { x86::tile8_avx2(m, t, qx, y) },
         _ => tile_scalar(m, t, qx, y),
     }
 }
@@ -408,6 +414,79 @@ mod x86 {
                     let d = _mm256_set1_ps(qx.dx[bi]);
                     f0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(s0, ones)), d, f0);
                     f1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(s1, ones)), d, f1);
+                    bi += 1;
+                    c0 = c1;
+                }
+                let xs = _mm256_set1_ps(qx.xsum[g]);
+                let s = sc.as_ptr().add(g * TILE);
+                let z = mz.as_ptr().add(g * TILE);
+                y0 = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(s),
+                    f0,
+                    _mm256_fmadd_ps(_mm256_loadu_ps(z), xs, y0),
+                );
+                y1 = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(s.add(8)),
+                    f1,
+                    _mm256_fmadd_ps(_mm256_loadu_ps(z.add(8)), xs, y1),
+                );
+            }
+            _mm256_storeu_ps(y.as_mut_ptr(), y0);
+            _mm256_storeu_ps(y.as_mut_ptr().add(8), y1);
+        }
+    }
+
+    /// 8-bit tile with AVX2. `vpmaddubsw` of a full code (≤ 255) with an
+    /// int8 activation could saturate int16, so each code is split into
+    /// its nibbles, `q = 16·hi + lo`: nibble products summed in int16 over a
+    /// block (≤ 4 chunks × 2 words × 2 products × 15 × 127 = 30480), then
+    /// widened by `vpmaddwd` with 1 and 16.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn tile8_avx2(m: &QMatrix, t: usize, qx: &QuantX, y: &mut [f32; TILE]) {
+        let (chunks, gn) = (m.kp() / CHUNK, m.gstart().len() - 1);
+        let data = &m.data()[t * chunks * 128..(t + 1) * chunks * 128];
+        let (sc, mz) = m.tile_scales(t);
+        debug_assert!(qx.q.len() >= chunks * CHUNK && qx.xsum.len() >= gn);
+        unsafe {
+            let mask = _mm256_set1_epi8(0x0F);
+            let (one, sixteen) = (_mm256_set1_epi16(1), _mm256_set1_epi16(16));
+            let (mut y0, mut y1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+            let mut bi = 0;
+            for g in 0..gn {
+                let (a, b) = (m.gstart()[g] / CHUNK, m.gstart()[g + 1] / CHUNK);
+                if a == b {
+                    continue;
+                }
+                let (mut f0, mut f1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+                let mut c0 = a;
+                while c0 < b {
+                    let c1 = (c0 + BLOCK_CHUNKS).min(b);
+                    let z = _mm256_setzero_si256();
+                    // [half][lo, hi] int16 accumulators.
+                    let mut acc = [[z, z], [z, z]];
+                    for ci in c0..c1 {
+                        let p = data.as_ptr().add(ci * 128);
+                        for w in 0..2 {
+                            let xw = _mm256_set1_epi32(xword(&qx.q, ci * CHUNK + 4 * w));
+                            for (half, a) in acc.iter_mut().enumerate() {
+                                let v =
+                                    _mm256_loadu_si256(p.add(64 * w + 32 * half) as *const __m256i);
+                                let lo = _mm256_and_si256(v, mask);
+                                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), mask);
+                                a[0] = _mm256_add_epi16(a[0], _mm256_maddubs_epi16(lo, xw));
+                                a[1] = _mm256_add_epi16(a[1], _mm256_maddubs_epi16(hi, xw));
+                            }
+                        }
+                    }
+                    let d = _mm256_set1_ps(qx.dx[bi]);
+                    let wide = |a: [__m256i; 2]| {
+                        _mm256_cvtepi32_ps(_mm256_add_epi32(
+                            _mm256_madd_epi16(a[0], one),
+                            _mm256_madd_epi16(a[1], sixteen),
+                        ))
+                    };
+                    f0 = _mm256_fmadd_ps(wide(acc[0]), d, f0);
+                    f1 = _mm256_fmadd_ps(wide(acc[1]), d, f1);
                     bi += 1;
                     c0 = c1;
                 }

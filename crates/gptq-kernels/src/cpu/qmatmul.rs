@@ -68,8 +68,24 @@ pub enum Isa {
 }
 
 impl Isa {
-    /// The best level this CPU supports.
+    /// The level the kernels use: the best this CPU supports, or a lower
+    /// one named by `GPTQ_CPU_ISA` (`scalar`, `avx2`; for comparisons).
+    /// Decided once per process.
     pub fn detect() -> Self {
+        static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+        *ISA.get_or_init(|| {
+            let best = Self::best();
+            let asked = std::env::var("GPTQ_CPU_ISA").ok();
+            match asked.as_deref().map(str::trim) {
+                Some("scalar") => Isa::Scalar,
+                Some("avx2") if best != Isa::Scalar => Isa::Avx2,
+                _ => best,
+            }
+        })
+    }
+
+    /// The best level this CPU supports.
+    fn best() -> Self {
         #[cfg(target_arch = "x86_64")]
         {
             if std::arch::is_x86_feature_detected!("avx512f") {
@@ -87,7 +103,7 @@ impl Isa {
 
     /// Every level this CPU supports, fastest last.
     pub fn available() -> Vec<Self> {
-        let best = Self::detect();
+        let best = Self::best();
         let mut v = vec![Isa::Scalar];
         if best != Isa::Scalar {
             #[cfg(target_arch = "x86_64")]
