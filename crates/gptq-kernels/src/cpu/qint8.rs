@@ -190,7 +190,7 @@ pub(super) fn tile(k: IntKernel, m: &QMatrix, t: usize, qx: &QuantX, y: &mut [f3
         IntKernel::Vnni8 => unsafe { x86::tile_vnni::<8, 1>(m, t, [qx], std::array::from_mut(y)) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
-        IntKernel::Avx2x4 => unsafe { x86::tile4_avx2(m, t, qx, y) },
+        IntKernel::Avx2x4 => unsafe { x86::tile4_avx2::<1>(m, t, [qx], std::array::from_mut(y)) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
         IntKernel::Avx2x8 => unsafe { x86::tile8_avx2(m, t, qx, y) },
@@ -198,12 +198,26 @@ pub(super) fn tile(k: IntKernel, m: &QMatrix, t: usize, qx: &QuantX, y: &mut [f3
     }
 }
 
-/// Activation rows taken together by [`tile_rows`].
+/// Activation rows taken together by [`tile_rows`] (VNNI: 32 vector
+/// registers; AVX2: 16).
 const ROWS: usize = 4;
+const AVX2_ROWS: usize = 2;
 
 /// One 16-row tile for every activation row in `qx`, into `y` (`[rows][16]`).
 pub(super) fn tile_rows(k: IntKernel, m: &QMatrix, t: usize, qx: &[QuantX], y: &mut [[f32; TILE]]) {
     let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if k == IntKernel::Avx2x4 {
+        done = qx.len() / AVX2_ROWS * AVX2_ROWS;
+        for (xc, yc) in qx
+            .chunks_exact(AVX2_ROWS)
+            .zip(y.chunks_exact_mut(AVX2_ROWS))
+        {
+            let yr: &mut [[f32; TILE]; AVX2_ROWS] = yc.try_into().expect("chunks of AVX2_ROWS");
+            // SAFETY: `int_kernel` only returns x86 kernels the CPU has.
+            unsafe { x86::tile4_avx2::<AVX2_ROWS>(m, t, [&xc[0], &xc[1]], yr) }
+        }
+    }
     if matches!(k, IntKernel::Vnni4 | IntKernel::Vnni8) {
         done = qx.len() / ROWS * ROWS;
         for (xc, yc) in qx.chunks_exact(ROWS).zip(y.chunks_exact_mut(ROWS)) {
@@ -366,73 +380,82 @@ mod x86 {
     /// in int16 over a block (≤ 4 chunks × 4 products × 15 × 127 = 30480,
     /// inside int16), widened once per block by `vpmaddwd`.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn tile4_avx2(m: &QMatrix, t: usize, qx: &QuantX, y: &mut [f32; TILE]) {
+    pub(super) unsafe fn tile4_avx2<const R: usize>(
+        m: &QMatrix,
+        t: usize,
+        qx: [&QuantX; R],
+        y: &mut [[f32; TILE]; R],
+    ) {
         let (chunks, gn) = (m.kp() / CHUNK, m.gstart().len() - 1);
         let data = &m.data()[t * chunks * 64..(t + 1) * chunks * 64];
         let (sc, mz) = m.tile_scales(t);
-        debug_assert!(qx.q.len() >= chunks * CHUNK && qx.xsum.len() >= gn);
+        for q in qx {
+            debug_assert!(q.q.len() >= chunks * CHUNK && q.xsum.len() >= gn);
+        }
         unsafe {
             let mask = _mm256_set1_epi8(0x0F);
             let ones = _mm256_set1_epi16(1);
-            let (mut y0, mut y1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+            let zf = _mm256_setzero_ps();
+            // [row][half]
+            let mut yv = [[zf; 2]; R];
             let mut bi = 0;
             for g in 0..gn {
                 let (a, b) = (m.gstart()[g] / CHUNK, m.gstart()[g + 1] / CHUNK);
                 if a == b {
                     continue;
                 }
-                let (mut f0, mut f1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+                let mut f = [[zf; 2]; R];
                 let mut c0 = a;
                 while c0 < b {
                     let c1 = (c0 + BLOCK_CHUNKS).min(b);
-                    let (mut s0, mut s1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+                    let zi = _mm256_setzero_si256();
+                    let mut acc = [[zi; 2]; R];
                     for ci in c0..c1 {
                         let p = data.as_ptr().add(ci * 64);
-                        let xe = _mm256_set1_epi32(xword(&qx.q, ci * CHUNK));
-                        let xo = _mm256_set1_epi32(xword(&qx.q, ci * CHUNK + 4));
                         let v0 = _mm256_loadu_si256(p as *const __m256i);
                         let v1 = _mm256_loadu_si256(p.add(32) as *const __m256i);
-                        let lo0 = _mm256_and_si256(v0, mask);
-                        let hi0 = _mm256_and_si256(_mm256_srli_epi16::<4>(v0), mask);
-                        let lo1 = _mm256_and_si256(v1, mask);
-                        let hi1 = _mm256_and_si256(_mm256_srli_epi16::<4>(v1), mask);
-                        s0 = _mm256_add_epi16(
-                            s0,
-                            _mm256_add_epi16(
-                                _mm256_maddubs_epi16(lo0, xe),
-                                _mm256_maddubs_epi16(hi0, xo),
-                            ),
-                        );
-                        s1 = _mm256_add_epi16(
-                            s1,
-                            _mm256_add_epi16(
-                                _mm256_maddubs_epi16(lo1, xe),
-                                _mm256_maddubs_epi16(hi1, xo),
-                            ),
-                        );
+                        let lo = [_mm256_and_si256(v0, mask), _mm256_and_si256(v1, mask)];
+                        let hi = [
+                            _mm256_and_si256(_mm256_srli_epi16::<4>(v0), mask),
+                            _mm256_and_si256(_mm256_srli_epi16::<4>(v1), mask),
+                        ];
+                        for r in 0..R {
+                            let xe = _mm256_set1_epi32(xword(&qx[r].q, ci * CHUNK));
+                            let xo = _mm256_set1_epi32(xword(&qx[r].q, ci * CHUNK + 4));
+                            for h in 0..2 {
+                                acc[r][h] = _mm256_add_epi16(
+                                    acc[r][h],
+                                    _mm256_add_epi16(
+                                        _mm256_maddubs_epi16(lo[h], xe),
+                                        _mm256_maddubs_epi16(hi[h], xo),
+                                    ),
+                                );
+                            }
+                        }
                     }
-                    let d = _mm256_set1_ps(qx.dx[bi]);
-                    f0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(s0, ones)), d, f0);
-                    f1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(s1, ones)), d, f1);
+                    for r in 0..R {
+                        let d = _mm256_set1_ps(qx[r].dx[bi]);
+                        for h in 0..2 {
+                            let i = _mm256_madd_epi16(acc[r][h], ones);
+                            f[r][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), d, f[r][h]);
+                        }
+                    }
                     bi += 1;
                     c0 = c1;
                 }
-                let xs = _mm256_set1_ps(qx.xsum[g]);
-                let s = sc.as_ptr().add(g * TILE);
-                let z = mz.as_ptr().add(g * TILE);
-                y0 = _mm256_fmadd_ps(
-                    _mm256_loadu_ps(s),
-                    f0,
-                    _mm256_fmadd_ps(_mm256_loadu_ps(z), xs, y0),
-                );
-                y1 = _mm256_fmadd_ps(
-                    _mm256_loadu_ps(s.add(8)),
-                    f1,
-                    _mm256_fmadd_ps(_mm256_loadu_ps(z.add(8)), xs, y1),
-                );
+                for r in 0..R {
+                    let xs = _mm256_set1_ps(qx[r].xsum[g]);
+                    for h in 0..2 {
+                        let s = _mm256_loadu_ps(sc.as_ptr().add(g * TILE + 8 * h));
+                        let z = _mm256_loadu_ps(mz.as_ptr().add(g * TILE + 8 * h));
+                        yv[r][h] = _mm256_fmadd_ps(s, f[r][h], _mm256_fmadd_ps(z, xs, yv[r][h]));
+                    }
+                }
             }
-            _mm256_storeu_ps(y.as_mut_ptr(), y0);
-            _mm256_storeu_ps(y.as_mut_ptr().add(8), y1);
+            for r in 0..R {
+                _mm256_storeu_ps(y[r].as_mut_ptr(), yv[r][0]);
+                _mm256_storeu_ps(y[r].as_mut_ptr().add(8), yv[r][1]);
+            }
         }
     }
 
