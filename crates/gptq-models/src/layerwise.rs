@@ -105,7 +105,9 @@ pub fn layerwise(files: &ModelFiles) -> Result<Box<dyn LayerwiseModel + '_>> {
         .get("model_type")
         .and_then(|v| v.as_str())
         .ok_or_else(|| crate::Error::Config("missing `model_type`".into()))?;
-    let w = Weights::new(files.weights.as_ref());
+    // With the quantize config of a GPTQ checkpoint, whose blocks then load
+    // their packed layers (GPU evaluation of quantized models).
+    let w = Weights::for_files(files)?;
     match model_type {
         "llama" | "mistral" | "qwen2" => {
             Ok(Box::new(crate::llama::LlamaLayers::open(&files.config, w)?))

@@ -225,11 +225,7 @@ pub fn load(files: &ModelFiles) -> Result<Box<dyn CausalLm>> {
         .get("model_type")
         .and_then(|v| v.as_str())
         .ok_or_else(|| Error::Config("missing `model_type`".into()))?;
-    let qcfg = gptq_io::gptq::quantize_config_for(files)?;
-    let w = match &qcfg {
-        Some(q) => Weights::with_quant(files.weights.as_ref(), q),
-        None => Weights::new(files.weights.as_ref()),
-    };
+    let w = Weights::for_files(files)?;
     match model_type {
         "llama" | "mistral" | "qwen2" => Ok(Box::new(llama::Llama::load(&files.config, &w)?)),
         "opt" => Ok(Box::new(opt::Opt::load(&files.config, &w)?)),

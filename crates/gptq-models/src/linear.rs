@@ -526,7 +526,7 @@ mod tests {
         // Shape checks and a missing quantize config are errors.
         let files = gptq_io::source::open_dir(&qdir).unwrap();
         let qc = gptq_io::gptq::quantize_config_for(&files).unwrap().unwrap();
-        let w = Weights::with_quant(files.weights.as_ref(), &qc);
+        let w = Weights::with_quant(files.weights.as_ref(), qc);
         let l = Linear::load(&w, "model.layers.0.self_attn.k_proj", 48, 24).unwrap();
         assert_eq!(
             (l.in_dim(), l.out_dim(), l.bias.as_ref().map(Vec::len)),

@@ -8,10 +8,10 @@ use gptq_io::WeightSource;
 
 /// A view of a checkpoint under a name prefix, with the GPTQ quantize config
 /// of a quantized checkpoint.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct Weights<'a> {
     src: &'a dyn WeightSource,
-    quant: Option<&'a QuantizeConfig>,
+    quant: Option<std::sync::Arc<QuantizeConfig>>,
 }
 
 impl<'a> Weights<'a> {
@@ -21,11 +21,20 @@ impl<'a> Weights<'a> {
     }
 
     /// Wraps the source of a GPTQ checkpoint quantized with `qcfg`.
-    pub fn with_quant(src: &'a dyn WeightSource, qcfg: &'a QuantizeConfig) -> Self {
+    pub fn with_quant(src: &'a dyn WeightSource, qcfg: QuantizeConfig) -> Self {
         Self {
             src,
-            quant: Some(qcfg),
+            quant: Some(std::sync::Arc::new(qcfg)),
         }
+    }
+
+    /// Wraps the source of `files`, with their GPTQ quantize config if they
+    /// hold a quantized checkpoint.
+    pub fn for_files(files: &'a gptq_io::ModelFiles) -> Result<Self> {
+        Ok(match gptq_io::gptq::quantize_config_for(files)? {
+            Some(q) => Self::with_quant(files.weights.as_ref(), q),
+            None => Self::new(files.weights.as_ref()),
+        })
     }
 
     /// The underlying source.
@@ -34,8 +43,8 @@ impl<'a> Weights<'a> {
     }
 
     /// The quantize config, for a GPTQ checkpoint.
-    pub fn quant(&self) -> Option<&'a QuantizeConfig> {
-        self.quant
+    pub fn quant(&self) -> Option<&QuantizeConfig> {
+        self.quant.as_deref()
     }
 
     /// True when `name` exists.
