@@ -1,19 +1,21 @@
 #!/bin/bash
 # Whole-model perplexity on the GPU (`gptq eval --device cuda`) against the CPU, on the GPU machine, from the repo root
 # with .device-bin/ carried: gptq.gz, forward_gpu.gz, solve_gpu.gz (stripped, gzipped), stories260K/,
-# tinystories_val.txt, wiki.test.raw from ../shared/data; for part 2 the SmolLM2 GGUF in three thirds (the carry limit):
-# .device-bin/smol.aa in part 1 and smol.ab in part 3 (kept in /tmp/keep), smol.ac in part 2.
+# tinystories_val.txt, wiki.test.raw from ../shared/data; for part 2 the SmolLM2 GGUF in two halves (the carry limit):
+# .device-bin/smol.aa carried in a call of its own just before (kept in /tmp/keep; a warm machine keeps /tmp for
+# a few seconds of idleness only), .device-bin/smol.ab with part 2.
 #   bash bench/cuda_eval.sh 1   GPU tests (incl. gpu_perplexity_matches_cpu); stories260K eval GPU vs CPU
+#   bash bench/cuda_eval.sh stash  (with smol.aa only)
 #   bash bench/cuda_eval.sh 2   SmolLM2: fp and w4 g128 (quantized on the GPU) eval GPU vs CPU; full WikiText-2 on the GPU
 #   bash bench/cuda_eval.sh 3   8B-shaped model (scripts/research/synth_llama.py): eval time on the GPU
 set -u
 PART=${1:-1}
 B=/tmp/bin; mkdir -p $B /tmp/keep
+[ -f .device-bin/smol.aa ] && cp .device-bin/smol.aa /tmp/keep/ && [ "$PART" = stash ] && exit 0
 for f in gptq forward_gpu solve_gpu; do gunzip -c .device-bin/$f.gz > $B/$f; chmod +x $B/$f; done
 source bench/cuda_env.sh /tmp
 S=.device-bin/stories260K
 ev() { /usr/bin/time -f "  wall %e s" $B/gptq --threads 16 eval "$@" 2>&1 | sed 's/\x1b\[[0-9;]*m//g' | grep -E " ppl |wall|device|error"; }
-for p in aa ab; do [ -f .device-bin/smol.$p ] && cp .device-bin/smol.$p /tmp/keep/; done
 case $PART in
 1)
   GPTQ_STORIES_DIR=$S $B/forward_gpu --ignored --nocapture 2>&1 | grep -E "NLL|block 4: output|total error|test result|panicked|FAILED" | tail -20
@@ -26,7 +28,7 @@ case $PART in
   ;;
 2)
   M=/tmp/keep/smol.gguf
-  [ -f $M ] || cat /tmp/keep/smol.aa /tmp/keep/smol.ab .device-bin/smol.ac > $M
+  [ -f $M ] || cat /tmp/keep/smol.aa .device-bin/smol.ab > $M
   $B/gptq quantize $M -o /tmp/m4 --dataset data/calib/brown-excerpt.txt --nsamples 64 --seqlen 512 --group-size 128 \
     --bits 4 --device cuda --overwrite > /tmp/m4.log 2>&1 || { echo "quantize failed"; tail -3 /tmp/m4.log; }
   for m in $M /tmp/m4; do for d in cpu cuda; do
