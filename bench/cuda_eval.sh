@@ -15,7 +15,7 @@ B=/tmp/bin; mkdir -p $B /tmp/keep
 for f in gptq forward_gpu solve_gpu; do gunzip -c .device-bin/$f.gz > $B/$f; chmod +x $B/$f; done
 source bench/cuda_env.sh /tmp
 S=.device-bin/stories260K
-ev() { /usr/bin/time -f "  wall %e s" $B/gptq --threads 16 eval "$@" 2>&1 | sed 's/\x1b\[[0-9;]*m//g' | grep -E " ppl |wall|device|error"; }
+ev() { /usr/bin/time -f "  wall %e s" $B/gptq --threads 16 --activations f32 eval "$@" 2>&1 | sed 's/\x1b\[[0-9;]*m//g' | grep -E " ppl |wall|device|error"; }
 case $PART in
 1)
   GPTQ_STORIES_DIR=$S $B/forward_gpu --ignored --nocapture 2>&1 | grep -E "NLL|block 4: output|total error|test result|panicked|FAILED" | tail -20
