@@ -40,6 +40,10 @@
 //!   into a small f32 buffer (in the original column order, so the
 //!   activations are used as they are) and multiplies it with the `gemm`
 //!   crate, writing its own columns of the output.
+//! - With [`Activations::Int8`] (the CLI's default) 4- and 8-bit products
+//!   quantize each activation row to int8 in blocks of 32 and run integer
+//!   dot products instead, for any `M` (module `qint8`: AVX-512 VNNI, AVX2);
+//!   [`QMatrix::matmul_many`] runs layers that share an input in one loop.
 //!
 //! [`F16Matrix`] holds an f16 weight (the tied embedding / output layer) and
 //! converts it in-kernel (F16C / AVX-512F), with the same two regimes.
