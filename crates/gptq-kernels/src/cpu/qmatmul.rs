@@ -16,7 +16,7 @@
 //!   codes are stored as consecutive *chunks* of 16 rows × 8 columns,
 //!   `16·bits` bytes each: row `j`'s 8 codes form the little-endian bit field
 //!   `F_j = Σ_i q[j, i] << (bits·i)` (`bits` bytes), and byte `c` of `F_j`
-//!   sits at offset [`byte_offset`]`(bits, j, c) = 64·⌊c/4⌋ + min(bits, 4)·j
+//!   sits at offset `byte_offset(bits, j, c) = 64·⌊c/4⌋ + min(bits, 4)·j
 //!   + c mod 4`: rows are consecutive, and each row's bytes come in 32-bit
 //!   words, one vector of 16 words per word index. For 4 bits a 64-byte load
 //!   is one 32-bit lane per row holding its 8 codes (columns `2c` and
