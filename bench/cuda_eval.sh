@@ -8,6 +8,8 @@
 #   bash bench/cuda_eval.sh stash  (with smol.aa only)
 #   bash bench/cuda_eval.sh 2   SmolLM2: fp and w4 g128 (quantized on the GPU) eval GPU vs CPU; full WikiText-2 on the GPU
 #   bash bench/cuda_eval.sh 3   8B-shaped model (scripts/research/synth_llama.py): eval time on the GPU
+#   bash bench/cuda_eval.sh 4 SEEDS...   SmolLM2 w4 g128 (64 × 512 calibration) quantized with the GPU forward and
+#                                        with --host-forward for each seed, both scored on the GPU (40 × 2048)
 set -u
 PART=${1:-1}
 B=/tmp/bin; mkdir -p $B /tmp/keep
@@ -36,6 +38,19 @@ case $PART in
     ev $m --dataset .device-bin/wiki.test.raw --seqlen 2048 --max-windows 40 --device $d
   done; done
   echo "SmolLM2 m4 --device cuda, all of WikiText-2 test:"; ev /tmp/m4 --dataset .device-bin/wiki.test.raw --seqlen 2048 --device cuda
+  ;;
+4)
+  M=/tmp/keep/smol.gguf
+  [ -f $M ] || cat /tmp/keep/smol.aa .device-bin/smol.ab > $M
+  shift
+  for seed in "$@"; do for d in cuda host; do
+    extra=""; [ $d = host ] && extra="--host-forward"
+    t0=$(date +%s.%N)
+    $B/gptq quantize $M -o /tmp/m-$d --dataset data/calib/brown-excerpt.txt --nsamples 64 --seqlen 512 --group-size 128 \
+      --bits 4 --seed $seed --device cuda $extra --overwrite > /tmp/m-$d.log 2>&1 || { echo "quantize failed"; tail -3 /tmp/m-$d.log; }
+    t1=$(date +%s.%N)
+    echo "seed $seed $d forward ($(awk "BEGIN{printf \"%.1f\", $t1 - $t0}") s): $(ev /tmp/m-$d --dataset .device-bin/wiki.test.raw --seqlen 2048 --max-windows 40 --device cuda | grep ' ppl ')"
+  done; done
   ;;
 3)
   python3 scripts/research/synth_llama.py /tmp/l8b 8b 32 $S 2>&1 | tail -1
