@@ -44,11 +44,7 @@ pub struct Args {
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     let text = datasets::eval_text(&a.dataset)?;
-    if let Some(g) = a.max_gpu_memory {
-        if !(g.is_finite() && g > 0.0) {
-            anyhow::bail!("--max-gpu-memory must be a positive number of GiB, got {g}");
-        }
-    }
+    let gpu_limit = super::gpu_memory_limit(a.max_gpu_memory)?;
     let files = super::open(&a.model)?;
     // On a GPU the blocks are read one at a time (never the whole model).
     let gpu = match super::cuda_device(a.device)? {
@@ -96,8 +92,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             let start = std::time::Instant::now();
             let mut cal =
                 gptq_cuda::GpuCalibration::new(dev).context("cannot start the GPU forward")?;
-            if let Some(g) = a.max_gpu_memory {
-                cal = cal.with_memory_limit((g * (1u64 << 30) as f64) as usize);
+            if let Some(b) = gpu_limit {
+                cal = cal.with_memory_limit(b);
             }
             let got = gptq_cuda::forward::windows_nll(cal, lw.as_ref(), &wins, |done, total| {
                 let bar =

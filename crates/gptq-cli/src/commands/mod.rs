@@ -69,6 +69,16 @@ impl std::str::FromStr for Device {
     }
 }
 
+/// `--max-gpu-memory GIB` checked and in bytes: a positive, finite number
+/// of GiB, or one clear error.
+pub fn gpu_memory_limit(gib: Option<f64>) -> anyhow::Result<Option<usize>> {
+    match gib {
+        None => Ok(None),
+        Some(g) if g.is_finite() && g > 0.0 => Ok(Some((g * (1u64 << 30) as f64) as usize)),
+        Some(g) => anyhow::bail!("--max-gpu-memory must be a positive number of GiB, got {g}"),
+    }
+}
+
 /// The CUDA device `device` resolves to: `None` is the CPU. `cuda` that
 /// cannot be opened is an error; `auto` falls back to the CPU with one line
 /// saying why.

@@ -392,11 +392,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     params
         .validate()
         .map_err(|e| anyhow::anyhow!("quantization settings: {e}"))?;
-    if let Some(g) = a.max_gpu_memory {
-        if !(g.is_finite() && g > 0.0) {
-            anyhow::bail!("--max-gpu-memory must be a positive number of GiB, got {g}");
-        }
-    }
+    let gpu_limit = super::gpu_memory_limit(a.max_gpu_memory)?;
     if let Some(c) = a.token_clip {
         if !(c.is_finite() && c > 0.0) {
             anyhow::bail!("--token-clip must be a positive number, got {c}");
@@ -436,8 +432,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             None => {
                 let mut c = gptq_cuda::GpuCalibration::new(dev.clone())
                     .context("cannot start the GPU calibration")?;
-                if let Some(g) = a.max_gpu_memory {
-                    c = c.with_memory_limit((g * (1u64 << 30) as f64) as usize);
+                if let Some(b) = gpu_limit {
+                    c = c.with_memory_limit(b);
                 }
                 eprintln!("device: {}", gptq_pipeline::BlockDevice::describe(&c));
                 gpu_calib = Some(c);

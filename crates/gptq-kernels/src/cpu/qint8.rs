@@ -14,7 +14,7 @@
 //! Kernels: 4 and 8 bits with AVX-512 VNNI or AVX2; 2/3 bits and CPUs
 //! without AVX2 keep the f32 kernels ([`int_kernel`] says which).
 
-use super::qmatmul::{byte_offset, Isa, QMatrix, CHUNK, TILE};
+use super::qmatmul::{code_field, Isa, QMatrix, CHUNK, TILE};
 use std::sync::atomic::{AtomicU8, Ordering};
 
 /// How the quantized kernels take their activations.
@@ -145,10 +145,11 @@ impl QuantX {
                     s += *o as i32;
                 }
                 if bits == 4 {
-                    // Even columns, then odd ones, per chunk (see `arranged`).
                     for ch in qb.chunks_exact_mut(CHUNK) {
                         let c: [i8; CHUNK] = (&*ch).try_into().expect("a chunk");
-                        ch.copy_from_slice(&[c[0], c[2], c[4], c[6], c[1], c[3], c[5], c[7]]);
+                        for (i, v) in c.into_iter().enumerate() {
+                            ch[arranged(bits, i)] = v;
+                        }
                     }
                 }
                 dx.push(d);
@@ -262,10 +263,7 @@ fn tile_scalar(m: &QMatrix, t: usize, qx: &QuantX, y: &mut [f32; TILE]) {
                 let ch = &data[ci * cb..(ci + 1) * cb];
                 let xq = &qx.q[ci * CHUNK..(ci + 1) * CHUNK];
                 for (j, acc) in iacc.iter_mut().enumerate() {
-                    let mut f = 0u64;
-                    for c in 0..bits {
-                        f |= (ch[byte_offset(bits, j, c)] as u64) << (8 * c);
-                    }
+                    let f = code_field(bits, ch, j);
                     for i in 0..CHUNK {
                         let code = ((f >> (bits * i)) & mask) as i32;
                         *acc += code * xq[arranged(bits as u32, i)] as i32;

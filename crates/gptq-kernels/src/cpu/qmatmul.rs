@@ -587,15 +587,22 @@ pub(super) const fn byte_offset(bits: usize, j: usize, c: usize) -> usize {
     4 * TILE * (c / 4) + w * j + c % 4
 }
 
+/// Row `j`'s code field `F_j` in a chunk of `bits`-bit codes.
+#[inline(always)]
+pub(super) fn code_field(bits: usize, ch: &[u8], j: usize) -> u64 {
+    let mut f = 0u64;
+    for c in 0..bits {
+        f |= (ch[byte_offset(bits, j, c)] as u64) << (8 * c);
+    }
+    f
+}
+
 /// Codes of one chunk as f32, `[column][row]`.
 #[inline(always)]
 fn decode_chunk<const B: usize>(ch: &[u8], q: &mut [[f32; TILE]; CHUNK]) {
     let mask = (1u64 << B) - 1;
     for j in 0..TILE {
-        let mut f = 0u64;
-        for c in 0..B {
-            f |= (ch[byte_offset(B, j, c)] as u64) << (8 * c);
-        }
+        let f = code_field(B, ch, j);
         for (i, qi) in q.iter_mut().enumerate() {
             qi[j] = ((f >> (B * i)) & mask) as u32 as f32;
         }
