@@ -711,3 +711,45 @@ fn quantize_device_flag() {
         "{err}"
     );
 }
+
+/// `generate --device`: `cuda` without a usable GPU is one clean error and
+/// prints no text; `auto` there generates on the CPU (the same greedy text
+/// as `--device cpu`) and says so once.
+#[test]
+fn generate_device_flag() {
+    let model = stories();
+    let run = |device: &str| {
+        gptq(&[
+            "generate",
+            &model,
+            "--max-new-tokens",
+            "16",
+            "--device",
+            device,
+        ])
+    };
+    let cpu = run("cpu");
+    assert!(
+        cpu.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cpu.stderr)
+    );
+    if gptq_cuda::probe_libraries().is_ok() {
+        eprintln!("a CUDA driver is present: the no-GPU half of this test does not apply");
+        return;
+    }
+    let o = run("cuda");
+    assert_clean_error(&o, "cannot use CUDA device 0");
+    assert!(o.stdout.is_empty(), "no text after a device error");
+    let o = run("auto");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(stdout(&o), stdout(&cpu));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(
+        err.lines()
+            .filter(|l| l.contains("running on the CPU"))
+            .count(),
+        1,
+        "{err}"
+    );
+}

@@ -245,3 +245,155 @@ extern "C" __global__ void blk_nll(const float *__restrict__ logits, int vocab,
             t < (u32)vocab ? (float)(log(s) + (double)m - (double)l[t]) : __int_as_float(0x7fc00000);
     }
 }
+
+// ---------------------------------------------------------------------------
+// Decoding with a KV cache (src/decode.rs): `m` new tokens of one sequence
+// at positions pos0 .. pos0+m−1, where pos0 is read from device memory (so
+// a captured launch sequence serves every step). The GEMM outputs are f16:
+//   q      [m, nh·d]          f16, rotated in place
+//   k, v   [m, nkv·d]         f16
+//   kc/vc  [nkv][cap][d]      f16 cache of one layer
+// ---------------------------------------------------------------------------
+
+// Rotary positions on q (in place) and k, then k and v into the cache at
+// their positions (HF rotate_half, angle = inv_freq[i]·t in f32, as
+// blk_qkv_heads). Grid (m, nh + 2·nkv), block d/2 threads.
+extern "C" __global__ void dec_rope_kv(u16 *__restrict__ q, const u16 *__restrict__ k,
+                                       const u16 *__restrict__ v,
+                                       const float *__restrict__ inv_freq,
+                                       const int *__restrict__ pos0, int nh, int nkv, int d,
+                                       int cap, u16 *__restrict__ kc, u16 *__restrict__ vc) {
+    int r = blockIdx.x, head = blockIdx.y, i = threadIdx.x, half = d / 2;
+    if (i >= half)
+        return;
+    int t = *pos0 + r;
+    const u16 *src;
+    u16 *dst;
+    bool rotate = true;
+    if (head < nh) {
+        src = q + ((u64)r * nh + head) * d;
+        dst = q + ((u64)r * nh + head) * d;
+    } else if (head < nh + nkv) {
+        int hk = head - nh;
+        src = k + ((u64)r * nkv + hk) * d;
+        dst = kc + ((u64)hk * cap + t) * d;
+    } else {
+        int hv = head - nh - nkv;
+        src = v + ((u64)r * nkv + hv) * d;
+        dst = vc + ((u64)hv * cap + t) * d;
+        rotate = false;
+    }
+    float a = f16_to_f32(src[i]), b = f16_to_f32(src[i + half]);
+    if (rotate) {
+        float ang = inv_freq[i] * (float)t;
+        float c = cosf(ang), s = sinf(ang);
+        float a2 = a * c - b * s;
+        float b2 = b * c + a * s;
+        a = a2;
+        b = b2;
+    }
+    dst[i] = f32_to_f16(a);
+    dst[i + half] = f32_to_f16(b);
+}
+
+// Attention of one query row and head per block (grid (nh, m), blockDim a
+// multiple of 32): the query at position t = pos0 + r sees the cached keys
+// j ≤ t (and j > t − window when window > 0). Scores (scaled), softmax and
+// the weighted sum of values in f32; out is the o_proj input row [m, nh·d].
+// Dynamic shared memory: (d + 32 + blockDim + keys) floats, keys ≤ t + 1.
+extern "C" __global__ void dec_attention(const u16 *__restrict__ q, const u16 *__restrict__ kc,
+                                         const u16 *__restrict__ vc,
+                                         const int *__restrict__ pos0, int nh, int nkv, int d,
+                                         int cap, int window, float scale,
+                                         u16 *__restrict__ out) {
+    extern __shared__ float sm[];
+    int head = blockIdx.x, r = blockIdx.y, tid = threadIdx.x, bd = blockDim.x;
+    float *qs = sm, *red = sm + d, *part = sm + d + 32, *s = sm + d + 32 + bd;
+    int t = *pos0 + r;
+    int lo = window > 0 ? max(0, t - window + 1) : 0;
+    int n = t + 1 - lo;
+    int kvh = head / (nh / nkv);
+    const u16 *qr = q + ((u64)r * nh + head) * d;
+    for (int i = tid; i < d; i += bd)
+        qs[i] = f16_to_f32(qr[i]) * scale;
+    __syncthreads();
+    const u16 *kb = kc + ((u64)kvh * cap + lo) * d;
+    const u16 *vb = vc + ((u64)kvh * cap + lo) * d;
+    int warp = tid / 32, lane = tid % 32, nw = bd / 32;
+    for (int j = warp; j < n; j += nw) {
+        const u16 *kr = kb + (u64)j * d;
+        float acc = 0.f;
+        for (int i = lane; i < d; i += 32)
+            acc += qs[i] * f16_to_f32(kr[i]);
+        for (int o = 16; o > 0; o >>= 1)
+            acc += __shfl_xor_sync(0xffffffffu, acc, o);
+        if (lane == 0)
+            s[j] = acc;
+    }
+    __syncthreads();
+    float mx = neg_inf();
+    for (int j = tid; j < n; j += bd)
+        mx = fmaxf(mx, s[j]);
+    mx = block_max(mx, red);
+    float sum = 0.f;
+    for (int j = tid; j < n; j += bd) {
+        float e = expf(s[j] - mx);
+        s[j] = e;
+        sum += e;
+    }
+    sum = block_sum(sum, red);
+    float inv = 1.f / sum;
+    u16 *o = out + ((u64)r * nh + head) * d;
+    if (d >= bd) {
+        for (int i = tid; i < d; i += bd) {
+            float acc = 0.f;
+            for (int j = 0; j < n; ++j)
+                acc += s[j] * f16_to_f32(vb[(u64)j * d + i]);
+            o[i] = f32_to_f16(acc * inv);
+        }
+        return;
+    }
+    // bd / d groups of d threads, each over every (bd/d)-th key.
+    int parts = bd / d, p = tid / d, i = tid % d;
+    float acc = 0.f;
+    if (p < parts)
+        for (int j = p; j < n; j += parts)
+            acc += s[j] * f16_to_f32(vb[(u64)j * d + i]);
+    part[tid] = acc;
+    __syncthreads();
+    if (tid < d) {
+        float tot = 0.f;
+        for (int q2 = 0; q2 < parts; ++q2)
+            tot += part[q2 * d + tid];
+        o[tid] = f32_to_f16(tot * inv);
+    }
+}
+
+// x[i] += y[i]: an f16 output projection into the f32 residual stream.
+extern "C" __global__ void dec_add_f16(float *__restrict__ x, const u16 *__restrict__ y, u64 n) {
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (u64)gridDim.x * blockDim.x)
+        x[i] += f16_to_f32(y[i]);
+}
+
+// out = f16(silu(g) · u) of f16 GEMM outputs (the SwiGLU MLP).
+extern "C" __global__ void dec_silu_mul(const u16 *__restrict__ g, const u16 *__restrict__ u,
+                                        u64 n, u16 *__restrict__ out) {
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (u64)gridDim.x * blockDim.x) {
+        float a = f16_to_f32(g[i]);
+        out[i] = f32_to_f16(a / (1.f + expf(-a)) * f16_to_f32(u[i]));
+    }
+}
+
+// x[r] = f32(table[ids[r]]): the embedding rows of m tokens (ids checked by
+// the host). Grid-stride over m·h.
+extern "C" __global__ void dec_embed(const u16 *__restrict__ table, const int *__restrict__ ids,
+                                     int m, int h, float *__restrict__ x) {
+    u64 total = (u64)m * h;
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+         i += (u64)gridDim.x * blockDim.x) {
+        u64 r = i / h, c = i % h;
+        x[i] = f16_to_f32(table[(u64)ids[r] * h + c]);
+    }
+}

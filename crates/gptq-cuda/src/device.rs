@@ -504,21 +504,37 @@ impl Cuda {
         let st = &self.stream;
         self.gemm_f16_raw(dptr(w, st), ldw, dptr(x, st), dptr(y, st), m, l.n, l.k)?;
         if let Some(bias) = &l.bias {
-            let total = (m * l.n) as u64;
-            let (py, pb) = (dptr(y, st), dptr(bias, st));
-            let (mi, ni) = (m as i32, l.n as i32);
-            let f = self.func(kernels::ADD_BIAS)?;
-            let mut b = st.launch_builder(f);
-            b.arg(&py).arg(&pb).arg(&mi).arg(&ni);
-            unsafe {
-                b.launch(LaunchConfig {
-                    grid_dim: (total.div_ceil(256) as u32, 1, 1),
-                    block_dim: (256, 1, 1),
-                    shared_mem_bytes: 0,
-                })
-            }
-            .ctx("add_bias")?;
+            self.add_bias(y, bias, m, l.n)?;
         }
+        Ok(())
+    }
+
+    /// `y[r][c] += bias[c]` for `m` rows of `n` (f16).
+    pub(crate) fn add_bias(
+        &self,
+        y: &mut CudaSlice<f16>,
+        bias: &CudaSlice<f16>,
+        m: usize,
+        n: usize,
+    ) -> Result<()> {
+        if y.len() < m * n || bias.len() < n {
+            return Err(Error::Shape(format!("bias of {} for {m}x{n}", bias.len())));
+        }
+        let st = &self.stream;
+        let total = (m * n) as u64;
+        let (py, pb) = (dptr(y, st), dptr(bias, st));
+        let (mi, ni) = (m as i32, n as i32);
+        let f = self.func(kernels::ADD_BIAS)?;
+        let mut b = st.launch_builder(f);
+        b.arg(&py).arg(&pb).arg(&mi).arg(&ni);
+        unsafe {
+            b.launch(LaunchConfig {
+                grid_dim: (total.div_ceil(256) as u32, 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            })
+        }
+        .ctx("add_bias")?;
         Ok(())
     }
 

@@ -51,6 +51,11 @@ pub const BLOCK_FUNCTIONS: &[&str] = &[
     "blk_mirror_upper",
     "blk_sub_f16",
     "blk_nll",
+    "dec_rope_kv",
+    "dec_attention",
+    "dec_add_f16",
+    "dec_silu_mul",
+    "dec_embed",
 ];
 
 /// Rows per chunk of the MLP's f32 intermediates (two `[rows, inter]`).

@@ -17,12 +17,14 @@ pub mod bench;
 pub mod bench_solve;
 mod blas;
 pub mod compile;
+pub mod decode;
 pub mod device;
 pub mod forward;
 pub mod kernels;
 pub mod layout;
 pub mod solve;
 
+pub use decode::GpuDecoder;
 pub use device::{probe_libraries, Cuda, DeviceInfo, GpuLinear, Path, Workspace};
 pub use forward::GpuCalibration;
 pub use kernels::W4Variant;

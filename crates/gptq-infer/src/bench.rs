@@ -166,6 +166,7 @@ pub fn run(model: &dyn CausalLm, seqlen: usize, decode_tokens: usize) -> Result<
         temperature: 0.0,
         top_p: 1.0,
         seed: 0,
+        ignore_eos: false,
     };
     let mut rng = crate::generate::Rng::new(0);
     let t = Instant::now();

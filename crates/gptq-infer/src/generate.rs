@@ -15,6 +15,8 @@ pub struct SamplingOptions {
     pub top_p: f32,
     /// Generator seed.
     pub seed: u64,
+    /// Keep generating after an end-of-sequence token (benchmarks).
+    pub ignore_eos: bool,
 }
 
 /// SplitMix64 (Steele et al. 2014): small, seedable, good enough for sampling.
@@ -99,11 +101,68 @@ pub struct GenerateStats {
     pub decode_seconds: f64,
 }
 
-/// Generates after `prompt`, calling `on_text` with each new piece of
-/// decoded text as soon as it is complete (UTF-8 sequences split over
-/// byte tokens are held back until whole). Returns all new ids.
+/// A model with its KV cache that continues one sequence: the CPU model
+/// ([`CpuDecoder`]) or a GPU one (`gptq_cuda::GpuDecoder`).
+pub trait Decoder {
+    /// The longest sequence (context and new tokens) it runs.
+    fn max_positions(&self) -> usize;
+    /// Runs `tokens` after the cached context (which grows by them) and
+    /// returns the last token's logits `[vocab]`.
+    fn next_logits(&mut self, tokens: &[u32]) -> Result<Vec<f32>>;
+}
+
+/// A CPU [`CausalLm`] and its KV cache as a [`Decoder`].
+pub struct CpuDecoder<'m> {
+    model: &'m dyn CausalLm,
+    cache: gptq_models::KvCache,
+}
+
+impl<'m> CpuDecoder<'m> {
+    /// An empty context.
+    pub fn new(model: &'m dyn CausalLm) -> Self {
+        Self {
+            model,
+            cache: model.new_cache(1),
+        }
+    }
+}
+
+impl Decoder for CpuDecoder<'_> {
+    fn max_positions(&self) -> usize {
+        self.model.info().max_position_embeddings
+    }
+
+    fn next_logits(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        let n = tokens.len();
+        if n == 0 {
+            return Err(crate::Error::Input("no tokens to run".into()));
+        }
+        let len = [n];
+        let h = self
+            .model
+            .forward_hidden(&Batch::single(tokens, &len), &mut self.cache)?;
+        let d = h.len() / n;
+        Ok(self.model.logits(&h[(n - 1) * d..], 1))
+    }
+}
+
+/// Generates after `prompt` with the CPU model (see [`generate_with`]).
 pub fn generate(
     model: &dyn CausalLm,
+    tok: &Tokenizer,
+    prompt: &[u32],
+    opts: &SamplingOptions,
+    on_text: impl FnMut(&str),
+) -> Result<(Vec<u32>, GenerateStats)> {
+    generate_with(&mut CpuDecoder::new(model), tok, prompt, opts, on_text)
+}
+
+/// Generates after `prompt` with a fresh `decoder`, calling `on_text` with
+/// each new piece of decoded text as soon as it is complete (UTF-8
+/// sequences split over byte tokens are held back until whole). Returns all
+/// new ids.
+pub fn generate_with(
+    decoder: &mut dyn Decoder,
     tok: &Tokenizer,
     prompt: &[u32],
     opts: &SamplingOptions,
@@ -114,7 +173,7 @@ pub fn generate(
             "the prompt encodes to no tokens".into(),
         ));
     }
-    let maxp = model.info().max_position_embeddings;
+    let maxp = decoder.max_positions();
     if prompt.len() >= maxp {
         return Err(crate::Error::Input(format!(
             "the prompt has {} tokens, the model's limit is {maxp}",
@@ -122,12 +181,8 @@ pub fn generate(
         )));
     }
     let mut rng = Rng::new(opts.seed);
-    let mut cache = model.new_cache(1);
     let t0 = std::time::Instant::now();
-    let len = [prompt.len()];
-    let h = model.forward_hidden(&Batch::single(prompt, &len), &mut cache)?;
-    let d = h.len() / prompt.len();
-    let mut logits = model.logits(&h[(prompt.len() - 1) * d..], 1);
+    let mut logits = decoder.next_logits(prompt)?;
     let prefill = t0.elapsed().as_secs_f64();
     let t1 = std::time::Instant::now();
     let mut out: Vec<u32> = Vec::new();
@@ -135,7 +190,7 @@ pub fn generate(
     let budget = opts.max_new_tokens.min(maxp - prompt.len());
     for _ in 0..budget {
         let next = sample(&logits, opts, &mut rng);
-        if tok.eos_ids.contains(&next) {
+        if !opts.ignore_eos && tok.eos_ids.contains(&next) {
             break;
         }
         out.push(next);
@@ -147,9 +202,7 @@ pub fn generate(
         if out.len() == budget {
             break;
         }
-        let one = [next];
-        let h = model.forward_hidden(&Batch::single(&one, &[1]), &mut cache)?;
-        logits = model.logits(&h, 1);
+        logits = decoder.next_logits(&[next])?;
     }
     let text = tok.decode(&out, true)?;
     if text.len() > shown.len() && text.starts_with(&shown) {
@@ -175,6 +228,7 @@ mod tests {
             temperature: 0.0,
             top_p: 1.0,
             seed: 0,
+            ignore_eos: false,
         };
         assert_eq!(sample(&[0.0, 2.0, 2.0, 1.0], &o, &mut Rng::new(0)), 1);
     }
@@ -186,6 +240,7 @@ mod tests {
             temperature: 1.0,
             top_p: 0.5,
             seed: 0,
+            ignore_eos: false,
         };
         let logits = [5.0f32, 0.0, 0.0, 0.0];
         let mut r = Rng::new(1);

@@ -85,6 +85,19 @@ pub trait LayerwiseModel: Send + Sync {
     fn llama_head(&self) -> Result<Option<LlamaHead<'_>>> {
         Ok(None)
     }
+    /// Linear `name` (an [`ArchSpec`] name, `[out, in]`) of block `i` as
+    /// the checkpoint stores it, when it is a GPTQ layer
+    /// ([`Linear::read_gptq`]); `None` for dense layers (and forms that do
+    /// not say). For backends that repack quantized layers their own way.
+    fn block_qlinear(
+        &self,
+        _i: usize,
+        _name: &str,
+        _in_dim: usize,
+        _out_dim: usize,
+    ) -> Result<Option<gptq_core::QLinear>> {
+        Ok(None)
+    }
 }
 
 /// The head of a Llama-form model: `logits = RMSNorm(x)·Wᵀ`.

@@ -178,6 +178,31 @@ impl Linear {
     }
 
     fn load_gptq(w: &Weights<'_>, name: &str, in_dim: usize, out_dim: usize) -> Result<Self> {
+        let q = Self::read_gptq(w, name, in_dim, out_dim)?.ok_or_else(|| {
+            gptq_io::Error::MissingTensor {
+                name: format!("{name}.qweight"),
+            }
+        })?;
+        if dense_requested() {
+            return Ok(Self::new(Arc::new(q.dequantize()), q.bias));
+        }
+        Self::from_qlinear(&q)
+    }
+
+    /// The GPTQ layer `name` as the checkpoint stores it (codes, scales,
+    /// zero points, `g_idx`, bias), checked against `[out, in]` and for
+    /// finite scales and bias; `None` when the checkpoint holds no
+    /// `{name}.qweight` (a dense layer). Backends that repack quantized
+    /// layers their own way (the GPU) read layers through this.
+    pub fn read_gptq(
+        w: &Weights<'_>,
+        name: &str,
+        in_dim: usize,
+        out_dim: usize,
+    ) -> Result<Option<gptq_core::QLinear>> {
+        if !w.contains(&format!("{name}.qweight")) {
+            return Ok(None);
+        }
         let qcfg = w.quant().ok_or_else(|| {
             Error::Config(format!(
                 "the checkpoint holds packed tensors (`{name}.qweight`) but no GPTQ quantize config \
@@ -185,11 +210,9 @@ impl Linear {
                  other quantization methods are not supported"
             ))
         })?;
-        let q = gptq_io::gptq::read_qlinear(w.source(), name, qcfg)?.ok_or_else(|| {
-            gptq_io::Error::MissingTensor {
-                name: format!("{name}.qweight"),
-            }
-        })?;
+        let Some(q) = gptq_io::gptq::read_qlinear(w.source(), name, qcfg)? else {
+            return Ok(None);
+        };
         if (q.out_features, q.in_features) != (out_dim, in_dim) {
             return Err(Error::Shape {
                 name: format!("{name} (GPTQ, as [out, in])"),
@@ -210,10 +233,7 @@ impl Linear {
                 "tensor `{name}.bias` holds a non-finite value at index {i}"
             )));
         }
-        if dense_requested() {
-            return Ok(Self::new(Arc::new(q.dequantize()), q.bias));
-        }
-        Self::from_qlinear(&q)
+        Ok(Some(q))
     }
 
     /// The packed form, when the layer is held packed.

@@ -559,4 +559,15 @@ impl crate::LayerwiseModel for LlamaLayers<'_> {
             lm_head,
         }))
     }
+
+    fn block_qlinear(
+        &self,
+        i: usize,
+        name: &str,
+        in_dim: usize,
+        out_dim: usize,
+    ) -> Result<Option<gptq_core::QLinear>> {
+        let p = (ARCH.block_prefix)(i);
+        Linear::read_gptq(&self.w, &format!("{p}{name}"), in_dim, out_dim)
+    }
 }

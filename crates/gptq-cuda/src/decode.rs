@@ -1,0 +1,725 @@
+//! Generation on the GPU: a whole Llama-family model resident in device
+//! memory with a KV cache, run one step (a prompt, or one new token) at a
+//! time.
+//!
+//! * GPTQ layers keep their packed form: 4-bit ones run the fused int4
+//!   kernels ([`Cuda::matmul`], repacked once at load, act-order ones
+//!   reordered), other widths dequantize-then-GEMM; dense (fp16) layers
+//!   and the output layer are f16 cuBLAS GEMMs.
+//! * Everything between the GEMMs is a kernel of `kernels/block.cu`: the
+//!   embedding gather, RMSNorm (`blk_rms_norm`), rotary positions with the
+//!   cache write (`dec_rope_kv`), attention over the cache
+//!   (`dec_attention`, one block per query row and head), the residual adds
+//!   and SwiGLU. The residual stream is f32, GEMM operands f16, the KV
+//!   cache f16 `[layer][kv head][position][d]`.
+//! * The position of a step's first token lives in device memory, so the
+//!   launch sequence of a one-token step is the same at every position: it
+//!   is captured once as a CUDA graph and replayed per token (one launch
+//!   from the host instead of ~11 per block), unless `GPTQ_CUDA_GRAPH=0`.
+//!
+//! Results match the CPU model within f16 rounding of the GEMM operands
+//! and the cache (tested in `tests/decode_gpu.rs`).
+
+use crate::device::{dptr, load_kernels, Ctx, Cuda, GpuLinear, Workspace};
+use crate::{compile, Error, Result};
+use cudarc::driver::{CudaFunction, CudaModule, CudaSlice, LaunchConfig, PushKernelArg};
+use half::f16;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// The kernels of `block.cu` a decoder launches.
+const FUNCTIONS: &[&str] = &[
+    "blk_rms_norm",
+    "dec_embed",
+    "dec_rope_kv",
+    "dec_attention",
+    "dec_add_f16",
+    "dec_silu_mul",
+];
+
+/// Threads per attention block.
+const ATT_THREADS: u32 = 128;
+
+/// Rows a prompt is run in at once (longer prompts take several steps).
+const MAX_STEP_ROWS: usize = 512;
+
+/// Set to `0` to launch every kernel of a one-token step from the host
+/// instead of replaying a captured CUDA graph.
+pub const GRAPH_ENV: &str = "GPTQ_CUDA_GRAPH";
+
+/// A linear layer on the device.
+enum DecLinear {
+    /// A GPTQ layer (fused int4 kernel, or dequantize-then-GEMM).
+    Quant(Box<GpuLinear>),
+    /// A dense layer, f16 `[n, k]`, and its bias.
+    Dense {
+        w: CudaSlice<f16>,
+        bias: Option<CudaSlice<f16>>,
+        n: usize,
+        k: usize,
+    },
+}
+
+impl DecLinear {
+    fn dims(&self) -> (usize, usize) {
+        match self {
+            DecLinear::Quant(l) => (l.n, l.k),
+            DecLinear::Dense { n, k, .. } => (*n, *k),
+        }
+    }
+}
+
+struct DecBlock {
+    ln1: CudaSlice<f32>,
+    ln2: CudaSlice<f32>,
+    inv_freq: CudaSlice<f32>,
+    q: DecLinear,
+    k: DecLinear,
+    v: DecLinear,
+    o: DecLinear,
+    gate: DecLinear,
+    up: DecLinear,
+    down: DecLinear,
+    /// Key and value cache `[nkv][cap][d]` each.
+    kc: CudaSlice<f16>,
+    vc: CudaSlice<f16>,
+}
+
+/// Scratch for a step of at most `rows` tokens.
+struct Scratch {
+    rows: usize,
+    ids: CudaSlice<i32>,
+    x: CudaSlice<f32>,
+    /// Norm outputs `[rows, hidden]`.
+    a: CudaSlice<f16>,
+    q: CudaSlice<f16>,
+    k: CudaSlice<f16>,
+    v: CudaSlice<f16>,
+    /// Attention output / MLP inner activation `[rows, max(nh·d, inter)]`.
+    b: CudaSlice<f16>,
+    /// Output projections `[rows, hidden]`.
+    y: CudaSlice<f16>,
+    g: CudaSlice<f16>,
+    u: CudaSlice<f16>,
+}
+
+/// Shapes of the model.
+#[derive(Debug, Clone, Copy)]
+struct Dims {
+    h: usize,
+    nh: usize,
+    nkv: usize,
+    d: usize,
+    inter: usize,
+    vocab: usize,
+    window: i32,
+    eps: f32,
+}
+
+/// A Llama-family model on one GPU with a KV cache for one sequence.
+pub struct GpuDecoder {
+    dev: Arc<Cuda>,
+    _module: Arc<CudaModule>,
+    funcs: HashMap<String, CudaFunction>,
+    dims: Dims,
+    blocks: Vec<DecBlock>,
+    norm: CudaSlice<f32>,
+    /// Embedding `[vocab, hidden]` f16.
+    embed: CudaSlice<f16>,
+    /// Output layer `[vocab, hidden]` f16; `None` when tied to `embed`.
+    head: Option<CudaSlice<f16>>,
+    /// Positions the cache holds.
+    cap: usize,
+    /// Positions in use.
+    len: usize,
+    max_positions: usize,
+    pos: CudaSlice<i32>,
+    /// The last row's norm output `[hidden]` and logits `[vocab]`.
+    hn: CudaSlice<f16>,
+    logits: CudaSlice<f32>,
+    big: Scratch,
+    one: Scratch,
+    /// Workspaces of many-row and one-token steps, apart so the buffers a
+    /// captured graph uses are never reallocated by a later prompt.
+    ws_big: Workspace,
+    ws_one: Workspace,
+    att_shared: u32,
+    use_graph: bool,
+    graph: Option<cudarc::driver::CudaGraph>,
+    /// Bytes of weights (embedding and head included) in device memory.
+    weights: usize,
+    /// Bytes of the KV cache.
+    cache: usize,
+    /// Bytes of the linears and the output layer (what a step streams).
+    streamed: usize,
+}
+
+fn dims_err(what: String) -> Error {
+    Error::Shape(what)
+}
+
+impl GpuDecoder {
+    /// Loads `model` (every block, the embedding and the head) onto `dev`
+    /// with a cache of `capacity` positions (at most the model's limit,
+    /// `max_positions`). `progress(done, total)` is called after each block.
+    pub fn new(
+        dev: Arc<Cuda>,
+        model: &dyn gptq_models::LayerwiseModel,
+        max_positions: usize,
+        capacity: usize,
+        mut progress: impl FnMut(usize, usize),
+    ) -> Result<Self> {
+        let head_view = model
+            .llama_head()
+            .map_err(|e| Error::Unsupported(e.to_string()))?
+            .ok_or_else(|| {
+                Error::Unsupported(format!(
+                    "GPU generation runs Llama-family models, not {}",
+                    model.arch().name
+                ))
+            })?;
+        let cap = capacity.min(max_positions).max(1);
+        let (module, funcs, _) = load_kernels(
+            &dev.ctx,
+            compile::BLOCK_SOURCE,
+            "block.cu",
+            &dev.info.arch,
+            dev.info.driver_version,
+            FUNCTIONS,
+        )?;
+        let h = model.hidden_size();
+        let nb = model.num_blocks();
+        let mut blocks = Vec::with_capacity(nb);
+        let mut dims: Option<Dims> = None;
+        let (mut resident, mut cache_bytes) = (0usize, 0usize);
+        for i in 0..nb {
+            let runner = model
+                .block(i)
+                .map_err(|e| Error::Shape(format!("block {i}: {e}")))?;
+            let view = runner.llama_view().ok_or_else(|| {
+                Error::Unsupported(format!(
+                    "GPU generation runs Llama-family blocks, not {}",
+                    runner.arch().name
+                ))
+            })?;
+            let (nh, nkv, d) = (view.n_heads, view.n_kv, view.head_dim);
+            if nkv == 0 || !nh.is_multiple_of(nkv) || d % 2 != 0 || d == 0 || d > 1024 {
+                return Err(dims_err(format!(
+                    "{nh} query heads over {nkv} key/value heads of dimension {d}"
+                )));
+            }
+            if view.input_norm.len() != h || view.post_norm.len() != h {
+                return Err(dims_err(format!("block {i}: norm weights are not [{h}]")));
+            }
+            let mut lins: HashMap<&str, DecLinear> = HashMap::new();
+            for (name, l) in &view.linears {
+                let (n, k) = (l.out_dim(), l.in_dim());
+                let q = model
+                    .block_qlinear(i, name, k, n)
+                    .map_err(|e| Error::Shape(format!("block {i} {name}: {e}")))?;
+                let lin = match q {
+                    Some(q) => {
+                        let g = dev.load_qlinear(&q, false)?;
+                        resident += g
+                            .fused_bytes()
+                            .unwrap_or(q.codes.len() * q.bits as usize / 8);
+                        DecLinear::Quant(Box::new(g))
+                    }
+                    None => {
+                        let w = l.dense_weight();
+                        let w16: Vec<f16> = w.data().iter().map(|&v| f16::from_f32(v)).collect();
+                        resident += 2 * w16.len();
+                        DecLinear::Dense {
+                            w: dev.upload(&w16)?,
+                            bias: l
+                                .bias
+                                .as_ref()
+                                .map(|b| {
+                                    dev.upload(
+                                        &b.iter().map(|&v| f16::from_f32(v)).collect::<Vec<_>>(),
+                                    )
+                                })
+                                .transpose()?,
+                            n,
+                            k,
+                        }
+                    }
+                };
+                lins.insert(name, lin);
+            }
+            let mut take = |name: &str| {
+                lins.remove(name)
+                    .ok_or_else(|| dims_err(format!("block {i} has no {name}")))
+            };
+            let (q, k, v, o) = (
+                take("self_attn.q_proj")?,
+                take("self_attn.k_proj")?,
+                take("self_attn.v_proj")?,
+                take("self_attn.o_proj")?,
+            );
+            let (gate, up, down) = (
+                take("mlp.gate_proj")?,
+                take("mlp.up_proj")?,
+                take("mlp.down_proj")?,
+            );
+            let inter = gate.dims().0;
+            let here = Dims {
+                h,
+                nh,
+                nkv,
+                d,
+                inter,
+                vocab: 0,
+                window: view.window.map_or(0, |w| w.min(i32::MAX as usize) as i32),
+                eps: view.eps,
+            };
+            let expect = [
+                (&q, nh * d, h, "q_proj"),
+                (&k, nkv * d, h, "k_proj"),
+                (&v, nkv * d, h, "v_proj"),
+                (&o, h, nh * d, "o_proj"),
+                (&gate, inter, h, "gate_proj"),
+                (&up, inter, h, "up_proj"),
+                (&down, h, inter, "down_proj"),
+            ];
+            for (l, n, k, name) in expect {
+                if l.dims() != (n, k) {
+                    return Err(dims_err(format!(
+                        "block {i} {name} is {:?}, expected {n}x{k}",
+                        l.dims()
+                    )));
+                }
+            }
+            if let Some(prev) = dims {
+                if (prev.nh, prev.nkv, prev.d, prev.inter, prev.window)
+                    != (nh, nkv, d, inter, here.window)
+                {
+                    return Err(dims_err(format!(
+                        "block {i} differs in shape from block 0 (GPU generation needs uniform blocks)"
+                    )));
+                }
+            }
+            dims = Some(here);
+            let cache = nkv * cap * d;
+            cache_bytes += 4 * cache;
+            blocks.push(DecBlock {
+                ln1: dev.upload(view.input_norm)?,
+                ln2: dev.upload(view.post_norm)?,
+                inv_freq: dev.upload(view.inv_freq)?,
+                q,
+                k,
+                v,
+                o,
+                gate,
+                up,
+                down,
+                kc: dev.zeros::<f16>(cache)?,
+                vc: dev.zeros::<f16>(cache)?,
+            });
+            drop(runner);
+            progress(i + 1, nb);
+        }
+        let mut dims = dims.ok_or_else(|| Error::Unsupported("the model has no blocks".into()))?;
+        let shape = head_view.lm_head.shape();
+        if shape.len() != 2 || shape[1] != h || head_view.norm.len() != h {
+            return Err(dims_err(format!(
+                "the head is {shape:?} with a norm of {}, the stream {h} wide",
+                head_view.norm.len()
+            )));
+        }
+        let vocab = shape[0];
+        dims.vocab = vocab;
+        dims.eps = head_view.eps;
+        // The embedding as f16, a few thousand rows at a time.
+        let mut table: Vec<f16> = Vec::with_capacity(vocab * h);
+        let ids: Vec<u32> = (0..vocab as u32).collect();
+        for chunk in ids.chunks(4096) {
+            let rows = model
+                .embed(chunk)
+                .map_err(|e| Error::Shape(format!("embedding: {e}")))?;
+            table.extend(rows.iter().map(|&v| f16::from_f32(v)));
+        }
+        let embed = dev.upload(&table)?;
+        // Every step streams the linears and the output layer once.
+        let streamed = resident + 2 * table.len();
+        resident += 2 * table.len();
+        // `llama_head` borrows the embedding matrix when the output layer
+        // is tied to it; then the device copy is shared too.
+        let head = match &head_view.lm_head {
+            std::borrow::Cow::Borrowed(_) => None,
+            std::borrow::Cow::Owned(t) => {
+                let w: Vec<f16> = t.data().iter().map(|&v| f16::from_f32(v)).collect();
+                resident += 2 * w.len();
+                Some(dev.upload(&w)?)
+            }
+        };
+        drop(table);
+        let norm = dev.upload(&head_view.norm)?;
+        let att_shared = ((dims.d + 32 + ATT_THREADS as usize + cap) * 4) as u32;
+        let att = funcs
+            .get("dec_attention")
+            .ok_or_else(|| Error::Driver("no dec_attention".into()))?;
+        if att_shared > 48 * 1024 {
+            let optin = dev
+                .ctx
+                .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+                .ctx("shared memory limit")?;
+            if att_shared as i64 > optin as i64 {
+                return Err(Error::Unsupported(format!(
+                    "a context of {cap} positions needs {} KiB of shared memory per attention block, \
+                     this GPU allows {} KiB; ask for fewer new tokens or a shorter prompt",
+                    att_shared / 1024,
+                    optin / 1024
+                )));
+            }
+            att.set_attribute(
+                cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                att_shared as i32,
+            )
+            .ctx("attention shared memory")?;
+        }
+        let big = Self::scratch(&dev, &dims, MAX_STEP_ROWS.min(cap))?;
+        let one = Self::scratch(&dev, &dims, 1)?;
+        Ok(GpuDecoder {
+            pos: dev.zeros::<i32>(1)?,
+            hn: dev.zeros::<f16>(h)?,
+            logits: dev.zeros::<f32>(vocab)?,
+            dev,
+            _module: module,
+            funcs,
+            dims,
+            blocks,
+            norm,
+            embed,
+            head,
+            cap,
+            len: 0,
+            max_positions,
+            big,
+            one,
+            ws_big: Workspace::default(),
+            ws_one: Workspace::default(),
+            att_shared,
+            use_graph: std::env::var(GRAPH_ENV).map_or(true, |v| v != "0"),
+            graph: None,
+            weights: resident,
+            cache: cache_bytes,
+            streamed,
+        })
+    }
+
+    fn scratch(dev: &Cuda, d: &Dims, rows: usize) -> Result<Scratch> {
+        let bw = (d.nh * d.d).max(d.inter);
+        Ok(Scratch {
+            rows,
+            ids: dev.zeros::<i32>(rows)?,
+            x: dev.zeros::<f32>(rows * d.h)?,
+            a: dev.zeros::<f16>(rows * d.h)?,
+            q: dev.zeros::<f16>(rows * d.nh * d.d)?,
+            k: dev.zeros::<f16>(rows * d.nkv * d.d)?,
+            v: dev.zeros::<f16>(rows * d.nkv * d.d)?,
+            b: dev.zeros::<f16>(rows * bw)?,
+            y: dev.zeros::<f16>(rows * d.h)?,
+            g: dev.zeros::<f16>(rows * d.inter)?,
+            u: dev.zeros::<f16>(rows * d.inter)?,
+        })
+    }
+
+    /// Positions the cache holds.
+    pub fn capacity(&self) -> usize {
+        self.cap
+    }
+
+    /// Positions in use.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True before the first step (or after [`Self::reset`]).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bytes of weights in device memory (embedding and output layer
+    /// included; the packed form of quantized layers).
+    pub fn weight_bytes(&self) -> usize {
+        self.weights
+    }
+
+    /// Bytes of the KV cache.
+    pub fn cache_bytes(&self) -> usize {
+        self.cache
+    }
+
+    /// Bytes a one-token step reads at the current length: every linear
+    /// and the output layer once, and the cached keys and values.
+    pub fn step_bytes(&self) -> usize {
+        let kv = 2 * 2 * self.dims.nkv * self.dims.d * self.len * self.blocks.len();
+        self.streamed + kv
+    }
+
+    /// Forgets the context (the cache is overwritten from position 0).
+    pub fn reset(&mut self) {
+        self.len = 0;
+    }
+
+    /// Whether one-token steps replay a CUDA graph.
+    pub fn set_graph(&mut self, on: bool) {
+        self.use_graph = on;
+        if !on {
+            self.graph = None;
+        }
+    }
+
+    /// Runs `tokens` after the context and returns the last one's logits.
+    pub fn step(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        if tokens.is_empty() {
+            return Err(Error::Shape("no tokens to run".into()));
+        }
+        if self.len + tokens.len() > self.cap {
+            return Err(Error::Shape(format!(
+                "{} more tokens after {} do not fit the cache of {} positions",
+                tokens.len(),
+                self.len,
+                self.cap
+            )));
+        }
+        if let Some(&t) = tokens.iter().find(|&&t| t as usize >= self.dims.vocab) {
+            return Err(Error::Shape(format!(
+                "token {t} is outside the vocabulary of {}",
+                self.dims.vocab
+            )));
+        }
+        let st = self.dev.stream.clone();
+        for chunk in tokens.chunks(self.big.rows) {
+            let ids: Vec<i32> = chunk.iter().map(|&t| t as i32).collect();
+            let m = chunk.len();
+            let one = m == 1;
+            {
+                let s = if one { &mut self.one } else { &mut self.big };
+                st.memcpy_htod(&ids, &mut s.ids).ctx("token ids")?;
+            }
+            st.memcpy_htod(&[self.len as i32], &mut self.pos)
+                .ctx("position")?;
+            if one && self.use_graph {
+                if self.graph.is_none() {
+                    // Once uncaptured (sizes every workspace), then captured.
+                    self.launch_step(true, 1)?;
+                    if let Err(e) = self.capture() {
+                        tracing::warn!(
+                            "CUDA graph capture failed ({e}); launching kernels one by one"
+                        );
+                        self.use_graph = false;
+                    }
+                } else if let Some(g) = &self.graph {
+                    g.launch().ctx("replaying the step graph")?;
+                }
+            } else {
+                self.launch_step(one, m)?;
+            }
+            self.len += m;
+        }
+        self.dev.download(&self.logits)
+    }
+
+    fn capture(&mut self) -> Result<()> {
+        let st = self.dev.stream.clone();
+        st.begin_capture(
+            cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
+        )
+        .ctx("beginning a graph capture")?;
+        let launched = self.launch_step(true, 1);
+        let graph = st.end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0));
+        launched?;
+        self.graph = graph.ctx("capturing the step graph")?;
+        Ok(())
+    }
+
+    /// Enqueues one step of `m` rows from the scratch `one` or `big`.
+    fn launch_step(&mut self, one: bool, m: usize) -> Result<()> {
+        let st = self.dev.stream.clone();
+        let dv = self.dims;
+        let (h, nh, nkv, d) = (dv.h, dv.nh, dv.nkv, dv.d);
+        let s = if one { &mut self.one } else { &mut self.big };
+        let (px, pa, pq, pk, pv, pb, py, pg, pu, pids) = (
+            dptr(&s.x, &st),
+            dptr(&s.a, &st),
+            dptr(&s.q, &st),
+            dptr(&s.k, &st),
+            dptr(&s.v, &st),
+            dptr(&s.b, &st),
+            dptr(&s.y, &st),
+            dptr(&s.g, &st),
+            dptr(&s.u, &st),
+            dptr(&s.ids, &st),
+        );
+        let ppos = dptr(&self.pos, &st);
+        let (hi, mi) = (h as i32, m as i32);
+        let launch = |name: &str, cfg: LaunchConfig, args: &[&dyn ArgRef]| -> Result<()> {
+            let f = self
+                .funcs
+                .get(name)
+                .ok_or_else(|| Error::Driver(format!("kernel {name} is not in the module")))?;
+            let mut b = st.launch_builder(f);
+            for a in args {
+                a.push(&mut b);
+            }
+            unsafe { b.launch(cfg) }.ctx(name)?;
+            Ok(())
+        };
+        let pe = dptr(&self.embed, &st);
+        launch("dec_embed", flat(m * h), &[&pe, &pids, &mi, &hi, &px])?;
+        let rows = rows_cfg(m, 256);
+        let n_x = (m * h) as u64;
+        let (nhi, nkvi, di, capi) = (nh as i32, nkv as i32, d as i32, self.cap as i32);
+        let scale = 1.0f32 / (d as f32).sqrt();
+        let window = dv.window;
+        let ws = if one {
+            &mut self.ws_one
+        } else {
+            &mut self.ws_big
+        };
+        for bi in 0..self.blocks.len() {
+            let blk = &self.blocks[bi];
+            let (ln1, ln2, inv) = (
+                dptr(&blk.ln1, &st),
+                dptr(&blk.ln2, &st),
+                dptr(&blk.inv_freq, &st),
+            );
+            let (pkc, pvc) = (dptr(&blk.kc, &st), dptr(&blk.vc, &st));
+            launch("blk_rms_norm", rows, &[&px, &ln1, &dv.eps, &hi, &pa])?;
+            let s = if one { &mut self.one } else { &mut self.big };
+            run_linear(&self.dev, &blk.q, &s.a, m, &mut s.q, ws)?;
+            run_linear(&self.dev, &blk.k, &s.a, m, &mut s.k, ws)?;
+            run_linear(&self.dev, &blk.v, &s.a, m, &mut s.v, ws)?;
+            launch(
+                "dec_rope_kv",
+                LaunchConfig {
+                    grid_dim: (m as u32, (nh + 2 * nkv) as u32, 1),
+                    block_dim: ((d / 2) as u32, 1, 1),
+                    shared_mem_bytes: 0,
+                },
+                &[
+                    &pq, &pk, &pv, &inv, &ppos, &nhi, &nkvi, &di, &capi, &pkc, &pvc,
+                ],
+            )?;
+            launch(
+                "dec_attention",
+                LaunchConfig {
+                    grid_dim: (nh as u32, m as u32, 1),
+                    block_dim: (ATT_THREADS, 1, 1),
+                    shared_mem_bytes: self.att_shared,
+                },
+                &[
+                    &pq, &pkc, &pvc, &ppos, &nhi, &nkvi, &di, &capi, &window, &scale, &pb,
+                ],
+            )?;
+            let s = if one { &mut self.one } else { &mut self.big };
+            run_linear(&self.dev, &blk.o, &s.b, m, &mut s.y, ws)?;
+            launch("dec_add_f16", flat(m * h), &[&px, &py, &n_x])?;
+            launch("blk_rms_norm", rows, &[&px, &ln2, &dv.eps, &hi, &pa])?;
+            let s = if one { &mut self.one } else { &mut self.big };
+            run_linear(&self.dev, &blk.gate, &s.a, m, &mut s.g, ws)?;
+            run_linear(&self.dev, &blk.up, &s.a, m, &mut s.u, ws)?;
+            let n_i = (m * dv.inter) as u64;
+            launch("dec_silu_mul", flat(m * dv.inter), &[&pg, &pu, &n_i, &pb])?;
+            let s = if one { &mut self.one } else { &mut self.big };
+            run_linear(&self.dev, &blk.down, &s.b, m, &mut s.y, ws)?;
+            launch("dec_add_f16", flat(m * h), &[&px, &py, &n_x])?;
+        }
+        // The head on the last row.
+        let plast = px + ((m - 1) * h * 4) as u64;
+        let (pn, phn) = (dptr(&self.norm, &st), dptr(&self.hn, &st));
+        launch(
+            "blk_rms_norm",
+            rows_cfg(1, 256),
+            &[&plast, &pn, &dv.eps, &hi, &phn],
+        )?;
+        let pw = dptr(self.head.as_ref().unwrap_or(&self.embed), &st);
+        crate::blas::gemm(
+            &self.dev,
+            (1, dv.vocab, h),
+            1.0,
+            crate::blas::Mat::f16(phn, h),
+            crate::blas::Mat::f16(pw, h).t(),
+            0.0,
+            crate::blas::Mat::f32(dptr(&self.logits, &st), dv.vocab),
+            1,
+        )
+    }
+}
+
+/// A kernel argument (device pointers, ints and floats by value).
+trait ArgRef {
+    fn push<'a>(&'a self, b: &mut cudarc::driver::LaunchArgs<'a>);
+}
+
+macro_rules! arg_ref {
+    ($($t:ty),*) => {$(
+        impl ArgRef for $t {
+            fn push<'a>(&'a self, b: &mut cudarc::driver::LaunchArgs<'a>) {
+                b.arg(self);
+            }
+        }
+    )*};
+}
+arg_ref!(u64, i32, f32);
+
+fn flat(n: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (n.div_ceil(256).clamp(1, 1 << 16) as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+fn rows_cfg(rows: usize, threads: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (rows as u32, 1, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+fn run_linear(
+    dev: &Cuda,
+    l: &DecLinear,
+    x: &CudaSlice<f16>,
+    m: usize,
+    y: &mut CudaSlice<f16>,
+    ws: &mut Workspace,
+) -> Result<()> {
+    match l {
+        DecLinear::Quant(g) => dev.matmul(g, x, m, y, ws),
+        DecLinear::Dense { w, bias, n, k } => {
+            dev.gemm_f16(w, x, y, m, *n, *k)?;
+            if let Some(b) = bias {
+                dev.add_bias(y, b, m, *n)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+impl gptq_infer::generate::Decoder for GpuDecoder {
+    fn max_positions(&self) -> usize {
+        self.max_positions.min(self.cap + 1)
+    }
+
+    fn next_logits(&mut self, tokens: &[u32]) -> gptq_infer::Result<Vec<f32>> {
+        self.step(tokens)
+            .map_err(|e| gptq_infer::Error::Input(format!("GPU generation: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every kernel the decoder launches is in `block.cu`'s list (which
+    /// the NVRTC test compiles and checks).
+    #[test]
+    fn decoder_kernels_are_block_kernels() {
+        for f in super::FUNCTIONS {
+            assert!(crate::forward::BLOCK_FUNCTIONS.contains(f), "{f}");
+        }
+    }
+}
