@@ -4,7 +4,7 @@
 # (see bench/cuda_eval.sh: smol.aa stashed by `bash bench/cuda_eval.sh stash` in a call of its own just before).
 #   bash bench/cuda_generate.sh 1   GPU tests (decode_gpu, forward_gpu); stories260K greedy text CPU vs GPU;
 #                                   8B-shaped model (synth_llama.py, RTN w4 g128 on the GPU): decode tok/s with
-#                                   and without the CUDA graph, fp16 for comparison; copy bandwidth
+#                                   and without the CUDA graph and layer stacking, fp16 for comparison; copy bandwidth
 #   bash bench/cuda_generate.sh 2   SmolLM2 w4 g128 (quantized on the GPU): greedy text and tok/s CPU vs GPU
 set -u
 PART=${1:-1}
@@ -31,6 +31,8 @@ case $PART in
   for round in 1 2; do
     echo "round $round: 8B-shaped w4 g128, graph:"; gen /tmp/q8b --max-new-tokens 256 --ignore-eos --device cuda | rate
     echo "round $round: 8B-shaped w4 g128, no graph:"; GPTQ_CUDA_GRAPH=0 gen /tmp/q8b --max-new-tokens 256 --ignore-eos --device cuda | rate
+    echo "round $round: 8B-shaped w4 g128, graph, q/k/v and gate/up unstacked:"
+    GPTQ_CUDA_STACK=0 gen /tmp/q8b --max-new-tokens 256 --ignore-eos --device cuda | rate
   done
   echo "8B-shaped fp16 (bf16 checkpoint), graph:"; gen /tmp/l8b --max-new-tokens 128 --ignore-eos --device cuda | rate
   $B/gptq bench kernels --device cuda --batches 1 --samples 10 2>&1 | grep -iE "copy|GB/s" | head -3

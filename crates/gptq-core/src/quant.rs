@@ -97,6 +97,56 @@ impl QLinear {
         Ok(())
     }
 
+    /// The layers stacked along the outputs (rows), as one layer reading
+    /// the same input: `[Ŵ₁; Ŵ₂; …]`, biases likewise (zeros for a part
+    /// without one when another has one). `None` unless every part has the
+    /// same input width, bit width, group size and `g_idx` (the same
+    /// groups and act-order permutation; q/k/v and gate/up quantized from
+    /// one Hessian have it).
+    pub fn stack_rows(parts: &[&QLinear]) -> Option<QLinear> {
+        let first = parts.first()?;
+        if parts.iter().any(|p| {
+            p.in_features != first.in_features
+                || p.bits != first.bits
+                || p.group_size != first.group_size
+                || p.g_idx != first.g_idx
+                || p.num_groups() != first.num_groups()
+        }) {
+            return None;
+        }
+        let out: usize = parts.iter().map(|p| p.out_features).sum();
+        let groups = first.num_groups();
+        let mut scales = Vec::with_capacity(groups * out);
+        let mut zeros = Vec::with_capacity(groups * out);
+        for g in 0..groups {
+            for p in parts {
+                let o = p.out_features;
+                scales.extend_from_slice(&p.scales[g * o..(g + 1) * o]);
+                zeros.extend_from_slice(&p.zeros[g * o..(g + 1) * o]);
+            }
+        }
+        let bias = parts.iter().any(|p| p.bias.is_some()).then(|| {
+            parts
+                .iter()
+                .flat_map(|p| match &p.bias {
+                    Some(b) => b.clone(),
+                    None => vec![0.0; p.out_features],
+                })
+                .collect()
+        });
+        Some(QLinear {
+            out_features: out,
+            in_features: first.in_features,
+            bits: first.bits,
+            group_size: first.group_size,
+            codes: parts.iter().flat_map(|p| p.codes.iter().copied()).collect(),
+            scales,
+            zeros,
+            g_idx: first.g_idx.clone(),
+            bias,
+        })
+    }
+
     /// `Ŵ` as an f32 tensor `[out, in]`.
     pub fn dequantize(&self) -> Tensor {
         let (o, i) = (self.out_features, self.in_features);
@@ -115,6 +165,34 @@ impl QLinear {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Stacked layers dequantize to the parts' rows one after another;
+    /// parts with other groups are refused.
+    #[test]
+    fn stacked_rows_dequantize_to_the_parts() {
+        let layer = |o: usize, seed: u8, bias: bool| QLinear {
+            out_features: o,
+            in_features: 4,
+            bits: 4,
+            group_size: Some(2),
+            codes: (0..o * 4)
+                .map(|i| ((i as u8).wrapping_mul(7) ^ seed) % 16)
+                .collect(),
+            scales: (0..2 * o).map(|i| 0.5 + i as f32 + seed as f32).collect(),
+            zeros: (0..2 * o).map(|i| ((i as u8) + seed) % 16).collect(),
+            g_idx: vec![1, 0, 1, 0],
+            bias: bias.then(|| vec![seed as f32; o]),
+        };
+        let (a, b) = (layer(3, 1, true), layer(2, 5, false));
+        let s = QLinear::stack_rows(&[&a, &b]).unwrap();
+        s.validate().unwrap();
+        let (wa, wb, ws) = (a.dequantize(), b.dequantize(), s.dequantize());
+        assert_eq!(ws.data(), [wa.data(), wb.data()].concat().as_slice());
+        assert_eq!(s.bias.unwrap(), vec![1.0, 1.0, 1.0, 0.0, 0.0]);
+        let mut c = layer(2, 5, false);
+        c.g_idx = vec![0, 0, 1, 1];
+        assert!(QLinear::stack_rows(&[&a, &c]).is_none());
+    }
 
     #[test]
     fn dequantizes_with_groups_and_rejects_bad_sizes() {

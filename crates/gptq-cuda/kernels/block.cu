@@ -257,9 +257,10 @@ extern "C" __global__ void blk_nll(const float *__restrict__ logits, int vocab,
 
 // Rotary positions on q (in place) and k, then k and v into the cache at
 // their positions (HF rotate_half, angle = inv_freq[i]·t in f32, as
-// blk_qkv_heads). Grid (m, nh + 2·nkv), block d/2 threads.
-extern "C" __global__ void dec_rope_kv(u16 *__restrict__ q, const u16 *__restrict__ k,
-                                       const u16 *__restrict__ v,
+// blk_qkv_heads). Row r of q, k, v starts at r·ldq, r·ldk, r·ldv (one fused
+// q/k/v GEMM output, or three). Grid (m, nh + 2·nkv), block d/2 threads.
+extern "C" __global__ void dec_rope_kv(u16 *__restrict__ q, int ldq, const u16 *__restrict__ k,
+                                       int ldk, const u16 *__restrict__ v, int ldv,
                                        const float *__restrict__ inv_freq,
                                        const int *__restrict__ pos0, int nh, int nkv, int d,
                                        int cap, u16 *__restrict__ kc, u16 *__restrict__ vc) {
@@ -271,15 +272,15 @@ extern "C" __global__ void dec_rope_kv(u16 *__restrict__ q, const u16 *__restric
     u16 *dst;
     bool rotate = true;
     if (head < nh) {
-        src = q + ((u64)r * nh + head) * d;
-        dst = q + ((u64)r * nh + head) * d;
+        src = q + (u64)r * ldq + (u64)head * d;
+        dst = q + (u64)r * ldq + (u64)head * d;
     } else if (head < nh + nkv) {
         int hk = head - nh;
-        src = k + ((u64)r * nkv + hk) * d;
+        src = k + (u64)r * ldk + (u64)hk * d;
         dst = kc + ((u64)hk * cap + t) * d;
     } else {
         int hv = head - nh - nkv;
-        src = v + ((u64)r * nkv + hv) * d;
+        src = v + (u64)r * ldv + (u64)hv * d;
         dst = vc + ((u64)hv * cap + t) * d;
         rotate = false;
     }
@@ -300,8 +301,10 @@ extern "C" __global__ void dec_rope_kv(u16 *__restrict__ q, const u16 *__restric
 // multiple of 32): the query at position t = pos0 + r sees the cached keys
 // j ≤ t (and j > t − window when window > 0). Scores (scaled), softmax and
 // the weighted sum of values in f32; out is the o_proj input row [m, nh·d].
-// Dynamic shared memory: (d + 32 + blockDim + keys) floats, keys ≤ t + 1.
-extern "C" __global__ void dec_attention(const u16 *__restrict__ q, const u16 *__restrict__ kc,
+// q rows start at r·ldq. Dynamic shared memory: (d + 32 + blockDim + keys)
+// floats, keys ≤ t + 1.
+extern "C" __global__ void dec_attention(const u16 *__restrict__ q, int ldq,
+                                         const u16 *__restrict__ kc,
                                          const u16 *__restrict__ vc,
                                          const int *__restrict__ pos0, int nh, int nkv, int d,
                                          int cap, int window, float scale,
@@ -313,7 +316,7 @@ extern "C" __global__ void dec_attention(const u16 *__restrict__ q, const u16 *_
     int lo = window > 0 ? max(0, t - window + 1) : 0;
     int n = t + 1 - lo;
     int kvh = head / (nh / nkv);
-    const u16 *qr = q + ((u64)r * nh + head) * d;
+    const u16 *qr = q + (u64)r * ldq + (u64)head * d;
     for (int i = tid; i < d; i += bd)
         qs[i] = f16_to_f32(qr[i]) * scale;
     __syncthreads();
@@ -369,20 +372,38 @@ extern "C" __global__ void dec_attention(const u16 *__restrict__ q, const u16 *_
     }
 }
 
-// x[i] += y[i]: an f16 output projection into the f32 residual stream.
-extern "C" __global__ void dec_add_f16(float *__restrict__ x, const u16 *__restrict__ y, u64 n) {
-    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n;
-         i += (u64)gridDim.x * blockDim.x)
-        x[i] += f16_to_f32(y[i]);
+// Row r (one per block): x[r] += y[r] (an f16 output projection into the
+// f32 residual stream), then out[r] = f16(RMSNorm(x[r]) · w) as
+// blk_rms_norm.
+extern "C" __global__ void dec_add_rms_norm(float *__restrict__ x, const u16 *__restrict__ y,
+                                            const float *__restrict__ w, float eps, int h,
+                                            u16 *__restrict__ out) {
+    __shared__ double red[32];
+    float *xr = x + (u64)blockIdx.x * h;
+    const u16 *yr = y + (u64)blockIdx.x * h;
+    double s = 0.0;
+    for (int c = threadIdx.x; c < h; c += blockDim.x) {
+        float v = xr[c] + f16_to_f32(yr[c]);
+        xr[c] = v;
+        s += (double)v * v;
+    }
+    s = block_sum(s, red);
+    float r = (float)(1.0 / sqrt(s / h + (double)eps));
+    u16 *o = out + (u64)blockIdx.x * h;
+    for (int c = threadIdx.x; c < h; c += blockDim.x)
+        o[c] = f32_to_f16(xr[c] * r * w[c]);
 }
 
-// out = f16(silu(g) · u) of f16 GEMM outputs (the SwiGLU MLP).
+// out[r][c] = f16(silu(g[r·ld + c]) · u[r·ld + c]) for m rows of n (the
+// SwiGLU MLP on one fused gate/up GEMM output, or two).
 extern "C" __global__ void dec_silu_mul(const u16 *__restrict__ g, const u16 *__restrict__ u,
-                                        u64 n, u16 *__restrict__ out) {
-    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+                                        int ld, int m, int n, u16 *__restrict__ out) {
+    u64 total = (u64)m * n;
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < total;
          i += (u64)gridDim.x * blockDim.x) {
-        float a = f16_to_f32(g[i]);
-        out[i] = f32_to_f16(a / (1.f + expf(-a)) * f16_to_f32(u[i]));
+        u64 r = i / n, c = i % n;
+        float a = f16_to_f32(g[r * ld + c]);
+        out[i] = f32_to_f16(a / (1.f + expf(-a)) * f16_to_f32(u[r * ld + c]));
     }
 }
 

@@ -5,25 +5,31 @@
 //! * GPTQ layers keep their packed form: 4-bit ones run the fused int4
 //!   kernels ([`Cuda::matmul`], repacked once at load, act-order ones
 //!   reordered), other widths dequantize-then-GEMM; dense (fp16) layers
-//!   and the output layer are f16 cuBLAS GEMMs.
+//!   and the output layer are f16 cuBLAS GEMMs. q/k/v and gate/up are
+//!   stacked into one layer each at load when they share groups and
+//!   act-order ([`QLinear::stack_rows`]), so a step reads the block's
+//!   input twice, not five times.
 //! * Everything between the GEMMs is a kernel of `kernels/block.cu`: the
-//!   embedding gather, RMSNorm (`blk_rms_norm`), rotary positions with the
+//!   embedding gather, RMSNorm (`blk_rms_norm`, and `dec_add_rms_norm`
+//!   fused with the residual add before it), rotary positions with the
 //!   cache write (`dec_rope_kv`), attention over the cache
-//!   (`dec_attention`, one block per query row and head), the residual adds
-//!   and SwiGLU. The residual stream is f32, GEMM operands f16, the KV
+//!   (`dec_attention`, one block per query row and head) and SwiGLU. The residual stream is f32, GEMM operands f16, the KV
 //!   cache f16 `[layer][kv head][position][d]`.
 //! * The position of a step's first token lives in device memory, so the
 //!   launch sequence of a one-token step is the same at every position: it
 //!   is captured once as a CUDA graph and replayed per token (one launch
-//!   from the host instead of ~11 per block), unless `GPTQ_CUDA_GRAPH=0`.
+//!   from the host instead of 9 per block), unless `GPTQ_CUDA_GRAPH=0`.
 //!
 //! Results match the CPU model within f16 rounding of the GEMM operands
 //! and the cache (tested in `tests/decode_gpu.rs`).
 
-use crate::device::{dptr, load_kernels, Ctx, Cuda, GpuLinear, Workspace};
+use crate::device::{dptr, load_kernels, Ctx, Cuda, GpuLinear, HostLinear, Workspace};
 use crate::{compile, Error, Result};
 use cudarc::driver::{CudaFunction, CudaModule, CudaSlice, LaunchConfig, PushKernelArg};
+use gptq_core::QLinear;
+use gptq_models::RawLinear;
 use half::f16;
+use rayon::prelude::*;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -33,7 +39,7 @@ const FUNCTIONS: &[&str] = &[
     "dec_embed",
     "dec_rope_kv",
     "dec_attention",
-    "dec_add_f16",
+    "dec_add_rms_norm",
     "dec_silu_mul",
 ];
 
@@ -46,6 +52,10 @@ const MAX_STEP_ROWS: usize = 512;
 /// Set to `0` to launch every kernel of a one-token step from the host
 /// instead of replaying a captured CUDA graph.
 pub const GRAPH_ENV: &str = "GPTQ_CUDA_GRAPH";
+
+/// Set to `0` to keep q/k/v and gate/up as separate layers (to measure or
+/// test the unstacked path).
+pub const STACK_ENV: &str = "GPTQ_CUDA_STACK";
 
 /// A linear layer on the device.
 enum DecLinear {
@@ -60,11 +70,47 @@ enum DecLinear {
     },
 }
 
-impl DecLinear {
-    fn dims(&self) -> (usize, usize) {
-        match self {
-            DecLinear::Quant(l) => (l.n, l.k),
-            DecLinear::Dense { n, k, .. } => (*n, *k),
+/// Layers reading the same input: one stacked layer, or the parts.
+struct Stack {
+    layers: Vec<DecLinear>,
+    /// Output width of each part (q, k, v or gate, up).
+    widths: Vec<usize>,
+}
+
+impl Stack {
+    /// Runs the stack on `x` into `out` (one buffer per layer) and returns
+    /// where each part's rows are: `(pointer, row stride)`.
+    fn run(
+        &self,
+        dev: &Cuda,
+        x: &CudaSlice<f16>,
+        m: usize,
+        out: &mut [CudaSlice<f16>],
+        ws: &mut Workspace,
+    ) -> Result<Vec<(u64, i32)>> {
+        let st = &dev.stream;
+        for (l, o) in self.layers.iter().zip(out.iter_mut()) {
+            run_linear(dev, l, x, m, o, ws)?;
+        }
+        if self.layers.len() == 1 {
+            let total: usize = self.widths.iter().sum();
+            let base = dptr(&out[0], st);
+            let mut off = 0;
+            Ok(self
+                .widths
+                .iter()
+                .map(|&w| {
+                    let p = base + 2 * off as u64;
+                    off += w;
+                    (p, total as i32)
+                })
+                .collect())
+        } else {
+            Ok(out
+                .iter()
+                .zip(&self.widths)
+                .map(|(o, &w)| (dptr(o, st), w as i32))
+                .collect())
         }
     }
 }
@@ -73,12 +119,9 @@ struct DecBlock {
     ln1: CudaSlice<f32>,
     ln2: CudaSlice<f32>,
     inv_freq: CudaSlice<f32>,
-    q: DecLinear,
-    k: DecLinear,
-    v: DecLinear,
+    qkv: Stack,
     o: DecLinear,
-    gate: DecLinear,
-    up: DecLinear,
+    gate_up: Stack,
     down: DecLinear,
     /// Key and value cache `[nkv][cap][d]` each.
     kc: CudaSlice<f16>,
@@ -92,15 +135,15 @@ struct Scratch {
     x: CudaSlice<f32>,
     /// Norm outputs `[rows, hidden]`.
     a: CudaSlice<f16>,
-    q: CudaSlice<f16>,
-    k: CudaSlice<f16>,
-    v: CudaSlice<f16>,
+    /// q/k/v outputs, one buffer per layer of the stack (each with room
+    /// for `[rows, nh·d + 2·nkv·d]`).
+    qkv: Vec<CudaSlice<f16>>,
     /// Attention output / MLP inner activation `[rows, max(nh·d, inter)]`.
     b: CudaSlice<f16>,
     /// Output projections `[rows, hidden]`.
     y: CudaSlice<f16>,
-    g: CudaSlice<f16>,
-    u: CudaSlice<f16>,
+    /// gate/up outputs, like `qkv` (room for `[rows, 2·inter]` each).
+    gu: Vec<CudaSlice<f16>>,
 }
 
 /// Shapes of the model.
@@ -193,15 +236,15 @@ impl GpuDecoder {
         let mut dims: Option<Dims> = None;
         let (mut resident, mut cache_bytes) = (0usize, 0usize);
         for i in 0..nb {
-            let runner = model
-                .block(i)
-                .map_err(|e| Error::Shape(format!("block {i}: {e}")))?;
-            let view = runner.llama_view().ok_or_else(|| {
-                Error::Unsupported(format!(
-                    "GPU generation runs Llama-family blocks, not {}",
-                    runner.arch().name
-                ))
-            })?;
+            let view = model
+                .llama_block_raw(i)
+                .map_err(|e| Error::Shape(format!("block {i}: {e}")))?
+                .ok_or_else(|| {
+                    Error::Unsupported(format!(
+                        "GPU generation runs Llama-family models, not {}",
+                        model.arch().name
+                    ))
+                })?;
             let (nh, nkv, d) = (view.n_heads, view.n_kv, view.head_dim);
             if nkv == 0 || !nh.is_multiple_of(nkv) || d % 2 != 0 || d == 0 || d > 1024 {
                 return Err(dims_err(format!(
@@ -211,42 +254,7 @@ impl GpuDecoder {
             if view.input_norm.len() != h || view.post_norm.len() != h {
                 return Err(dims_err(format!("block {i}: norm weights are not [{h}]")));
             }
-            let mut lins: HashMap<&str, DecLinear> = HashMap::new();
-            for (name, l) in &view.linears {
-                let (n, k) = (l.out_dim(), l.in_dim());
-                let q = model
-                    .block_qlinear(i, name, k, n)
-                    .map_err(|e| Error::Shape(format!("block {i} {name}: {e}")))?;
-                let lin = match q {
-                    Some(q) => {
-                        let g = dev.load_qlinear(&q, false)?;
-                        resident += g
-                            .fused_bytes()
-                            .unwrap_or(q.codes.len() * q.bits as usize / 8);
-                        DecLinear::Quant(Box::new(g))
-                    }
-                    None => {
-                        let w = l.dense_weight();
-                        let w16: Vec<f16> = w.data().iter().map(|&v| f16::from_f32(v)).collect();
-                        resident += 2 * w16.len();
-                        DecLinear::Dense {
-                            w: dev.upload(&w16)?,
-                            bias: l
-                                .bias
-                                .as_ref()
-                                .map(|b| {
-                                    dev.upload(
-                                        &b.iter().map(|&v| f16::from_f32(v)).collect::<Vec<_>>(),
-                                    )
-                                })
-                                .transpose()?,
-                            n,
-                            k,
-                        }
-                    }
-                };
-                lins.insert(name, lin);
-            }
+            let mut lins: HashMap<&str, RawLinear> = view.linears.into_iter().collect();
             let mut take = |name: &str| {
                 lins.remove(name)
                     .ok_or_else(|| dims_err(format!("block {i} has no {name}")))
@@ -300,23 +308,51 @@ impl GpuDecoder {
                 }
             }
             dims = Some(here);
+            // Stacked where possible, repacked in parallel, then uploaded.
+            let (qkv, qkv_widths) = stack(vec![q, k, v]);
+            let (gate_up, gu_widths) = stack(vec![gate, up]);
+            let (nqkv, ngu) = (qkv.len(), gate_up.len());
+            let all: Vec<RawLinear> = qkv
+                .into_iter()
+                .chain([o])
+                .chain(gate_up)
+                .chain([down])
+                .collect();
+            let prepared = all
+                .into_par_iter()
+                .map(prepare)
+                .collect::<Result<Vec<_>>>()?;
+            let mut uploaded = prepared
+                .into_iter()
+                .map(|p| upload_linear(&dev, p, &mut resident))
+                .collect::<Result<Vec<_>>>()?
+                .into_iter();
+            let mut next = |n: usize| -> Vec<DecLinear> { uploaded.by_ref().take(n).collect() };
+            let qkv = Stack {
+                layers: next(nqkv),
+                widths: qkv_widths,
+            };
+            let o = next(1).pop();
+            let gate_up = Stack {
+                layers: next(ngu),
+                widths: gu_widths,
+            };
+            let (Some(o), Some(down)) = (o, next(1).pop()) else {
+                return Err(dims_err(format!("block {i}: a layer failed to load")));
+            };
             let cache = nkv * cap * d;
             cache_bytes += 4 * cache;
             blocks.push(DecBlock {
-                ln1: dev.upload(view.input_norm)?,
-                ln2: dev.upload(view.post_norm)?,
-                inv_freq: dev.upload(view.inv_freq)?,
-                q,
-                k,
-                v,
+                ln1: dev.upload(&view.input_norm)?,
+                ln2: dev.upload(&view.post_norm)?,
+                inv_freq: dev.upload(&view.inv_freq)?,
+                qkv,
                 o,
-                gate,
-                up,
+                gate_up,
                 down,
                 kc: dev.zeros::<f16>(cache)?,
                 vc: dev.zeros::<f16>(cache)?,
             });
-            drop(runner);
             progress(i + 1, nb);
         }
         let mut dims = dims.ok_or_else(|| Error::Unsupported("the model has no blocks".into()))?;
@@ -410,18 +446,20 @@ impl GpuDecoder {
 
     fn scratch(dev: &Cuda, d: &Dims, rows: usize) -> Result<Scratch> {
         let bw = (d.nh * d.d).max(d.inter);
+        let nqkv = (d.nh + 2 * d.nkv) * d.d;
         Ok(Scratch {
             rows,
             ids: dev.zeros::<i32>(rows)?,
             x: dev.zeros::<f32>(rows * d.h)?,
             a: dev.zeros::<f16>(rows * d.h)?,
-            q: dev.zeros::<f16>(rows * d.nh * d.d)?,
-            k: dev.zeros::<f16>(rows * d.nkv * d.d)?,
-            v: dev.zeros::<f16>(rows * d.nkv * d.d)?,
+            qkv: (0..3)
+                .map(|_| dev.zeros::<f16>(rows * nqkv))
+                .collect::<Result<_>>()?,
             b: dev.zeros::<f16>(rows * bw)?,
             y: dev.zeros::<f16>(rows * d.h)?,
-            g: dev.zeros::<f16>(rows * d.inter)?,
-            u: dev.zeros::<f16>(rows * d.inter)?,
+            gu: (0..2)
+                .map(|_| dev.zeros::<f16>(rows * 2 * d.inter))
+                .collect::<Result<_>>()?,
         })
     }
 
@@ -540,24 +578,23 @@ impl GpuDecoder {
         let st = self.dev.stream.clone();
         let dv = self.dims;
         let (h, nh, nkv, d) = (dv.h, dv.nh, dv.nkv, dv.d);
-        let s = if one { &mut self.one } else { &mut self.big };
-        let (px, pa, pq, pk, pv, pb, py, pg, pu, pids) = (
+        let (s, ws) = if one {
+            (&mut self.one, &mut self.ws_one)
+        } else {
+            (&mut self.big, &mut self.ws_big)
+        };
+        let (px, pa, pb, py, pids) = (
             dptr(&s.x, &st),
             dptr(&s.a, &st),
-            dptr(&s.q, &st),
-            dptr(&s.k, &st),
-            dptr(&s.v, &st),
             dptr(&s.b, &st),
             dptr(&s.y, &st),
-            dptr(&s.g, &st),
-            dptr(&s.u, &st),
             dptr(&s.ids, &st),
         );
         let ppos = dptr(&self.pos, &st);
         let (hi, mi) = (h as i32, m as i32);
+        let funcs = &self.funcs;
         let launch = |name: &str, cfg: LaunchConfig, args: &[&dyn ArgRef]| -> Result<()> {
-            let f = self
-                .funcs
+            let f = funcs
                 .get(name)
                 .ok_or_else(|| Error::Driver(format!("kernel {name} is not in the module")))?;
             let mut b = st.launch_builder(f);
@@ -570,28 +607,31 @@ impl GpuDecoder {
         let pe = dptr(&self.embed, &st);
         launch("dec_embed", flat(m * h), &[&pe, &pids, &mi, &hi, &px])?;
         let rows = rows_cfg(m, 256);
-        let n_x = (m * h) as u64;
         let (nhi, nkvi, di, capi) = (nh as i32, nkv as i32, d as i32, self.cap as i32);
+        let (inter, interi) = (dv.inter, dv.inter as i32);
         let scale = 1.0f32 / (d as f32).sqrt();
         let window = dv.window;
-        let ws = if one {
-            &mut self.ws_one
-        } else {
-            &mut self.ws_big
-        };
-        for bi in 0..self.blocks.len() {
-            let blk = &self.blocks[bi];
+        for (bi, blk) in self.blocks.iter().enumerate() {
             let (ln1, ln2, inv) = (
                 dptr(&blk.ln1, &st),
                 dptr(&blk.ln2, &st),
                 dptr(&blk.inv_freq, &st),
             );
             let (pkc, pvc) = (dptr(&blk.kc, &st), dptr(&blk.vc, &st));
-            launch("blk_rms_norm", rows, &[&px, &ln1, &dv.eps, &hi, &pa])?;
-            let s = if one { &mut self.one } else { &mut self.big };
-            run_linear(&self.dev, &blk.q, &s.a, m, &mut s.q, ws)?;
-            run_linear(&self.dev, &blk.k, &s.a, m, &mut s.k, ws)?;
-            run_linear(&self.dev, &blk.v, &s.a, m, &mut s.v, ws)?;
+            // The previous block's MLP output joins the stream here.
+            if bi == 0 {
+                launch("blk_rms_norm", rows, &[&px, &ln1, &dv.eps, &hi, &pa])?;
+            } else {
+                launch(
+                    "dec_add_rms_norm",
+                    rows,
+                    &[&px, &py, &ln1, &dv.eps, &hi, &pa],
+                )?;
+            }
+            let parts = blk.qkv.run(&self.dev, &s.a, m, &mut s.qkv, ws)?;
+            let [(pq, ldq), (pk, ldk), (pv, ldv)] = parts[..] else {
+                return Err(Error::Shape("q/k/v is not three parts".into()));
+            };
             launch(
                 "dec_rope_kv",
                 LaunchConfig {
@@ -600,7 +640,8 @@ impl GpuDecoder {
                     shared_mem_bytes: 0,
                 },
                 &[
-                    &pq, &pk, &pv, &inv, &ppos, &nhi, &nkvi, &di, &capi, &pkc, &pvc,
+                    &pq, &ldq, &pk, &ldk, &pv, &ldv, &inv, &ppos, &nhi, &nkvi, &di, &capi, &pkc,
+                    &pvc,
                 ],
             )?;
             launch(
@@ -611,29 +652,39 @@ impl GpuDecoder {
                     shared_mem_bytes: self.att_shared,
                 },
                 &[
-                    &pq, &pkc, &pvc, &ppos, &nhi, &nkvi, &di, &capi, &window, &scale, &pb,
+                    &pq, &ldq, &pkc, &pvc, &ppos, &nhi, &nkvi, &di, &capi, &window, &scale, &pb,
                 ],
             )?;
-            let s = if one { &mut self.one } else { &mut self.big };
             run_linear(&self.dev, &blk.o, &s.b, m, &mut s.y, ws)?;
-            launch("dec_add_f16", flat(m * h), &[&px, &py, &n_x])?;
-            launch("blk_rms_norm", rows, &[&px, &ln2, &dv.eps, &hi, &pa])?;
-            let s = if one { &mut self.one } else { &mut self.big };
-            run_linear(&self.dev, &blk.gate, &s.a, m, &mut s.g, ws)?;
-            run_linear(&self.dev, &blk.up, &s.a, m, &mut s.u, ws)?;
-            let n_i = (m * dv.inter) as u64;
-            launch("dec_silu_mul", flat(m * dv.inter), &[&pg, &pu, &n_i, &pb])?;
-            let s = if one { &mut self.one } else { &mut self.big };
+            launch(
+                "dec_add_rms_norm",
+                rows,
+                &[&px, &py, &ln2, &dv.eps, &hi, &pa],
+            )?;
+            let parts = blk.gate_up.run(&self.dev, &s.a, m, &mut s.gu, ws)?;
+            let [(pg, ldg), (pu, ldu)] = parts[..] else {
+                return Err(Error::Shape("gate/up is not two parts".into()));
+            };
+            if ldg != ldu {
+                // Apart, the two outputs are each `inter` wide.
+                return Err(Error::Shape("gate and up differ in width".into()));
+            }
+            launch(
+                "dec_silu_mul",
+                flat(m * inter),
+                &[&pg, &pu, &ldg, &mi, &interi, &pb],
+            )?;
             run_linear(&self.dev, &blk.down, &s.b, m, &mut s.y, ws)?;
-            launch("dec_add_f16", flat(m * h), &[&px, &py, &n_x])?;
         }
-        // The head on the last row.
-        let plast = px + ((m - 1) * h * 4) as u64;
+        // The last block's output joins the stream of the last row, normed
+        // for the head.
+        let off = ((m - 1) * h) as u64;
+        let (plast, pylast) = (px + 4 * off, py + 2 * off);
         let (pn, phn) = (dptr(&self.norm, &st), dptr(&self.hn, &st));
         launch(
-            "blk_rms_norm",
+            "dec_add_rms_norm",
             rows_cfg(1, 256),
-            &[&plast, &pn, &dv.eps, &hi, &phn],
+            &[&plast, &pylast, &pn, &dv.eps, &hi, &phn],
         )?;
         let pw = dptr(self.head.as_ref().unwrap_or(&self.embed), &st);
         crate::blas::gemm(
@@ -664,6 +715,102 @@ macro_rules! arg_ref {
     )*};
 }
 arg_ref!(u64, i32, f32);
+
+/// A layer on its way to the device, repacked or converted on the host.
+enum Prepared {
+    Gptq(Box<HostLinear>),
+    Dense {
+        w: Vec<f16>,
+        bias: Option<Vec<f16>>,
+        n: usize,
+        k: usize,
+    },
+}
+
+fn to_f16(v: &[f32]) -> Vec<f16> {
+    v.par_iter().map(|&x| f16::from_f32(x)).collect()
+}
+
+fn prepare(l: RawLinear) -> Result<Prepared> {
+    Ok(match l {
+        RawLinear::Gptq(q) => Prepared::Gptq(Box::new(HostLinear::new(&q, false)?)),
+        RawLinear::Dense { weight, bias } => {
+            let s = weight.shape();
+            if s.len() != 2 {
+                return Err(Error::Shape(format!("a dense weight of shape {s:?}")));
+            }
+            Prepared::Dense {
+                w: to_f16(weight.data()),
+                bias: bias.as_deref().map(to_f16),
+                n: s[0],
+                k: s[1],
+            }
+        }
+    })
+}
+
+fn upload_linear(dev: &Cuda, p: Prepared, resident: &mut usize) -> Result<DecLinear> {
+    Ok(match p {
+        Prepared::Gptq(h) => {
+            *resident += h.bytes();
+            DecLinear::Quant(Box::new(dev.upload_layout(&h)?))
+        }
+        Prepared::Dense { w, bias, n, k } => {
+            *resident += 2 * w.len();
+            DecLinear::Dense {
+                w: dev.upload(&w)?,
+                bias: bias.map(|b| dev.upload(&b)).transpose()?,
+                n,
+                k,
+            }
+        }
+    })
+}
+
+/// Layers reading one input, stacked into one when they allow it (all GPTQ
+/// with the same groups and act-order, or all dense), else as they are;
+/// and each part's output width.
+fn stack(parts: Vec<RawLinear>) -> (Vec<RawLinear>, Vec<usize>) {
+    let widths: Vec<usize> = parts.iter().map(|p| p.dims().0).collect();
+    if std::env::var(STACK_ENV).is_ok_and(|v| v == "0") {
+        return (parts, widths);
+    }
+    let qs: Vec<&QLinear> = parts
+        .iter()
+        .filter_map(|p| match p {
+            RawLinear::Gptq(q) => Some(q),
+            RawLinear::Dense { .. } => None,
+        })
+        .collect();
+    if qs.len() == parts.len() {
+        if let Some(q) = QLinear::stack_rows(&qs) {
+            return (vec![RawLinear::Gptq(q)], widths);
+        }
+    } else if qs.is_empty() {
+        let k = parts[0].dims().1;
+        let mut w = Vec::new();
+        let mut bias = Vec::new();
+        let mut any_bias = false;
+        for p in &parts {
+            if let RawLinear::Dense { weight, bias: b } = p {
+                w.extend_from_slice(weight.data());
+                match b {
+                    Some(b) => {
+                        any_bias = true;
+                        bias.extend_from_slice(b);
+                    }
+                    None => bias.extend(std::iter::repeat_n(0.0, p.dims().0)),
+                }
+            }
+        }
+        let n = widths.iter().sum();
+        if let Ok(weight) = gptq_core::Tensor::new(vec![n, k], w) {
+            let bias = any_bias.then_some(bias);
+            return (vec![RawLinear::Dense { weight, bias }], widths);
+        }
+    }
+    (parts, widths)
+}
 
 fn flat(n: usize) -> LaunchConfig {
     LaunchConfig {

@@ -264,29 +264,23 @@ impl Cuda {
     /// can use it, and for dequantize-then-GEMM otherwise (or also, with
     /// `keep_generic`).
     pub fn load_qlinear(&self, q: &QLinear, keep_generic: bool) -> Result<GpuLinear> {
-        q.validate().map_err(|e| Error::Shape(e.to_string()))?;
-        let (w4, w4_reason) = match W4Layout::new(q) {
-            Ok(l) => (Some(self.upload_w4(&l)?), None),
-            Err(why) => (None, Some(why)),
-        };
-        let any = if w4.is_none() || keep_generic {
-            Some(self.upload_any(&AnyLayout::new(q).map_err(Error::Shape)?)?)
-        } else {
-            None
-        };
-        let bias = match &q.bias {
-            Some(b) => Some(self.upload(&b.iter().map(|&v| f16::from_f32(v)).collect::<Vec<_>>())?),
-            None => None,
-        };
+        self.upload_layout(&HostLinear::new(q, keep_generic)?)
+    }
+
+    /// Uploads a layer repacked on the host ([`HostLinear::new`]).
+    pub fn upload_layout(&self, h: &HostLinear) -> Result<GpuLinear> {
+        let w4 = h.w4.as_ref().map(|l| self.upload_w4(l)).transpose()?;
+        let any = h.any.as_ref().map(|l| self.upload_any(l)).transpose()?;
+        let bias = h.bias.as_ref().map(|b| self.upload(b)).transpose()?;
         Ok(GpuLinear {
-            n: q.out_features,
-            k: q.in_features,
-            bits: q.bits,
-            group_size: q.group_size,
+            n: h.n,
+            k: h.k,
+            bits: h.bits,
+            group_size: h.group_size,
             w4,
             any,
             bias,
-            w4_reason,
+            w4_reason: h.w4_reason.clone(),
         })
     }
 
@@ -616,6 +610,57 @@ pub enum Path {
     Fused(W4Variant),
     /// Dequantize to f16, then cuBLAS.
     DequantGemm,
+}
+
+/// A quantized layer repacked on the host for the device (the CPU half of
+/// [`Cuda::load_qlinear`], so many layers can be repacked in parallel).
+pub struct HostLinear {
+    n: usize,
+    k: usize,
+    bits: u32,
+    group_size: Option<usize>,
+    w4: Option<W4Layout>,
+    w4_reason: Option<String>,
+    any: Option<AnyLayout>,
+    bias: Option<Vec<f16>>,
+}
+
+impl HostLinear {
+    /// Repacks `q` for the fused int4 kernel when it can use it, and for
+    /// dequantize-then-GEMM otherwise (or also, with `keep_generic`).
+    pub fn new(q: &QLinear, keep_generic: bool) -> Result<Self> {
+        q.validate().map_err(|e| Error::Shape(e.to_string()))?;
+        let (w4, w4_reason) = match W4Layout::new(q) {
+            Ok(l) => (Some(l), None),
+            Err(why) => (None, Some(why)),
+        };
+        let any = if w4.is_none() || keep_generic {
+            Some(AnyLayout::new(q).map_err(Error::Shape)?)
+        } else {
+            None
+        };
+        Ok(HostLinear {
+            n: q.out_features,
+            k: q.in_features,
+            bits: q.bits,
+            group_size: q.group_size,
+            w4,
+            w4_reason,
+            any,
+            bias: q
+                .bias
+                .as_ref()
+                .map(|b| b.iter().map(|&v| f16::from_f32(v)).collect()),
+        })
+    }
+
+    /// Bytes a product streams: the fused layout's, else the packed codes'.
+    pub fn bytes(&self) -> usize {
+        match &self.w4 {
+            Some(l) => l.bytes(),
+            None => self.n * self.k * self.bits as usize / 8,
+        }
+    }
 }
 
 pub(crate) struct W4Gpu {

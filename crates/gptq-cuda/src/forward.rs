@@ -53,7 +53,7 @@ pub const BLOCK_FUNCTIONS: &[&str] = &[
     "blk_nll",
     "dec_rope_kv",
     "dec_attention",
-    "dec_add_f16",
+    "dec_add_rms_norm",
     "dec_silu_mul",
     "dec_embed",
 ];
@@ -749,9 +749,9 @@ impl GpuCalibration {
             None
         };
         self.block = Some(DevBlock {
-            ln1: self.dev.upload(view.input_norm)?,
-            ln2: self.dev.upload(view.post_norm)?,
-            inv_freq: self.dev.upload(view.inv_freq)?,
+            ln1: self.dev.upload(&view.input_norm)?,
+            ln2: self.dev.upload(&view.post_norm)?,
+            inv_freq: self.dev.upload(&view.inv_freq)?,
             eps: view.eps,
             nh,
             nkv: view.n_kv,

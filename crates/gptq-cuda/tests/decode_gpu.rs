@@ -173,6 +173,11 @@ fn matches_cpu(dir: &Path, what: &str) {
 #[ignore = "needs a CUDA GPU"]
 fn gpu_generation_matches_cpu() {
     matches_cpu(&stories(), "fp");
+    // q/k/v and gate/up as separate layers too (set before any decoder of
+    // this test process loads; read at load).
+    std::env::set_var(gptq_cuda::decode::STACK_ENV, "0");
+    matches_cpu(&stories(), "fp, unstacked");
+    std::env::remove_var(gptq_cuda::decode::STACK_ENV);
     let root = std::env::temp_dir().join(format!("gptq-decode-{}", std::process::id()));
     for (bits, method) in [(4, Method::Gptq), (8, Method::Rtn)] {
         let out = root.join(format!("w{bits}"));

@@ -6,6 +6,7 @@
 
 use crate::{ArchSpec, Linear, Observer, Result, Weights};
 use gptq_io::ModelFiles;
+use std::borrow::Cow;
 
 /// One block, loaded.
 pub trait BlockRunner: Send + Sync {
@@ -44,13 +45,15 @@ pub trait BlockRunner: Send + Sync {
 /// causal self-attention with rotary positions (HF rotate_half) and
 /// grouped-query heads → residual; RMSNorm → SwiGLU MLP
 /// (`down(silu(gate(x)) · up(x))`) → residual. Linears may carry biases
-/// (Qwen2's q/k/v).
+/// (Qwen2's q/k/v). `L` is how the linears are held: the block's own
+/// [`Linear`]s ([`BlockRunner::llama_view`]) or as the checkpoint stores
+/// them ([`RawLinear`], [`LayerwiseModel::llama_block_raw`]).
 #[derive(Debug, Clone)]
-pub struct LlamaBlockView<'a> {
+pub struct LlamaBlockView<'a, L = &'a Linear> {
     /// RMSNorm weight before attention `[hidden]`.
-    pub input_norm: &'a [f32],
+    pub input_norm: Cow<'a, [f32]>,
     /// RMSNorm weight before the MLP `[hidden]`.
-    pub post_norm: &'a [f32],
+    pub post_norm: Cow<'a, [f32]>,
     /// RMSNorm epsilon.
     pub eps: f32,
     /// Query heads.
@@ -62,10 +65,38 @@ pub struct LlamaBlockView<'a> {
     /// Sliding attention window, if any.
     pub window: Option<usize>,
     /// Rotary inverse frequencies `[head_dim / 2]`.
-    pub inv_freq: &'a [f32],
+    pub inv_freq: Cow<'a, [f32]>,
     /// The seven linears under their [`ArchSpec`] names
     /// (`self_attn.{q,k,v,o}_proj`, `mlp.{gate,up,down}_proj`).
-    pub linears: Vec<(&'static str, &'a Linear)>,
+    pub linears: Vec<(&'static str, L)>,
+}
+
+/// A linear layer as the checkpoint stores it.
+#[derive(Debug, Clone)]
+pub enum RawLinear {
+    /// A GPTQ layer ([`Linear::read_gptq`]): codes, scales, zero points,
+    /// `g_idx`, bias.
+    Gptq(gptq_core::QLinear),
+    /// A dense layer: weight `[out, in]` and bias.
+    Dense {
+        /// `[out, in]`.
+        weight: gptq_core::Tensor,
+        /// `[out]`.
+        bias: Option<Vec<f32>>,
+    },
+}
+
+impl RawLinear {
+    /// `(out, in)`.
+    pub fn dims(&self) -> (usize, usize) {
+        match self {
+            RawLinear::Gptq(q) => (q.out_features, q.in_features),
+            RawLinear::Dense { weight, .. } => {
+                let s = weight.shape();
+                (s[0], s.get(1).copied().unwrap_or(0))
+            }
+        }
+    }
 }
 
 /// A model opened for layer-by-layer processing.
@@ -85,17 +116,11 @@ pub trait LayerwiseModel: Send + Sync {
     fn llama_head(&self) -> Result<Option<LlamaHead<'_>>> {
         Ok(None)
     }
-    /// Linear `name` (an [`ArchSpec`] name, `[out, in]`) of block `i` as
-    /// the checkpoint stores it, when it is a GPTQ layer
-    /// ([`Linear::read_gptq`]); `None` for dense layers (and forms that do
-    /// not say). For backends that repack quantized layers their own way.
-    fn block_qlinear(
-        &self,
-        _i: usize,
-        _name: &str,
-        _in_dim: usize,
-        _out_dim: usize,
-    ) -> Result<Option<gptq_core::QLinear>> {
+    /// Block `i` in the Llama form with its linears as the checkpoint
+    /// stores them (GPTQ layers packed, never repacked for the CPU), each
+    /// tensor read once; `None` for other forms. For backends that hold
+    /// the whole model their own way (GPU generation).
+    fn llama_block_raw(&self, _i: usize) -> Result<Option<LlamaBlockView<'static, RawLinear>>> {
         Ok(None)
     }
 }

@@ -15,7 +15,9 @@ use crate::{
     Weights,
 };
 use gptq_kernels::cpu;
+use rayon::prelude::*;
 use serde_json::Value;
+use std::borrow::Cow;
 use std::sync::Arc;
 
 /// Structure of a Llama-family block for GPTQ. True-sequential order follows
@@ -491,14 +493,14 @@ impl BlockRunner for LlamaBlockRunner<'_> {
         let b = &self.block;
         let a = &b.attn;
         Some(crate::LlamaBlockView {
-            input_norm: &b.input_layernorm,
-            post_norm: &b.post_attention_layernorm,
+            input_norm: Cow::Borrowed(&b.input_layernorm),
+            post_norm: Cow::Borrowed(&b.post_attention_layernorm),
             eps: self.eps,
             n_heads: a.n_heads,
             n_kv: a.n_kv,
             head_dim: a.head_dim,
             window: a.window,
-            inv_freq: &self.rope.inv_freq,
+            inv_freq: Cow::Borrowed(&self.rope.inv_freq),
             linears: vec![
                 ("self_attn.q_proj", &a.q),
                 ("self_attn.k_proj", &a.k),
@@ -560,14 +562,54 @@ impl crate::LayerwiseModel for LlamaLayers<'_> {
         }))
     }
 
-    fn block_qlinear(
+    fn llama_block_raw(
         &self,
         i: usize,
-        name: &str,
-        in_dim: usize,
-        out_dim: usize,
-    ) -> Result<Option<gptq_core::QLinear>> {
+    ) -> Result<Option<crate::LlamaBlockView<'static, crate::RawLinear>>> {
+        let c = &self.cfg;
         let p = (ARCH.block_prefix)(i);
-        Linear::read_gptq(&self.w, &format!("{p}{name}"), in_dim, out_dim)
+        let (h, d, inter) = (c.hidden_size, c.head_dim, c.intermediate_size);
+        let (nh, nkv) = (c.num_attention_heads, c.num_key_value_heads);
+        let shapes = [
+            ("self_attn.q_proj", h, nh * d),
+            ("self_attn.k_proj", h, nkv * d),
+            ("self_attn.v_proj", h, nkv * d),
+            ("self_attn.o_proj", nh * d, h),
+            ("mlp.gate_proj", h, inter),
+            ("mlp.up_proj", h, inter),
+            ("mlp.down_proj", inter, h),
+        ];
+        // The seven layers are read (and GPTQ ones unpacked) in parallel.
+        let linears = shapes
+            .par_iter()
+            .map(|&(name, k, n)| {
+                let full = format!("{p}{name}");
+                let raw = match Linear::read_gptq(&self.w, &full, k, n)? {
+                    Some(q) => crate::RawLinear::Gptq(q),
+                    None => crate::RawLinear::Dense {
+                        weight: self.w.get(&format!("{full}.weight"), &[n, k])?,
+                        bias: self
+                            .w
+                            .get_opt(&format!("{full}.bias"), &[n])?
+                            .map(|t| t.into_data()),
+                    },
+                };
+                Ok((name, raw))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let norm = |n: &str| -> Result<Vec<f32>> {
+            Ok(self.w.get(&format!("{p}{n}.weight"), &[h])?.into_data())
+        };
+        Ok(Some(crate::LlamaBlockView {
+            input_norm: Cow::Owned(norm("input_layernorm")?),
+            post_norm: Cow::Owned(norm("post_attention_layernorm")?),
+            eps: c.rms_norm_eps as f32,
+            n_heads: nh,
+            n_kv: nkv,
+            head_dim: d,
+            window: c.sliding_window,
+            inv_freq: Cow::Owned(self.rope.inv_freq.clone()),
+            linears,
+        }))
     }
 }
