@@ -14,7 +14,7 @@ for f in gptq decode_gpu forward_gpu; do
 done
 source bench/cuda_env.sh /tmp
 S=.device-bin/stories260K
-gen() { $B/gptq -v generate "$@" 2>&1 | sed 's/\x1b\[[0-9;]*m//g'; }
+gen() { $B/gptq --threads 16 -v generate "$@" 2>&1 | sed 's/\x1b\[[0-9;]*m//g'; }
 rate() { grep -E "generated|device:|error" | sed 's/.*INFO [a-z_:]*//'; }
 case $PART in
 1)
@@ -44,8 +44,12 @@ case $PART in
     --bits 4 --device cuda --overwrite > /tmp/m4.log 2>&1 || { echo "quantize failed"; tail -3 /tmp/m4.log; }
   P="The history of the city begins"
   for d in cpu cuda; do
-    echo "SmolLM2 w4 g128 --device $d:"; $B/gptq --threads 16 generate /tmp/m4 -p "$P" --max-new-tokens 64 --device $d 2>/dev/null
-    gen /tmp/m4 -p "$P" --max-new-tokens 256 --ignore-eos --device $d | rate
+    echo "SmolLM2 w4 g128 --device $d, greedy text (CPU with exact f32 activations):"
+    $B/gptq --threads 16 --activations f32 generate /tmp/m4 -p "$P" --max-new-tokens 48 --device $d 2>/dev/null
   done
+  for round in 1 2; do for d in cpu cuda; do
+    echo "round $round: SmolLM2 w4 g128 --device $d (16 threads, int8 activations on the CPU), 256 tokens:"
+    gen /tmp/m4 -p "$P" --max-new-tokens 256 --ignore-eos --device $d | rate
+  done; done
   ;;
 esac

@@ -24,6 +24,7 @@
 //! and the cache (tested in `tests/decode_gpu.rs`).
 
 use crate::device::{dptr, load_kernels, Ctx, Cuda, GpuLinear, HostLinear, Workspace};
+use crate::forward::{grid, rows_cfg};
 use crate::{compile, Error, Result};
 use cudarc::driver::{CudaFunction, CudaModule, CudaSlice, LaunchConfig, PushKernelArg};
 use gptq_core::QLinear;
@@ -605,7 +606,7 @@ impl GpuDecoder {
             Ok(())
         };
         let pe = dptr(&self.embed, &st);
-        launch("dec_embed", flat(m * h), &[&pe, &pids, &mi, &hi, &px])?;
+        launch("dec_embed", grid(m * h), &[&pe, &pids, &mi, &hi, &px])?;
         let rows = rows_cfg(m, 256);
         let (nhi, nkvi, di, capi) = (nh as i32, nkv as i32, d as i32, self.cap as i32);
         let (inter, interi) = (dv.inter, dv.inter as i32);
@@ -671,7 +672,7 @@ impl GpuDecoder {
             }
             launch(
                 "dec_silu_mul",
-                flat(m * inter),
+                grid(m * inter),
                 &[&pg, &pu, &ldg, &mi, &interi, &pb],
             )?;
             run_linear(&self.dev, &blk.down, &s.b, m, &mut s.y, ws)?;
@@ -810,22 +811,6 @@ fn stack(parts: Vec<RawLinear>) -> (Vec<RawLinear>, Vec<usize>) {
         }
     }
     (parts, widths)
-}
-
-fn flat(n: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (n.div_ceil(256).clamp(1, 1 << 16) as u32, 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    }
-}
-
-fn rows_cfg(rows: usize, threads: u32) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (rows as u32, 1, 1),
-        block_dim: (threads, 1, 1),
-        shared_mem_bytes: 0,
-    }
 }
 
 fn run_linear(

@@ -196,7 +196,8 @@ fn offsets(lens: &[usize]) -> Vec<usize> {
         .collect()
 }
 
-fn grid(n: usize) -> LaunchConfig {
+/// A grid-stride launch over `n` elements, 256 threads a block.
+pub(crate) fn grid(n: usize) -> LaunchConfig {
     let blocks = n.div_ceil(256).clamp(1, 1 << 20) as u32;
     LaunchConfig {
         grid_dim: (blocks, 1, 1),
@@ -205,7 +206,8 @@ fn grid(n: usize) -> LaunchConfig {
     }
 }
 
-fn rows_cfg(rows: usize, threads: u32) -> LaunchConfig {
+/// One block of `threads` per row.
+pub(crate) fn rows_cfg(rows: usize, threads: u32) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (rows as u32, 1, 1),
         block_dim: (threads, 1, 1),
