@@ -621,7 +621,10 @@ impl GpuDecoder {
             let (pkc, pvc) = (dptr(&blk.kc, &st), dptr(&blk.vc, &st));
             // The previous block's MLP output joins the stream here.
             if bi == 0 {
-                launch("blk_rms_norm", rows, &[&px, &ln1, &dv.eps, &hi, &pa])?;
+                let f = funcs
+                    .get("blk_rms_norm")
+                    .ok_or_else(|| Error::Driver("no blk_rms_norm".into()))?;
+                crate::forward::rms_norm_rows(&st, f, px, ln1, dv.eps, h, pa, m)?;
             } else {
                 launch(
                     "dec_add_rms_norm",

@@ -196,6 +196,26 @@ fn offsets(lens: &[usize]) -> Vec<usize> {
         .collect()
 }
 
+/// `blk_rms_norm` (`f`) over `rows` rows of the f32 stream at `x` (`h`
+/// wide) with weight `w` into f16 rows at `out` (device pointers).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn rms_norm_rows(
+    st: &cudarc::driver::CudaStream,
+    f: &CudaFunction,
+    x: u64,
+    w: u64,
+    eps: f32,
+    h: usize,
+    out: u64,
+    rows: usize,
+) -> Result<()> {
+    let hi = h as i32;
+    let mut l = st.launch_builder(f);
+    l.arg(&x).arg(&w).arg(&eps).arg(&hi).arg(&out);
+    unsafe { l.launch(rows_cfg(rows, 256)) }.ctx("blk_rms_norm")?;
+    Ok(())
+}
+
 /// A grid-stride launch over `n` elements, 256 threads a block.
 pub(crate) fn grid(n: usize) -> LaunchConfig {
     let blocks = n.div_ceil(256).clamp(1, 1 << 20) as u32;
@@ -350,12 +370,10 @@ impl GpuCalibration {
 
     fn rms_norm(&self, lane: usize, w: &CudaSlice<f32>, eps: f32) -> Result<()> {
         let (x, a, _, _, _) = self.state(lane)?;
-        let (px, pw, pa, h) = (self.p(x), self.p(w), self.p(a), self.hidden as i32);
         let f = self.func("blk_rms_norm")?;
-        let mut l = self.dev.stream.launch_builder(f);
-        l.arg(&px).arg(&pw).arg(&eps).arg(&h).arg(&pa);
-        unsafe { l.launch(rows_cfg(self.tokens, 256)) }.ctx("blk_rms_norm")?;
-        Ok(())
+        let h = self.hidden;
+        let (px, pw, pa) = (self.p(x), self.p(w), self.p(a));
+        rms_norm_rows(&self.dev.stream, f, px, pw, eps, h, pa, self.tokens)
     }
 
     /// Segment 1: attention of every sequence, from `a` (normed) into `b`

@@ -118,13 +118,7 @@ impl GpuCalibration {
             (None, Some(l)) => Some(self.p(&l.x)),
             _ => None,
         };
-        let (pw, pn, pa, pl, h32) = (
-            self.p(&w),
-            self.p(&norm),
-            self.p(&a),
-            self.p(&logits),
-            h as i32,
-        );
+        let (pw, pn, pa, pl) = (self.p(&w), self.p(&norm), self.p(&a), self.p(&logits));
         let mut total = 0f64;
         for r0 in (0..tokens).step_by(rows) {
             let r = rows.min(tokens - r0);
@@ -137,9 +131,7 @@ impl GpuCalibration {
                 }
             };
             let f = self.func("blk_rms_norm")?;
-            let mut l = self.dev.stream.launch_builder(f);
-            l.arg(&px).arg(&pn).arg(&head.eps).arg(&h32).arg(&pa);
-            unsafe { l.launch(rows_cfg(r, 256)) }.ctx("blk_rms_norm")?;
+            rms_norm_rows(&self.dev.stream, f, px, pn, head.eps, h, pa, r)?;
             gemm(
                 &self.dev,
                 (r, vocab, h),
