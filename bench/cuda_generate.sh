@@ -6,6 +6,7 @@
 #                                   8B-shaped model (synth_llama.py, RTN w4 g128 on the GPU): decode tok/s with
 #                                   and without the CUDA graph and layer stacking, fp16 for comparison; copy bandwidth
 #   bash bench/cuda_generate.sh 2   SmolLM2 w4 g128 (quantized on the GPU): greedy text and tok/s CPU vs GPU
+#   bash bench/cuda_generate.sh 3   short: decode_gpu, then the 8B-shaped w4 g128 decode rate twice
 set -u
 PART=${1:-1}
 B=/tmp/bin; mkdir -p $B /tmp/keep
@@ -51,5 +52,14 @@ case $PART in
     echo "round $round: SmolLM2 w4 g128 --device $d (16 threads, int8 activations on the CPU), 256 tokens:"
     gen /tmp/m4 -p "$P" --max-new-tokens 256 --ignore-eos --device $d | rate
   done; done
+  ;;
+3)
+  GPTQ_STORIES_DIR=$S $B/decode_gpu --ignored --nocapture 2>&1 | grep -E "worst|test result|panicked|FAILED" | sort | uniq -c
+  python3 scripts/research/synth_llama.py /tmp/l8b 8b 32 $S 2>&1 | tail -1
+  $B/gptq quantize /tmp/l8b -o /tmp/q8b --method rtn --bits 4 --group-size 128 --dataset $S/../tinystories_val.txt \
+    --nsamples 4 --seqlen 128 --device cuda --overwrite > /tmp/q8b.log 2>&1 || { echo "quantize failed"; tail -3 /tmp/q8b.log; }
+  for round in 1 2; do
+    echo "round $round: 8B-shaped w4 g128, graph:"; gen /tmp/q8b --max-new-tokens 256 --ignore-eos --device cuda | rate
+  done
   ;;
 esac

@@ -299,10 +299,22 @@ extern "C" __global__ void dec_rope_kv(u16 *__restrict__ q, int ldq, const u16 *
 
 // Attention of one query row and head per block (grid (nh, m), blockDim a
 // multiple of 32): the query at position t = pos0 + r sees the cached keys
-// j ≤ t (and j > t − window when window > 0). Scores (scaled), softmax and
-// the weighted sum of values in f32; out is the o_proj input row [m, nh·d].
-// q rows start at r·ldq. Dynamic shared memory: (d + 32 + blockDim + keys)
-// floats, keys ≤ t + 1.
+// j ≤ t (and j > t − window when window > 0). q rows start at r·ldq; d is
+// a multiple of 8, so key and value rows are read 16 bytes (8 values) at a
+// time. Scores: one key per thread; softmax over the block; the weighted
+// sum of values: thread (g, c) sums chunk c of every (blockDim/(d/8))-th
+// value row from g, the groups' partial sums then added. All in f32; out is
+// the o_proj input row [m, nh·d]. Dynamic shared memory:
+// (d + 32 + 8·blockDim + keys) floats, keys ≤ t + 1.
+__device__ __forceinline__ void unpack8(uint4 w, float *v) {
+    u32 p[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+        v[2 * e] = f16_to_f32((u16)(p[e] & 0xffffu));
+        v[2 * e + 1] = f16_to_f32((u16)(p[e] >> 16));
+    }
+}
+
 extern "C" __global__ void dec_attention(const u16 *__restrict__ q, int ldq,
                                          const u16 *__restrict__ kc,
                                          const u16 *__restrict__ vc,
@@ -311,7 +323,8 @@ extern "C" __global__ void dec_attention(const u16 *__restrict__ q, int ldq,
                                          u16 *__restrict__ out) {
     extern __shared__ float sm[];
     int head = blockIdx.x, r = blockIdx.y, tid = threadIdx.x, bd = blockDim.x;
-    float *qs = sm, *red = sm + d, *part = sm + d + 32, *s = sm + d + 32 + bd;
+    int chunks = d / 8, groups = bd / chunks;
+    float *qs = sm, *red = sm + d, *part = sm + d + 32, *s = sm + d + 32 + 8 * bd;
     int t = *pos0 + r;
     int lo = window > 0 ? max(0, t - window + 1) : 0;
     int n = t + 1 - lo;
@@ -320,18 +333,19 @@ extern "C" __global__ void dec_attention(const u16 *__restrict__ q, int ldq,
     for (int i = tid; i < d; i += bd)
         qs[i] = f16_to_f32(qr[i]) * scale;
     __syncthreads();
-    const u16 *kb = kc + ((u64)kvh * cap + lo) * d;
-    const u16 *vb = vc + ((u64)kvh * cap + lo) * d;
-    int warp = tid / 32, lane = tid % 32, nw = bd / 32;
-    for (int j = warp; j < n; j += nw) {
-        const u16 *kr = kb + (u64)j * d;
+    const uint4 *kb = (const uint4 *)(kc + ((u64)kvh * cap + lo) * d);
+    const uint4 *vb = (const uint4 *)(vc + ((u64)kvh * cap + lo) * d);
+    for (int j = tid; j < n; j += bd) {
+        const uint4 *kr = kb + (u64)j * chunks;
         float acc = 0.f;
-        for (int i = lane; i < d; i += 32)
-            acc += qs[i] * f16_to_f32(kr[i]);
-        for (int o = 16; o > 0; o >>= 1)
-            acc += __shfl_xor_sync(0xffffffffu, acc, o);
-        if (lane == 0)
-            s[j] = acc;
+        for (int c = 0; c < chunks; ++c) {
+            float v[8];
+            unpack8(kr[c], v);
+#pragma unroll
+            for (int e = 0; e < 8; ++e)
+                acc += qs[8 * c + e] * v[e];
+        }
+        s[j] = acc;
     }
     __syncthreads();
     float mx = neg_inf();
@@ -346,29 +360,29 @@ extern "C" __global__ void dec_attention(const u16 *__restrict__ q, int ldq,
     }
     sum = block_sum(sum, red);
     float inv = 1.f / sum;
-    u16 *o = out + ((u64)r * nh + head) * d;
-    if (d >= bd) {
-        for (int i = tid; i < d; i += bd) {
-            float acc = 0.f;
-            for (int j = 0; j < n; ++j)
-                acc += s[j] * f16_to_f32(vb[(u64)j * d + i]);
-            o[i] = f32_to_f16(acc * inv);
+    int c = tid % chunks, g = tid / chunks;
+    if (g < groups) {
+        float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+#pragma unroll 4
+        for (int j = g; j < n; j += groups) {
+            float v[8];
+            unpack8(vb[(u64)j * chunks + c], v);
+            float p = s[j];
+#pragma unroll
+            for (int e = 0; e < 8; ++e)
+                acc[e] += p * v[e];
         }
-        return;
+#pragma unroll
+        for (int e = 0; e < 8; ++e)
+            part[g * d + 8 * c + e] = acc[e];
     }
-    // bd / d groups of d threads, each over every (bd/d)-th key.
-    int parts = bd / d, p = tid / d, i = tid % d;
-    float acc = 0.f;
-    if (p < parts)
-        for (int j = p; j < n; j += parts)
-            acc += s[j] * f16_to_f32(vb[(u64)j * d + i]);
-    part[tid] = acc;
     __syncthreads();
-    if (tid < d) {
+    u16 *o = out + ((u64)r * nh + head) * d;
+    for (int i = tid; i < d; i += bd) {
         float tot = 0.f;
-        for (int q2 = 0; q2 < parts; ++q2)
-            tot += part[q2 * d + tid];
-        o[tid] = f32_to_f16(tot * inv);
+        for (int g2 = 0; g2 < groups; ++g2)
+            tot += part[g2 * d + i];
+        o[i] = f32_to_f16(tot * inv);
     }
 }
 

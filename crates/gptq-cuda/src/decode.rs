@@ -13,7 +13,8 @@
 //!   embedding gather, RMSNorm (`blk_rms_norm`, and `dec_add_rms_norm`
 //!   fused with the residual add before it), rotary positions with the
 //!   cache write (`dec_rope_kv`), attention over the cache
-//!   (`dec_attention`, one block per query row and head) and SwiGLU. The residual stream is f32, GEMM operands f16, the KV
+//!   (`dec_attention`, one block per query row and head, key and value
+//!   rows read 16 bytes at a time) and SwiGLU. The residual stream is f32, GEMM operands f16, the KV
 //!   cache f16 `[layer][kv head][position][d]`.
 //! * The position of a step's first token lives in device memory, so the
 //!   launch sequence of a one-token step is the same at every position: it
@@ -45,7 +46,7 @@ const FUNCTIONS: &[&str] = &[
 ];
 
 /// Threads per attention block.
-const ATT_THREADS: u32 = 128;
+const ATT_THREADS: u32 = 256;
 
 /// Rows a prompt is run in at once (longer prompts take several steps).
 const MAX_STEP_ROWS: usize = 512;
@@ -247,9 +248,16 @@ impl GpuDecoder {
                     ))
                 })?;
             let (nh, nkv, d) = (view.n_heads, view.n_kv, view.head_dim);
-            if nkv == 0 || !nh.is_multiple_of(nkv) || d % 2 != 0 || d == 0 || d > 1024 {
+            // Attention reads rows 8 values at a time, by up to 256 threads.
+            if nkv == 0
+                || !nh.is_multiple_of(nkv)
+                || d % 8 != 0
+                || d == 0
+                || d > 8 * ATT_THREADS as usize
+            {
                 return Err(dims_err(format!(
-                    "{nh} query heads over {nkv} key/value heads of dimension {d}"
+                    "{nh} query heads over {nkv} key/value heads of dimension {d} (GPU generation \
+                     needs a head dimension that is a multiple of 8, at most 2048)"
                 )));
             }
             if view.input_norm.len() != h || view.post_norm.len() != h {
@@ -392,7 +400,7 @@ impl GpuDecoder {
         };
         drop(table);
         let norm = dev.upload(&head_view.norm)?;
-        let att_shared = ((dims.d + 32 + ATT_THREADS as usize + cap) * 4) as u32;
+        let att_shared = ((dims.d + 32 + 8 * ATT_THREADS as usize + cap) * 4) as u32;
         let att = funcs
             .get("dec_attention")
             .ok_or_else(|| Error::Driver("no dec_attention".into()))?;
