@@ -3,9 +3,8 @@
 //! (every layer an f16 cuBLAS GEMM), quantized to 4 bits with act-order
 //! (attention layers on the fused int4 kernel with its column gather, the
 //! 172-wide MLP left dense) and to 8 bits (every layer dequantize-then-GEMM).
-//! Needs a CUDA GPU and `../shared` (or `GPTQ_STORIES_DIR` /
-//! `GPTQ_SHARED_DIR`): `cargo test -p gptq-cuda --release --test decode_gpu
-//! -- --ignored`.
+//! Needs a CUDA GPU and `../shared` (or `GPTQ_STORIES_DIR`): `cargo test
+//! -p gptq-cuda --release --test decode_gpu -- --ignored`.
 
 use gptq_core::QLinear;
 use gptq_cuda::{Cuda, GpuDecoder};
@@ -13,40 +12,11 @@ use gptq_infer::generate::{CpuDecoder, Decoder};
 use gptq_io::gptq::{CheckpointWriter, QuantizeConfig, TensorData};
 use gptq_pipeline::{Method, PipelineOptions};
 use gptq_quant::GptqParams;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
-fn stories() -> PathBuf {
-    std::env::var_os("GPTQ_STORIES_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../../../shared/data/models/stories260K")
-        })
-}
-
-/// Deterministic token ids (an LCG).
-fn tokens(n: usize, vocab: u32, seed: u64) -> Vec<u32> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 33) % vocab as u64) as u32
-        })
-        .collect()
-}
-
-fn rel(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let (mut num, mut den) = (0.0f64, 0.0f64);
-    for (x, y) in a.iter().zip(b) {
-        num += ((x - y) as f64).powi(2);
-        den += (*y as f64).powi(2);
-    }
-    (num / den.max(1e-30)).sqrt()
-}
+mod common;
+use common::*;
 
 /// Quantizes stories260K (`bits`, groups of 32, act-order) into `out` as a
 /// GPTQ v1 checkpoint; layers the packing cannot hold stay dense.

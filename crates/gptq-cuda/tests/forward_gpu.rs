@@ -8,44 +8,10 @@ use gptq_core::QLinear;
 use gptq_cuda::{Cuda, GpuCalibration};
 use gptq_pipeline::{BlockDevice, Method, PipelineOptions};
 use gptq_quant::GptqParams;
-use std::path::PathBuf;
 use std::sync::Arc;
 
-fn stories() -> PathBuf {
-    std::env::var_os("GPTQ_STORIES_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../../../shared/data/models/stories260K")
-        })
-}
-
-/// Deterministic token ids (an LCG), `n` sequences of the given lengths.
-fn samples(lens: &[usize], vocab: u32) -> Vec<Vec<u32>> {
-    let mut s = 0x2545_f491_4f6c_dd1du64;
-    lens.iter()
-        .map(|&l| {
-            (0..l)
-                .map(|_| {
-                    s = s
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    ((s >> 33) % vocab as u64) as u32
-                })
-                .collect()
-        })
-        .collect()
-}
-
-fn rel(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let (mut num, mut den) = (0.0f64, 0.0f64);
-    for (x, y) in a.iter().zip(b) {
-        num += ((x - y) as f64).powi(2);
-        den += (*y as f64).powi(2);
-    }
-    (num / den.max(1e-30)).sqrt()
-}
+mod common;
+use common::*;
 
 /// Block by block, from the same inputs: the GPU's Hessian at every input
 /// point and the block's output against the host's. The GPU rounds every
