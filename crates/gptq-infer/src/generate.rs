@@ -88,6 +88,40 @@ pub fn sample(logits: &[f32], opts: &SamplingOptions, rng: &mut Rng) -> u32 {
     p[p.len() - 1].0 as u32
 }
 
+/// Incremental detokenization: each step decodes a window that starts at
+/// the piece before the last one shown (context for a token's leading space)
+/// rather than the whole output, so a step's work does not grow with the
+/// output. Text is held back while it ends in an incomplete UTF-8 sequence
+/// (bytes split over tokens), except at the end.
+#[derive(Debug, Default)]
+pub struct TextStream {
+    /// First token of the window.
+    prefix: usize,
+    /// Tokens up to here are shown.
+    read: usize,
+}
+
+impl TextStream {
+    /// The text that `ids` (the whole output so far, grown since the last
+    /// call) adds, if any is complete; `last` flushes what is held back.
+    pub fn next(&mut self, tok: &Tokenizer, ids: &[u32], last: bool) -> Result<Option<String>> {
+        if self.read > ids.len() {
+            return Err(crate::Error::Input("the output shrank".into()));
+        }
+        let before = tok.decode(&ids[self.prefix..self.read], true)?;
+        let now = tok.decode(&ids[self.prefix..], true)?;
+        if now.len() > before.len()
+            && now.starts_with(&before)
+            && (last || !now.ends_with('\u{FFFD}'))
+        {
+            self.prefix = self.read;
+            self.read = ids.len();
+            return Ok(Some(now[before.len()..].to_string()));
+        }
+        Ok(None)
+    }
+}
+
 /// Statistics of one generation.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct GenerateStats {
@@ -186,7 +220,7 @@ pub fn generate_with(
     let prefill = t0.elapsed().as_secs_f64();
     let t1 = std::time::Instant::now();
     let mut out: Vec<u32> = Vec::new();
-    let mut shown = String::new();
+    let mut stream = TextStream::default();
     let budget = opts.max_new_tokens.min(maxp - prompt.len());
     for _ in 0..budget {
         let next = sample(&logits, opts, &mut rng);
@@ -194,19 +228,16 @@ pub fn generate_with(
             break;
         }
         out.push(next);
-        let text = tok.decode(&out, true)?;
-        if !text.ends_with('\u{FFFD}') && text.len() > shown.len() && text.starts_with(&shown) {
-            on_text(&text[shown.len()..]);
-            shown = text;
+        if let Some(piece) = stream.next(tok, &out, false)? {
+            on_text(&piece);
         }
         if out.len() == budget {
             break;
         }
         logits = decoder.next_logits(&[next])?;
     }
-    let text = tok.decode(&out, true)?;
-    if text.len() > shown.len() && text.starts_with(&shown) {
-        on_text(&text[shown.len()..]);
+    if let Some(piece) = stream.next(tok, &out, true)? {
+        on_text(&piece);
     }
     let stats = GenerateStats {
         prompt_tokens: prompt.len(),
