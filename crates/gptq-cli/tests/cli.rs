@@ -26,6 +26,18 @@ fn stdout(o: &Output) -> String {
 }
 
 /// Asserts the bad-input contract and that the message mentions `want`.
+/// `--device auto` without a GPU says once that it runs on the CPU.
+fn assert_one_cpu_fallback_line(o: &Output) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(
+        err.lines()
+            .filter(|l| l.contains("running on the CPU"))
+            .count(),
+        1,
+        "{err}"
+    );
+}
+
 fn assert_clean_error(o: &Output, want: &str) {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "exit status; stderr: {err}");
@@ -702,14 +714,7 @@ fn quantize_device_flag() {
     assert!(!out.exists(), "no output after a device error");
     let o = run("auto");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(
-        err.lines()
-            .filter(|l| l.contains("running on the CPU"))
-            .count(),
-        1,
-        "{err}"
-    );
+    assert_one_cpu_fallback_line(&o);
 }
 
 /// `generate --device`: `cuda` without a usable GPU is one clean error and
@@ -744,12 +749,5 @@ fn generate_device_flag() {
     let o = run("auto");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(stdout(&o), stdout(&cpu));
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(
-        err.lines()
-            .filter(|l| l.contains("running on the CPU"))
-            .count(),
-        1,
-        "{err}"
-    );
+    assert_one_cpu_fallback_line(&o);
 }
