@@ -147,6 +147,46 @@ impl QLinear {
         })
     }
 
+    /// The layer with its output rows reordered: row `r` of the result is
+    /// row `order[r]` of `self` (codes, scales, zero points and bias move
+    /// with their row). `None` unless `order` is a permutation of the rows.
+    pub fn permute_rows(&self, order: &[usize]) -> Option<QLinear> {
+        let (o, i) = (self.out_features, self.in_features);
+        let mut seen = vec![false; o];
+        if order.len() != o
+            || order
+                .iter()
+                .any(|&r| r >= o || std::mem::replace(&mut seen[r], true))
+        {
+            return None;
+        }
+        let groups = self.num_groups();
+        let mut codes = Vec::with_capacity(o * i);
+        for &r in order {
+            codes.extend_from_slice(&self.codes[r * i..(r + 1) * i]);
+        }
+        fn per_group<T: Copy>(v: &[T], groups: usize, order: &[usize]) -> Vec<T> {
+            let o = order.len();
+            (0..groups)
+                .flat_map(|g| order.iter().map(move |&r| v[g * o + r]))
+                .collect()
+        }
+        Some(QLinear {
+            out_features: o,
+            in_features: i,
+            bits: self.bits,
+            group_size: self.group_size,
+            codes,
+            scales: per_group(&self.scales, groups, order),
+            zeros: per_group(&self.zeros, groups, order),
+            g_idx: self.g_idx.clone(),
+            bias: self
+                .bias
+                .as_ref()
+                .map(|b| order.iter().map(|&r| b[r]).collect()),
+        })
+    }
+
     /// `Ŵ` as an f32 tensor `[out, in]`.
     pub fn dequantize(&self) -> Tensor {
         let (o, i) = (self.out_features, self.in_features);
@@ -165,6 +205,39 @@ impl QLinear {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Permuted rows dequantize to the original rows in the new order;
+    /// anything but a permutation is refused.
+    #[test]
+    fn permuted_rows_dequantize_to_the_moved_rows() {
+        let o = 5;
+        let q = QLinear {
+            out_features: o,
+            in_features: 4,
+            bits: 4,
+            group_size: Some(2),
+            codes: (0..o * 4)
+                .map(|i| ((i as u8).wrapping_mul(7) ^ 3) % 16)
+                .collect(),
+            scales: (0..2 * o).map(|i| 0.25 + i as f32).collect(),
+            zeros: (0..2 * o).map(|i| (i as u8 * 5) % 16).collect(),
+            g_idx: vec![1, 0, 1, 0],
+            bias: Some((0..o).map(|r| r as f32 - 2.0).collect()),
+        };
+        let order = [3, 0, 4, 1, 2];
+        let p = q.permute_rows(&order).expect("a permutation");
+        let (w, wp) = (q.dequantize(), p.dequantize());
+        for (r, &src) in order.iter().enumerate() {
+            assert_eq!(
+                &wp.data()[r * 4..(r + 1) * 4],
+                &w.data()[src * 4..(src + 1) * 4]
+            );
+            assert_eq!(p.bias.as_ref().unwrap()[r], q.bias.as_ref().unwrap()[src]);
+        }
+        assert!(q.permute_rows(&[0, 1, 2, 3]).is_none());
+        assert!(q.permute_rows(&[0, 1, 2, 3, 3]).is_none());
+        assert!(q.permute_rows(&[0, 1, 2, 3, 5]).is_none());
+    }
 
     /// Stacked layers dequantize to the parts' rows one after another;
     /// parts with other groups are refused.

@@ -1,7 +1,7 @@
 // The calibration forward of a Llama-family block on the GPU (see
 // src/forward.rs): the element-wise and row-wise steps between the cuBLAS
 // GEMMs. Activations entering a GEMM are f16 (`u16` here), everything else
-// f32. Header-free like w4.cu: f16 conversions are PTX, so NVRTC from the
+// f32. No CUDA headers, like w4.cu: f16 conversions are PTX, so NVRTC from the
 // PyPI wheel compiles this without CUDA headers.
 //
 // Layouts (row-major):
@@ -11,22 +11,7 @@
 //                            form one [rep·len, d] matrix for a batched GEMM
 //   S      [heads·len, len]  f32 attention scores, P the same in f16
 
-typedef unsigned short u16;
-typedef unsigned char u8;
-typedef unsigned int u32;
-typedef unsigned long long u64;
-
-__device__ __forceinline__ u16 f32_to_f16(float f) {
-    u16 h;
-    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
-    return h;
-}
-
-__device__ __forceinline__ float f16_to_f32(u16 h) {
-    float f;
-    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
-    return f;
-}
+#include "common.cuh"
 
 __device__ __forceinline__ float neg_inf() { return __int_as_float(0xff800000); }
 
@@ -62,22 +47,52 @@ __device__ __forceinline__ float block_max(float v, float *shared) {
     return t;
 }
 
-// RMSNorm of one row per block: out = f16(x · rsqrt(mean(x²) + eps) · w),
-// the mean of squares summed in f64 like the CPU's rms_norm.
-extern "C" __global__ void blk_rms_norm(const float *__restrict__ x, const float *__restrict__ w,
-                                        float eps, int h, u16 *__restrict__ out) {
+// RMSNorm of rows of the f32 stream x ([rows, h], one block per row) into
+// f16 `out`, with weight w (HF Llama: x / sqrt(mean(x²) + eps) · w, the sum
+// of squares in f64 like the CPU's rms_norm). When y is not null, the f16 rows y are first added
+// into x (the residual add before the norm, written back to x).
+// A thread keeps its NORM_PER elements in registers (columns threadIdx.x +
+// j·blockDim.x, every load issued before the first use), so a row costs
+// about two memory round trips however wide it is: one-row decode steps are
+// latency-bound, not bandwidth-bound. The host launches at least
+// h / NORM_PER threads (`forward::rms_norm_rows`), at most 1024.
+#define NORM_PER 16
+extern "C" __global__ void __launch_bounds__(1024) blk_rms_norm(float *__restrict__ x, const u16 *__restrict__ y,
+                                        const float *__restrict__ w, float eps, int h,
+                                        u16 *__restrict__ out) {
+    pdl_wait();
+    pdl_launch();
     __shared__ double red[32];
-    const float *xr = x + (u64)blockIdx.x * h;
-    double s = 0.0;
-    for (int c = threadIdx.x; c < h; c += blockDim.x) {
-        double v = xr[c];
-        s += v * v;
+    float *xr = x + (u64)blockIdx.x * h;
+    float v[NORM_PER];
+#pragma unroll
+    for (int j = 0; j < NORM_PER; j++) {
+        int c = threadIdx.x + j * blockDim.x;
+        v[j] = c < h ? xr[c] : 0.f;
     }
+    if (y != nullptr) {
+        const u16 *yr = y + (u64)blockIdx.x * h;
+#pragma unroll
+        for (int j = 0; j < NORM_PER; j++) {
+            int c = threadIdx.x + j * blockDim.x;
+            if (c < h) {
+                v[j] += f16_to_f32(yr[c]);
+                xr[c] = v[j];
+            }
+        }
+    }
+    double s = 0.0;
+#pragma unroll
+    for (int j = 0; j < NORM_PER; j++) s += (double)v[j] * v[j];
     s = block_sum(s, red);
     float r = (float)(1.0 / sqrt(s / h + (double)eps));
     u16 *o = out + (u64)blockIdx.x * h;
-    for (int c = threadIdx.x; c < h; c += blockDim.x)
-        o[c] = f32_to_f16(xr[c] * r * w[c]);
+#pragma unroll
+    for (int j = 0; j < NORM_PER; j++) {
+        int c = threadIdx.x + j * blockDim.x;
+        if (c < h)
+            o[c] = f32_to_f16(v[j] * r * w[c]);
+    }
 }
 
 // y[r, c] += b[c] for y [rows, n].
@@ -264,6 +279,8 @@ extern "C" __global__ void dec_rope_kv(u16 *__restrict__ q, int ldq, const u16 *
                                        const float *__restrict__ inv_freq,
                                        const int *__restrict__ pos0, int nh, int nkv, int d,
                                        int cap, u16 *__restrict__ kc, u16 *__restrict__ vc) {
+    pdl_wait();
+    pdl_launch();
     int r = blockIdx.x, head = blockIdx.y, i = threadIdx.x, half = d / 2;
     if (i >= half)
         return;
@@ -301,7 +318,8 @@ extern "C" __global__ void dec_rope_kv(u16 *__restrict__ q, int ldq, const u16 *
 // multiple of 32): the query at position t = pos0 + r sees the cached keys
 // j ≤ t (and j > t − window when window > 0). q rows start at r·ldq; d is
 // a multiple of 8, so key and value rows are read 16 bytes (8 values) at a
-// time. Scores: one key per thread; softmax over the block; the weighted
+// time. Scores: one key per thread (its row's loads all issued before the
+// first is used); softmax over the block; the weighted
 // sum of values: thread (g, c) sums chunk c of every (blockDim/(d/8))-th
 // value row from g, the groups' partial sums then added. All in f32; out is
 // the o_proj input row [m, nh·d]. Dynamic shared memory:
@@ -321,6 +339,8 @@ extern "C" __global__ void dec_attention(const u16 *__restrict__ q, int ldq,
                                          const int *__restrict__ pos0, int nh, int nkv, int d,
                                          int cap, int window, float scale,
                                          u16 *__restrict__ out) {
+    pdl_wait();
+    pdl_launch();
     extern __shared__ float sm[];
     int head = blockIdx.x, r = blockIdx.y, tid = threadIdx.x, bd = blockDim.x;
     int chunks = d / 8, groups = bd / chunks;
@@ -338,12 +358,23 @@ extern "C" __global__ void dec_attention(const u16 *__restrict__ q, int ldq,
     for (int j = tid; j < n; j += bd) {
         const uint4 *kr = kb + (u64)j * chunks;
         float acc = 0.f;
-        for (int c = 0; c < chunks; ++c) {
-            float v[8];
-            unpack8(kr[c], v);
+        // Up to 16 chunks (a 128-wide head) loaded before the first is
+        // used: one memory round trip per key, not one per chunk.
+        for (int c0 = 0; c0 < chunks; c0 += 16) {
+            uint4 w[16];
 #pragma unroll
-            for (int e = 0; e < 8; ++e)
-                acc += qs[8 * c + e] * v[e];
+            for (int u = 0; u < 16; ++u)
+                if (c0 + u < chunks) w[u] = kr[c0 + u];
+#pragma unroll
+            for (int u = 0; u < 16; ++u) {
+                if (c0 + u < chunks) {
+                    float v[8];
+                    unpack8(w[u], v);
+#pragma unroll
+                    for (int e = 0; e < 8; ++e)
+                        acc += qs[8 * (c0 + u) + e] * v[e];
+                }
+            }
         }
         s[j] = acc;
     }
@@ -386,38 +417,22 @@ extern "C" __global__ void dec_attention(const u16 *__restrict__ q, int ldq,
     }
 }
 
-// Row r (one per block): x[r] += y[r] (an f16 output projection into the
-// f32 residual stream), then out[r] = f16(RMSNorm(x[r]) · w) as
-// blk_rms_norm.
-extern "C" __global__ void dec_add_rms_norm(float *__restrict__ x, const u16 *__restrict__ y,
-                                            const float *__restrict__ w, float eps, int h,
-                                            u16 *__restrict__ out) {
-    __shared__ double red[32];
-    float *xr = x + (u64)blockIdx.x * h;
-    const u16 *yr = y + (u64)blockIdx.x * h;
-    double s = 0.0;
-    for (int c = threadIdx.x; c < h; c += blockDim.x) {
-        float v = xr[c] + f16_to_f32(yr[c]);
-        xr[c] = v;
-        s += (double)v * v;
-    }
-    s = block_sum(s, red);
-    float r = (float)(1.0 / sqrt(s / h + (double)eps));
-    u16 *o = out + (u64)blockIdx.x * h;
-    for (int c = threadIdx.x; c < h; c += blockDim.x)
-        o[c] = f32_to_f16(xr[c] * r * w[c]);
-}
-
-// out[r][c] = f16(silu(g[r·ld + c]) · u[r·ld + c]) for m rows of n (the
-// SwiGLU MLP on one fused gate/up GEMM output, or two).
+// out[r][c] = f16(silu(g[r·ld + j]) · u[r·ld + j]) for m rows of n (the
+// SwiGLU MLP on the gate and up outputs: two GEMM outputs, or one fused
+// one), j = c, or with chunk > 0 j = (c / chunk)·2·chunk + c % chunk: gate
+// and up rows interleaved in chunks (Cuda::matmul_swiglu's row order, when
+// its epilogue did not run; then u = g + chunk).
 extern "C" __global__ void dec_silu_mul(const u16 *__restrict__ g, const u16 *__restrict__ u,
-                                        int ld, int m, int n, u16 *__restrict__ out) {
+                                        int ld, int m, int n, int chunk, u16 *__restrict__ out) {
+    pdl_wait();
+    pdl_launch();
     u64 total = (u64)m * n;
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < total;
          i += (u64)gridDim.x * blockDim.x) {
         u64 r = i / n, c = i % n;
-        float a = f16_to_f32(g[r * ld + c]);
-        out[i] = f32_to_f16(a / (1.f + expf(-a)) * f16_to_f32(u[r * ld + c]));
+        u64 j = chunk > 0 ? (c / chunk) * 2 * chunk + c % chunk : c;
+        float a = f16_to_f32(g[r * ld + j]);
+        out[i] = f32_to_f16(a / (1.f + expf(-a)) * f16_to_f32(u[r * ld + j]));
     }
 }
 

@@ -1,5 +1,5 @@
 // The GPTQ solver on the GPU (see src/solve.rs for the algorithm and the
-// order of launches), compiled at run time by NVRTC. Header-free, like w4.cu.
+// order of launches), compiled at run time by NVRTC. No CUDA headers, like w4.cu.
 //
 // Matrices are row-major unless a comment says otherwise. `rows` is the
 // number of output rows of the weight, `n` its input columns. Arithmetic in
@@ -9,7 +9,7 @@
 // agree bitwise wherever their inputs agree (the trailing GEMM sums in a
 // different order, which is where they part).
 
-typedef unsigned char u8;
+#include "common.cuh"
 #define FULL 0xffffffffu
 
 // Smallest normal and largest finite f32.

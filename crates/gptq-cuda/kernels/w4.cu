@@ -1,8 +1,8 @@
 // GPTQ kernels, compiled at run time by NVRTC for the device's own architecture.
 //
-// Header-free on purpose (no <cuda_fp16.h>): f16 arithmetic is written as PTX,
-// so the source compiles with the NVRTC library alone (a PyPI wheel ships no
-// CUDA headers), on a machine without a GPU too.
+// No CUDA headers on purpose (no <cuda_fp16.h>; only our common.cuh): f16
+// arithmetic is written as PTX, so the source compiles with the NVRTC library
+// alone (a PyPI wheel ships no CUDA headers), on a machine without a GPU too.
 //
 // Fused int4 kernel (w4_mma_*): Y[M,N] = X[M,K] · Ŵ[N,K]ᵀ (+ bias), with Ŵ
 // dequantized in registers. The weight is the mma.sync m16n8k16 A operand
@@ -24,9 +24,7 @@
 // {1024 + q_lo, 1024 + q_hi}; subtracting 1024 + z is exact, one rounding
 // comes from the multiplication by the scale.
 
-typedef unsigned int u32;
-typedef unsigned short u16;
-typedef unsigned long long u64;
+#include "common.cuh"
 
 __device__ __forceinline__ void ld_cached4(u32 *r, const u16 *p) {
     asm("ld.global.nc.v4.u32 {%0,%1,%2,%3}, [%4];"
@@ -48,18 +46,6 @@ __device__ __forceinline__ u32 hmul2(u32 a, u32 b) {
     u32 r;
     asm("mul.rn.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
     return r;
-}
-
-__device__ __forceinline__ u16 f32_to_f16(float f) {
-    u16 h;
-    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
-    return h;
-}
-
-__device__ __forceinline__ float f16_to_f32(u16 h) {
-    float f;
-    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
-    return f;
 }
 
 __device__ __forceinline__ void mma16816(float (&c)[4], u32 a0, u32 a1, u32 a2, u32 a3,
@@ -118,11 +104,16 @@ __device__ __forceinline__ void lds2(u32 (&r)[2], u32 addr) {
 // with Σ_k x_k from one more mma against a fragment of ones. This takes the
 // f16 subtract and multiply (8 of ~15 instructions per code word) out of
 // the inner loop; the cancellation costs about 2^-13 of Σ|x| in f32.
+// Epilogues (the kernels' `epi` argument): Y = X·Ŵᵀ (+ bias), or SwiGLU
+// over interleaved gate/up rows (see the end of w4_body).
+#define EPI_PLAIN 0
+#define EPI_SWIGLU 1
+
 template <int MT, int RT, int RW, int KW, int S, bool FOLD>
 __device__ __forceinline__ void w4_body(const u32 *__restrict__ qw, const u32 *__restrict__ sz,
                                         const u16 *__restrict__ x, u16 *__restrict__ y,
                                         const u16 *__restrict__ bias, int M, int N, int K,
-                                        int KC, int G, int gshift) {
+                                        int KC, int G, int gshift, int epi) {
     static_assert(KW % RW == 0, "KW must be a multiple of RW");
     constexpr int KS = KW / RW;
     extern __shared__ float red[];
@@ -161,26 +152,38 @@ __device__ __forceinline__ void w4_body(const u32 *__restrict__ qw, const u32 *_
     };
 #pragma unroll
     for (int st = 0; st < S - 1; st++) issue(st, ks + st * KS);
-    int st = 0;
-    for (int kc = ks; kc < KC; kc += KS) {
-        issue(st == 0 ? S - 1 : st - 1, kc + (S - 1) * KS);
-        // Activations of this chunk (small, L1/L2-resident).
-        u32 xb[MT][8];
+    // Only the weights are read above: under programmatic dependent launch
+    // they stream in while the kernel before this one finishes.
+    pdl_wait();
+    pdl_launch();
+    // Activations of chunk kc (small, L1/L2-resident). With MT ≤ 2 they are
+    // loaded one chunk ahead of their use, so their latency overlaps this
+    // chunk's math (8·MT more registers; larger MT would lose warps). Rows
+    // past M repeat row M-1: they only feed output columns that are never
+    // written. Columns past K (the padded chunk) and chunks past KC are 0.
+    auto load_x = [&](int kc, u32 (&xb)[MT][8]) {
         const int k = kc * 64 + 16 * t;
+        const bool ok = kc < KC && k < K;
 #pragma unroll
         for (int i = 0; i < MT; i++) {
-            // Rows past M repeat row M-1: they only feed output columns
-            // that are never written. Columns past K (the padded chunk) are 0.
             const int m = min(m0 + 8 * i + g, M - 1);
-            const bool ok = k < K;
-            const u16 *p = x + (ok ? (u64)m * K + k : 0);
-            ld_cached4(&xb[i][0], p);
-            ld_cached4(&xb[i][4], p + 8);
-            if (!ok) {
+            if (ok) {
+                const u16 *p = x + (u64)m * K + k;
+                ld_cached4(&xb[i][0], p);
+                ld_cached4(&xb[i][4], p + 8);
+            } else {
 #pragma unroll
                 for (int e = 0; e < 8; e++) xb[i][e] = 0u;
             }
         }
+    };
+    constexpr bool AHEAD = MT <= 2;
+    u32 xb[MT][8], xn[MT][8];
+    if (AHEAD) load_x(ks, xb);
+    int st = 0;
+    for (int kc = ks; kc < KC; kc += KS) {
+        issue(st == 0 ? S - 1 : st - 1, kc + (S - 1) * KS);
+        load_x(AHEAD ? kc + KS : kc, AHEAD ? xn : xb);
         cp_async_wait<S - 1>();
         if (FOLD) {
             float xs[MT][4];
@@ -227,6 +230,11 @@ __device__ __forceinline__ void w4_body(const u32 *__restrict__ qw, const u32 *_
                 }
             }
             st = st + 1 == S ? 0 : st + 1;
+#pragma unroll
+            for (int i = 0; i < MT; i++)
+#pragma unroll
+                for (int e = 0; e < 8; e++)
+                    if (AHEAD) xb[i][e] = xn[i][e];
             continue;
         }
 #pragma unroll
@@ -251,27 +259,42 @@ __device__ __forceinline__ void w4_body(const u32 *__restrict__ qw, const u32 *_
             }
         }
         st = st + 1 == S ? 0 : st + 1;
+#pragma unroll
+        for (int i = 0; i < MT; i++)
+#pragma unroll
+            for (int e = 0; e < 8; e++)
+                if (AHEAD) xb[i][e] = xn[i][e];
     }
     cp_async_wait<0>();
 
     // Output element e = (r·MT + i)·4 + c of lane l is row
     // (nt + r)·16 + l/4 (+8 for c ≥ 2), batch row m0 + 8i + 2(l%4) + (c&1).
+    // EPI_SWIGLU (epi = 1): the rows were interleaved at load time, gate
+    // rows 8t..8t+7 then up rows 8t..8t+7 in row tile t, so a lane holds
+    // each gate output (c = 0, 1) and its up partner (c + 2):
+    // Y[m][8t + l/4] = silu(gate)·up, Y is N/2 wide (N a multiple of 16).
     constexpr int E = RT * MT * 4;
+    auto store = [&](int tile, int l, int c, int m, float v, float v8) {
+        const int n = tile * 16 + (l >> 2) + ((c & 2) ? 8 : 0);
+        if (n >= N || m >= M) return;
+        if (bias) v += f16_to_f32(bias[n]);
+        if (epi == EPI_SWIGLU) {
+            if (bias) v8 += f16_to_f32(bias[n + 8]);
+            y[(u64)m * (N / 2) + tile * 8 + (l >> 2)] = f32_to_f16(v / (1.f + expf(-v)) * v8);
+        } else {
+            y[(u64)m * N + n] = f32_to_f16(v);
+        }
+    };
     if (KS == 1) {
 #pragma unroll
         for (int r = 0; r < RT; r++)
 #pragma unroll
             for (int i = 0; i < MT; i++)
 #pragma unroll
-                for (int c = 0; c < 4; c++) {
-                    const int n = (nt0 + r) * 16 + (lane >> 2) + ((c & 2) ? 8 : 0);
-                    const int m = m0 + 8 * i + 2 * (lane & 3) + (c & 1);
-                    if (n < N && m < M) {
-                        float v = acc[r][i][c];
-                        if (bias) v += f16_to_f32(bias[n]);
-                        y[(u64)m * N + n] = f32_to_f16(v);
-                    }
-                }
+                for (int c = 0; c < 4; c++)
+                    if (epi != EPI_SWIGLU || c < 2)
+                        store(nt0 + r, lane, c, m0 + 8 * i + 2 * (lane & 3) + (c & 1),
+                              acc[r][i][c], acc[r][i][c ^ 2]);
         return;
     }
     // Sum the KS partial products of each row group and write Y (f16); the
@@ -289,18 +312,17 @@ __device__ __forceinline__ void w4_body(const u32 *__restrict__ qw, const u32 *_
         const int g_rw = idx / (E * 32);
         const int e = (idx / 32) % E;
         const int l = idx & 31;
-        float v = 0.f;
-#pragma unroll
-        for (int s = 0; s < KS; s++) v += red[((s * RW + g_rw) * E + e) * 32 + l];
         const int c = e & 3;
+        if (epi == EPI_SWIGLU && c >= 2) continue;
+        float v = 0.f, v8 = 0.f;
+#pragma unroll
+        for (int s = 0; s < KS; s++) {
+            v += red[((s * RW + g_rw) * E + e) * 32 + l];
+            if (epi == EPI_SWIGLU) v8 += red[((s * RW + g_rw) * E + (e ^ 2)) * 32 + l];
+        }
         const int i = (e >> 2) % MT;
         const int r = (e >> 2) / MT;
-        const int n = ((blockIdx.y * RW + g_rw) * RT + r) * 16 + (l >> 2) + ((c & 2) ? 8 : 0);
-        const int m = m0 + 8 * i + 2 * (l & 3) + (c & 1);
-        if (n < N && m < M) {
-            if (bias) v += f16_to_f32(bias[n]);
-            y[(u64)m * N + n] = f32_to_f16(v);
-        }
+        store((blockIdx.y * RW + g_rw) * RT + r, l, c, m0 + 8 * i + 2 * (l & 3) + (c & 1), v, v8);
     }
 }
 
@@ -309,8 +331,8 @@ __device__ __forceinline__ void w4_body(const u32 *__restrict__ qw, const u32 *_
         w4_mma_m##MT##_r##RT##_w##RW##_k##KW##_s##S##SUFFIX(                                  \
             const u32 *__restrict__ qw, const u32 *__restrict__ sz, const u16 *__restrict__ x, \
             u16 *__restrict__ y, const u16 *__restrict__ bias, int M, int N, int K, int KC,    \
-            int G, int gshift) {                                                               \
-        w4_body<MT, RT, RW, KW, S, FOLD>(qw, sz, x, y, bias, M, N, K, KC, G, gshift);         \
+            int G, int gshift, int epi) {                                                      \
+        w4_body<MT, RT, RW, KW, S, FOLD>(qw, sz, x, y, bias, M, N, K, KC, G, gshift, epi);    \
     }
 // Each variant twice: plain, and _f (FOLD, for groups of 64 or more).
 #define W4_KERNEL(MT, RT, RW, KW, S)                  \
@@ -343,6 +365,8 @@ W4_KERNEL(8, 2, 4, 8, 3)
 // were repacked into.
 extern "C" __global__ void gather_cols(const u16 *__restrict__ x, const int *__restrict__ perm,
                                        u16 *__restrict__ xp, int M, int K) {
+    pdl_wait();
+    pdl_launch();
     const u64 idx = (u64)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (u64)M * K) return;
     const int m = (int)(idx / K);
@@ -434,6 +458,8 @@ DEQUANT_KERNEL(8)
 // y[m][n] += bias[n] (the dequantize-then-GEMM path).
 extern "C" __global__ void add_bias(u16 *__restrict__ y, const u16 *__restrict__ bias, int M,
                                     int N) {
+    pdl_wait();
+    pdl_launch();
     const u64 idx = (u64)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (u64)M * N) return;
     const int n = (int)(idx % N);

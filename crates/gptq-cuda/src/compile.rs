@@ -21,6 +21,10 @@ pub const GPTQ_SOURCE: &str = include_str!("../kernels/gptq.cu");
 /// The calibration forward's kernels (see `forward.rs`).
 pub const BLOCK_SOURCE: &str = include_str!("../kernels/block.cu");
 
+/// The header every source includes as `"common.cuh"` (types, f16
+/// conversions, programmatic dependent launch), handed to NVRTC in memory.
+pub const COMMON_HEADER: &str = include_str!("../kernels/common.cuh");
+
 /// Options every compilation gets besides the architecture.
 const BASE_OPTIONS: &[&str] = &["-std=c++17"];
 
@@ -102,15 +106,18 @@ pub fn compile_cubin(
         opts.push(CString::new(o).map_err(|_| Error::Nvrtc("option contains a NUL byte".into()))?);
     }
     let ptrs: Vec<*const c_char> = opts.iter().map(|o| o.as_ptr()).collect();
+    let header = CString::new(COMMON_HEADER)
+        .map_err(|_| Error::Nvrtc("header contains a NUL byte".into()))?;
+    let header_name = c"common.cuh";
     let mut raw: nv::nvrtcProgram = std::ptr::null_mut();
     let r = unsafe {
         nv::nvrtcCreateProgram(
             &mut raw,
             c_src.as_ptr(),
             c_name.as_ptr(),
-            0,
-            std::ptr::null(),
-            std::ptr::null(),
+            1,
+            &header.as_ptr(),
+            &header_name.as_ptr(),
         )
     };
     check(r, "nvrtcCreateProgram")?;
@@ -207,6 +214,7 @@ pub fn cubin_cached(
     let (nv_major, nv_minor) = nvrtc_version()?;
     let key = source_hash(&[
         src.as_bytes(),
+        COMMON_HEADER.as_bytes(),
         BASE_OPTIONS.join(" ").as_bytes(),
         arch.as_bytes(),
         &driver_version.to_le_bytes(),

@@ -10,29 +10,41 @@
 //!   act-order ([`QLinear::stack_rows`]), so a step reads the block's
 //!   input twice, not five times.
 //! * Everything between the GEMMs is a kernel of `kernels/block.cu`: the
-//!   embedding gather, RMSNorm (`blk_rms_norm`, and `dec_add_rms_norm`
-//!   fused with the residual add before it), rotary positions with the
-//!   cache write (`dec_rope_kv`), attention over the cache
+//!   embedding gather, RMSNorm (`blk_rms_norm`, fused with the residual
+//!   add before it, a row's elements held in registers), rotary positions
+//!   with the cache write (`dec_rope_kv`), attention over the cache
 //!   (`dec_attention`, one block per query row and head, key and value
-//!   rows read 16 bytes at a time) and SwiGLU. The residual stream is f32, GEMM operands f16, the KV
-//!   cache f16 `[layer][kv head][position][d]`.
+//!   rows read 16 bytes at a time) and SwiGLU — in the fused kernel's
+//!   epilogue when gate/up is one 4-bit layer (rows reordered at load by
+//!   [`swiglu_row_order`]; `GPTQ_CUDA_FUSE=0` keeps `dec_silu_mul`). The
+//!   residual stream is f32, GEMM operands f16, the KV cache f16
+//!   `[layer][kv head][position][d]`.
 //! * The position of a step's first token lives in device memory, so the
 //!   launch sequence of a one-token step is the same at every position: it
 //!   is captured once as a CUDA graph and replayed per token (one launch
 //!   from the host instead of 9 per block), unless `GPTQ_CUDA_GRAPH=0`.
+//! * With `GPTQ_CUDA_PDL=1` (compute capability 9.0+), kernels after the
+//!   first start under programmatic dependent launch: each may begin while
+//!   the previous one drains, the int4 kernels prefetching their weights
+//!   before they wait for its output (not faster on the H200 so far, hence
+//!   off by default).
 //!
 //! Results match the CPU model within f16 rounding of the GEMM operands
 //! and the cache (tested in `tests/decode_gpu.rs`).
 
-use crate::device::{dptr, load_kernels, Ctx, Cuda, GpuLinear, HostLinear, Workspace};
-use crate::forward::{grid, rows_cfg};
+use crate::device::{
+    dptr, kargs, load_kernels, swiglu_row_order, Ctx, Cuda, GpuLinear, HostLinear, Workspace,
+};
+use crate::forward::grid;
+use crate::layout::w4_ineligible;
 use crate::{compile, Error, Result};
-use cudarc::driver::{CudaFunction, CudaModule, CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaFunction, CudaModule, CudaSlice, LaunchConfig};
 use gptq_core::QLinear;
 use gptq_models::RawLinear;
 use half::f16;
 use rayon::prelude::*;
 use std::collections::HashMap;
+use std::ffi::c_void;
 use std::sync::Arc;
 
 /// The kernels of `block.cu` a decoder launches.
@@ -41,7 +53,6 @@ const FUNCTIONS: &[&str] = &[
     "dec_embed",
     "dec_rope_kv",
     "dec_attention",
-    "dec_add_rms_norm",
     "dec_silu_mul",
 ];
 
@@ -58,6 +69,10 @@ pub const GRAPH_ENV: &str = "GPTQ_CUDA_GRAPH";
 /// Set to `0` to keep q/k/v and gate/up as separate layers (to measure or
 /// test the unstacked path).
 pub const STACK_ENV: &str = "GPTQ_CUDA_STACK";
+
+/// Set to `0` to run SwiGLU as a kernel of its own instead of in the
+/// epilogue of a stacked 4-bit gate/up layer.
+pub const FUSE_ENV: &str = "GPTQ_CUDA_FUSE";
 
 /// A linear layer on the device.
 enum DecLinear {
@@ -77,6 +92,9 @@ struct Stack {
     layers: Vec<DecLinear>,
     /// Output width of each part (q, k, v or gate, up).
     widths: Vec<usize>,
+    /// gate/up stacked in [`swiglu_row_order`]: SwiGLU runs in the fused
+    /// kernel's epilogue ([`Cuda::matmul_swiglu`]).
+    swiglu: bool,
 }
 
 impl Stack {
@@ -319,7 +337,21 @@ impl GpuDecoder {
             dims = Some(here);
             // Stacked where possible, repacked in parallel, then uploaded.
             let (qkv, qkv_widths) = stack(vec![q, k, v]);
-            let (gate_up, gu_widths) = stack(vec![gate, up]);
+            let (mut gate_up, gu_widths) = stack(vec![gate, up]);
+            // A stacked 4-bit gate/up layer is reordered for the SwiGLU
+            // epilogue (any other path reads the order through
+            // dec_silu_mul's chunk).
+            let mut swiglu = false;
+            if let ([RawLinear::Gptq(q)], Some(order)) = (&mut gate_up[..], swiglu_row_order(inter))
+            {
+                if w4_ineligible(q).is_none() && std::env::var(FUSE_ENV).map_or(true, |v| v != "0")
+                {
+                    if let Some(p) = q.permute_rows(&order) {
+                        *q = p;
+                        swiglu = true;
+                    }
+                }
+            }
             let (nqkv, ngu) = (qkv.len(), gate_up.len());
             let all: Vec<RawLinear> = qkv
                 .into_iter()
@@ -340,11 +372,13 @@ impl GpuDecoder {
             let qkv = Stack {
                 layers: next(nqkv),
                 widths: qkv_widths,
+                swiglu: false,
             };
             let o = next(1).pop();
             let gate_up = Stack {
                 layers: next(ngu),
                 widths: gu_widths,
+                swiglu,
             };
             let (Some(o), Some(down)) = (o, next(1).pop()) else {
                 return Err(dims_err(format!("block {i}: a layer failed to load")));
@@ -602,20 +636,28 @@ impl GpuDecoder {
         let ppos = dptr(&self.pos, &st);
         let (hi, mi) = (h as i32, m as i32);
         let funcs = &self.funcs;
-        let launch = |name: &str, cfg: LaunchConfig, args: &[&dyn ArgRef]| -> Result<()> {
+        // Every kernel of the step but the first may start under
+        // programmatic dependent launch (they all pdl_wait() first).
+        let dev = &self.dev;
+        let launch = |name: &str, cfg: LaunchConfig, args: &mut [*mut c_void]| -> Result<()> {
             let f = funcs
                 .get(name)
                 .ok_or_else(|| Error::Driver(format!("kernel {name} is not in the module")))?;
-            let mut b = st.launch_builder(f);
-            for a in args {
-                a.push(&mut b);
-            }
-            unsafe { b.launch(cfg) }.ctx(name)?;
-            Ok(())
+            unsafe { dev.launch(f, cfg, args, name != "dec_embed", name) }
         };
         let pe = dptr(&self.embed, &st);
-        launch("dec_embed", grid(m * h), &[&pe, &pids, &mi, &hi, &px])?;
-        let rows = rows_cfg(m, 256);
+        launch(
+            "dec_embed",
+            grid(m * h),
+            &mut kargs![&pe, &pids, &mi, &hi, &px],
+        )?;
+        // RMSNorm, with the residual add of `y` (device pointer, 0 = none).
+        let norm = |x: u64, y: u64, w: u64, out: u64, rows: usize| -> Result<()> {
+            let f = funcs
+                .get("blk_rms_norm")
+                .ok_or_else(|| Error::Driver("no blk_rms_norm".into()))?;
+            crate::forward::rms_norm_rows(dev, f, x, y, w, dv.eps, h, out, rows)
+        };
         let (nhi, nkvi, di, capi) = (nh as i32, nkv as i32, d as i32, self.cap as i32);
         let (inter, interi) = (dv.inter, dv.inter as i32);
         let scale = 1.0f32 / (d as f32).sqrt();
@@ -628,18 +670,7 @@ impl GpuDecoder {
             );
             let (pkc, pvc) = (dptr(&blk.kc, &st), dptr(&blk.vc, &st));
             // The previous block's MLP output joins the stream here.
-            if bi == 0 {
-                let f = funcs
-                    .get("blk_rms_norm")
-                    .ok_or_else(|| Error::Driver("no blk_rms_norm".into()))?;
-                crate::forward::rms_norm_rows(&st, f, px, ln1, dv.eps, h, pa, m)?;
-            } else {
-                launch(
-                    "dec_add_rms_norm",
-                    rows,
-                    &[&px, &py, &ln1, &dv.eps, &hi, &pa],
-                )?;
-            }
+            norm(px, if bi == 0 { 0 } else { py }, ln1, pa, m)?;
             let parts = blk.qkv.run(&self.dev, &s.a, m, &mut s.qkv, ws)?;
             let [(pq, ldq), (pk, ldk), (pv, ldv)] = parts[..] else {
                 return Err(Error::Shape("q/k/v is not three parts".into()));
@@ -651,7 +682,7 @@ impl GpuDecoder {
                     block_dim: ((d / 2) as u32, 1, 1),
                     shared_mem_bytes: 0,
                 },
-                &[
+                &mut kargs![
                     &pq, &ldq, &pk, &ldk, &pv, &ldv, &inv, &ppos, &nhi, &nkvi, &di, &capi, &pkc,
                     &pvc,
                 ],
@@ -663,29 +694,37 @@ impl GpuDecoder {
                     block_dim: (ATT_THREADS, 1, 1),
                     shared_mem_bytes: self.att_shared,
                 },
-                &[
+                &mut kargs![
                     &pq, &ldq, &pkc, &pvc, &ppos, &nhi, &nkvi, &di, &capi, &window, &scale, &pb,
                 ],
             )?;
             run_linear(&self.dev, &blk.o, &s.b, m, &mut s.y, ws)?;
-            launch(
-                "dec_add_rms_norm",
-                rows,
-                &[&px, &py, &ln2, &dv.eps, &hi, &pa],
-            )?;
-            let parts = blk.gate_up.run(&self.dev, &s.a, m, &mut s.gu, ws)?;
-            let [(pg, ldg), (pu, ldu)] = parts[..] else {
-                return Err(Error::Shape("gate/up is not two parts".into()));
+            norm(px, py, ln2, pa, m)?;
+            let fused = match (&blk.gate_up.layers[..], blk.gate_up.swiglu) {
+                ([DecLinear::Quant(l)], true) => dev.matmul_swiglu(l, &s.a, m, &mut s.b, ws)?,
+                _ => false,
             };
-            if ldg != ldu {
-                // Apart, the two outputs are each `inter` wide.
-                return Err(Error::Shape("gate and up differ in width".into()));
+            if !fused {
+                let parts = blk.gate_up.run(&self.dev, &s.a, m, &mut s.gu, ws)?;
+                let [(pg, ldg), (pu, ldu)] = parts[..] else {
+                    return Err(Error::Shape("gate/up is not two parts".into()));
+                };
+                if ldg != ldu {
+                    // Apart, the two outputs are each `inter` wide.
+                    return Err(Error::Shape("gate and up differ in width".into()));
+                }
+                // Interleaved rows: gate and up chunks of 8 side by side.
+                let (pu, chunk) = if blk.gate_up.swiglu {
+                    (pg + 16, 8i32)
+                } else {
+                    (pu, 0)
+                };
+                launch(
+                    "dec_silu_mul",
+                    grid(m * inter),
+                    &mut kargs![&pg, &pu, &ldg, &mi, &interi, &chunk, &pb],
+                )?;
             }
-            launch(
-                "dec_silu_mul",
-                grid(m * inter),
-                &[&pg, &pu, &ldg, &mi, &interi, &pb],
-            )?;
             run_linear(&self.dev, &blk.down, &s.b, m, &mut s.y, ws)?;
         }
         // The last block's output joins the stream of the last row, normed
@@ -693,11 +732,7 @@ impl GpuDecoder {
         let off = ((m - 1) * h) as u64;
         let (plast, pylast) = (px + 4 * off, py + 2 * off);
         let (pn, phn) = (dptr(&self.norm, &st), dptr(&self.hn, &st));
-        launch(
-            "dec_add_rms_norm",
-            rows_cfg(1, 256),
-            &[&plast, &pylast, &pn, &dv.eps, &hi, &phn],
-        )?;
+        norm(plast, pylast, pn, phn, 1)?;
         let pw = dptr(self.head.as_ref().unwrap_or(&self.embed), &st);
         crate::blas::gemm(
             &self.dev,
@@ -711,22 +746,6 @@ impl GpuDecoder {
         )
     }
 }
-
-/// A kernel argument (device pointers, ints and floats by value).
-trait ArgRef {
-    fn push<'a>(&'a self, b: &mut cudarc::driver::LaunchArgs<'a>);
-}
-
-macro_rules! arg_ref {
-    ($($t:ty),*) => {$(
-        impl ArgRef for $t {
-            fn push<'a>(&'a self, b: &mut cudarc::driver::LaunchArgs<'a>) {
-                b.arg(self);
-            }
-        }
-    )*};
-}
-arg_ref!(u64, i32, f32);
 
 /// A layer on its way to the device, repacked or converted on the host.
 enum Prepared {

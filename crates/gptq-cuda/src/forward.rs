@@ -25,7 +25,7 @@
 //! quantization (measured in `bench/results/`).
 
 use crate::blas::{gemm, Mat};
-use crate::device::{dptr, load_kernels, Ctx, Cuda};
+use crate::device::{dptr, kargs, load_kernels, Ctx, Cuda};
 use crate::solve::{Solver, MAX_ROWS};
 use crate::{compile, Error, Result};
 use cudarc::driver::{CudaFunction, CudaModule, CudaSlice, LaunchConfig, PushKernelArg};
@@ -53,7 +53,6 @@ pub const BLOCK_FUNCTIONS: &[&str] = &[
     "blk_nll",
     "dec_rope_kv",
     "dec_attention",
-    "dec_add_rms_norm",
     "dec_silu_mul",
     "dec_embed",
 ];
@@ -196,24 +195,38 @@ fn offsets(lens: &[usize]) -> Vec<usize> {
         .collect()
 }
 
+/// Elements of a row each thread of `blk_rms_norm` keeps in registers
+/// (`NORM_PER` in `kernels/block.cu`).
+const NORM_PER: usize = 16;
+
 /// `blk_rms_norm` (`f`) over `rows` rows of the f32 stream at `x` (`h`
-/// wide) with weight `w` into f16 rows at `out` (device pointers).
+/// wide) with weight `w` into f16 rows at `out` (device pointers). With
+/// `y` (f16 rows, a device pointer) not 0, `y` is added into `x` first.
+/// A block of `h / NORM_PER` threads per row (32 to 1024), each thread
+/// holding its elements in registers, so a one-row decode step is a couple
+/// of memory round trips.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn rms_norm_rows(
-    st: &cudarc::driver::CudaStream,
+    dev: &Cuda,
     f: &CudaFunction,
     x: u64,
+    y: u64,
     w: u64,
     eps: f32,
     h: usize,
     out: u64,
     rows: usize,
 ) -> Result<()> {
+    if h > 1024 * NORM_PER {
+        return Err(Error::Shape(format!(
+            "hidden size {h} is over the RMSNorm kernel's {}",
+            1024 * NORM_PER
+        )));
+    }
+    let threads = h.div_ceil(NORM_PER).next_multiple_of(32).clamp(32, 1024) as u32;
     let hi = h as i32;
-    let mut l = st.launch_builder(f);
-    l.arg(&x).arg(&w).arg(&eps).arg(&hi).arg(&out);
-    unsafe { l.launch(rows_cfg(rows, 256)) }.ctx("blk_rms_norm")?;
-    Ok(())
+    let args = &mut kargs![&x, &y, &w, &eps, &hi, &out];
+    unsafe { dev.launch(f, rows_cfg(rows, threads), args, true, "blk_rms_norm") }
 }
 
 /// A grid-stride launch over `n` elements, 256 threads a block.
@@ -373,7 +386,7 @@ impl GpuCalibration {
         let f = self.func("blk_rms_norm")?;
         let h = self.hidden;
         let (px, pw, pa) = (self.p(x), self.p(w), self.p(a));
-        rms_norm_rows(&self.dev.stream, f, px, pw, eps, h, pa, self.tokens)
+        rms_norm_rows(&self.dev, f, px, 0, pw, eps, h, pa, self.tokens)
     }
 
     /// Segment 1: attention of every sequence, from `a` (normed) into `b`

@@ -25,7 +25,9 @@ pub mod layout;
 pub mod solve;
 
 pub use decode::GpuDecoder;
-pub use device::{probe_libraries, Cuda, DeviceInfo, GpuLinear, HostLinear, Path, Workspace};
+pub use device::{
+    probe_libraries, swiglu_row_order, Cuda, DeviceInfo, GpuLinear, HostLinear, Path, Workspace,
+};
 pub use forward::GpuCalibration;
 pub use kernels::W4Variant;
 pub use solve::{GpuLayerSolver, Solver};

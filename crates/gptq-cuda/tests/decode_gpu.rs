@@ -156,3 +156,111 @@ fn gpu_generation_matches_cpu() {
     }
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// A random 4-bit layer `[out, k]` with groups of `gs` columns (`None`:
+/// per channel), in act-order (a shuffled `g_idx`) or not, with a bias or
+/// not; `g_idx` depends only on `(k, gs, act)`, so two such layers stack.
+fn random_w4(out: usize, k: usize, gs: Option<usize>, act: bool, bias: bool, seed: u64) -> QLinear {
+    let r = |n: usize, s: u64| tokens(n, 1 << 16, s);
+    let groups = gs.map_or(1, |g| k.div_ceil(g));
+    let mut cols: Vec<usize> = (0..k).collect();
+    if act {
+        let keys = r(k, 7);
+        cols.sort_by_key(|&c| keys[c]);
+    }
+    let mut g_idx = vec![0u32; k];
+    for (p, &c) in cols.iter().enumerate() {
+        g_idx[c] = gs.map_or(0, |g| (p / g) as u32);
+    }
+    let unit = |v: u32| v as f32 / 65536.0;
+    QLinear {
+        out_features: out,
+        in_features: k,
+        bits: 4,
+        group_size: gs,
+        codes: r(out * k, seed).iter().map(|&v| (v % 16) as u8).collect(),
+        scales: r(groups * out, seed + 1)
+            .iter()
+            .map(|&v| 0.002 + 0.01 * unit(v))
+            .collect(),
+        zeros: r(groups * out, seed + 2)
+            .iter()
+            .map(|&v| (v % 16) as u8)
+            .collect(),
+        g_idx,
+        bias: bias.then(|| r(out, seed + 3).iter().map(|&v| unit(v) - 0.5).collect()),
+    }
+}
+
+/// SwiGLU in the fused int4 kernel's epilogue (gate/up stacked in
+/// `swiglu_row_order`) against f64 on the dequantized weights, for
+/// one-token and multi-row steps, per-channel and grouped, act-order and
+/// bias. Tolerance: the kernel rounds each dequantized weight to f16 and
+/// sums in f32, so gate and up are each off by at most
+/// e = (2^-11 + k·2^-23)·Σ|x·ŵ| (the bound `gptq bench kernels --check`
+/// holds every path to); silu has slope below 1.1, so the product is off
+/// by at most 1.1·|up|·e_gate + |silu(gate)|·e_up, plus the f16 rounding
+/// of the output (2^-11 relative, doubled for slack).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn swiglu_epilogue_matches_f64() {
+    let dev = Cuda::new(0).expect("a CUDA device");
+    let mut ws = gptq_cuda::Workspace::default();
+    let cases = [
+        (48, 256, Some(64), false, false),
+        (40, 128, Some(32), true, true),
+        (64, 512, None, false, true),
+        (128, 1024, Some(128), true, false),
+    ];
+    for (inter, k, gs, act, bias) in cases {
+        let gate = random_w4(inter, k, gs, act, bias, 11);
+        let up = random_w4(inter, k, gs, act, bias, 23);
+        let stacked = QLinear::stack_rows(&[&gate, &up]).expect("same groups");
+        let order = gptq_cuda::swiglu_row_order(inter).expect("inter is a multiple of 8");
+        let l = dev
+            .load_qlinear(&stacked.permute_rows(&order).expect("a permutation"), false)
+            .expect("load");
+        let (wg, wu) = (gate.dequantize(), up.dequantize());
+        for m in [1usize, 3, 8, 16] {
+            let x: Vec<half::f16> = tokens(m * k, 1 << 16, 5 + m as u64)
+                .iter()
+                .map(|&v| half::f16::from_f32(v as f32 / 32768.0 - 1.0))
+                .collect();
+            let xd = dev.upload(&x).expect("upload");
+            let mut yd = dev.zeros::<half::f16>(m * inter).expect("alloc");
+            let ran = dev
+                .matmul_swiglu(&l, &xd, m, &mut yd, &mut ws)
+                .expect("matmul_swiglu");
+            assert!(ran, "the fused kernel runs a 4-bit layer");
+            let y = dev.download(&yd).expect("download");
+            let dot = |w: &gptq_core::Tensor, b: &Option<Vec<f32>>, r: usize, n: usize| {
+                let row = &w.data()[n * k..(n + 1) * k];
+                let (mut s, mut a) = (0f64, 0f64);
+                for (c, &wv) in row.iter().enumerate() {
+                    let p = x[r * k + c].to_f64() * wv as f64;
+                    s += p;
+                    a += p.abs();
+                }
+                (s + b.as_ref().map_or(0.0, |b| b[n] as f64), a)
+            };
+            let e = |a: f64| (2f64.powi(-11) + k as f64 * 2f64.powi(-23)) * a;
+            for r in 0..m {
+                for n in 0..inter {
+                    let (g, ag) = dot(&wg, &gate.bias, r, n);
+                    let (u, au) = dot(&wu, &up.bias, r, n);
+                    let silu = g / (1.0 + (-g).exp());
+                    let want = silu * u;
+                    let tol = 1.1 * u.abs() * e(ag)
+                        + silu.abs() * e(au)
+                        + 2f64.powi(-10) * want.abs()
+                        + 1e-6;
+                    let got = y[r * inter + n].to_f64();
+                    assert!(
+                        (got - want).abs() <= tol,
+                        "inter {inter} k {k} gs {gs:?} act {act} bias {bias} m {m} [{r}][{n}]: {got} vs {want} (tol {tol:.3e})"
+                    );
+                }
+            }
+        }
+    }
+}

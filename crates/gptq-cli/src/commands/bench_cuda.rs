@@ -290,7 +290,10 @@ pub fn run(a: &CudaArgs, command_line: &str, model: &str) -> anyhow::Result<()> 
     if model == "solve" {
         return run_solve(a, command_line);
     }
-    let dev = Cuda::new(a.gpu)?;
+    let mut dev = Cuda::new(a.gpu)?;
+    // Each timed call on its own: back-to-back replays of one kernel must
+    // not overlap through programmatic dependent launch.
+    dev.set_pdl(false);
     let info = &dev.info;
     let mut out = String::new();
     let _ = writeln!(out, "# CUDA int4 kernels\n");
