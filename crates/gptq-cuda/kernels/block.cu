@@ -47,21 +47,24 @@ __device__ __forceinline__ float block_max(float v, float *shared) {
     return t;
 }
 
-// RMSNorm of rows of the f32 stream x ([rows, h], one block per row) into
-// f16 `out`, with weight w (HF Llama: x / sqrt(mean(x²) + eps) · w, the sum
-// of squares in f64 like the CPU's rms_norm). When y is not null, the f16 rows y are first added
-// into x (the residual add before the norm, written back to x).
+// Norms of rows of the f32 stream x ([rows, h], one block per row) into
+// f16 `out`, with weight w, the sums in f64 like the CPU's:
+//   blk_rms_norm:   x / sqrt(mean(x²) + eps) · w (HF Llama). When y is not
+//                   null, the f16 rows y are first added into x (the
+//                   residual add before the norm, written back to x).
+//   blk_layer_norm: (x − mean) / sqrt(var + eps) · w + b (OPT); with
+//                   write_x the result also replaces x (post-LN blocks).
 // A thread keeps its NORM_PER elements in registers (columns threadIdx.x +
 // j·blockDim.x, every load issued before the first use), so a row costs
 // about two memory round trips however wide it is: one-row decode steps are
 // latency-bound, not bandwidth-bound. The host launches at least
-// h / NORM_PER threads (`forward::rms_norm_rows`), at most 1024.
+// h / NORM_PER threads (`forward::norm_cfg`), at most 1024.
 #define NORM_PER 16
-extern "C" __global__ void __launch_bounds__(1024) blk_rms_norm(float *__restrict__ x, const u16 *__restrict__ y,
-                                        const float *__restrict__ w, float eps, int h,
-                                        u16 *__restrict__ out) {
-    pdl_wait();
-    pdl_launch();
+template <bool LAYER>
+__device__ __forceinline__ void row_norm(float *__restrict__ x, const u16 *__restrict__ y,
+                                         const float *__restrict__ w,
+                                         const float *__restrict__ b, float eps, int h,
+                                         u16 *__restrict__ out, bool write_x) {
     __shared__ double red[32];
     float *xr = x + (u64)blockIdx.x * h;
     float v[NORM_PER];
@@ -81,18 +84,48 @@ extern "C" __global__ void __launch_bounds__(1024) blk_rms_norm(float *__restric
             }
         }
     }
+    double mean = 0.0;
+    if (LAYER) {
+        double s = 0.0;
+#pragma unroll
+        for (int j = 0; j < NORM_PER; j++) s += (double)v[j];
+        mean = block_sum(s, red) / h;
+    }
     double s = 0.0;
 #pragma unroll
-    for (int j = 0; j < NORM_PER; j++) s += (double)v[j] * v[j];
+    for (int j = 0; j < NORM_PER; j++) {
+        int c = threadIdx.x + j * blockDim.x;
+        double dv = c < h ? (double)v[j] - mean : 0.0;
+        s += dv * dv;
+    }
     s = block_sum(s, red);
-    float r = (float)(1.0 / sqrt(s / h + (double)eps));
+    double rd = 1.0 / sqrt(s / h + (double)eps);
+    float r = (float)rd;
     u16 *o = out + (u64)blockIdx.x * h;
 #pragma unroll
     for (int j = 0; j < NORM_PER; j++) {
         int c = threadIdx.x + j * blockDim.x;
-        if (c < h)
-            o[c] = f32_to_f16(v[j] * r * w[c]);
+        if (c < h) {
+            float t = LAYER ? (float)(((double)v[j] - mean) * rd) * w[c] + b[c] : v[j] * r * w[c];
+            if (write_x) xr[c] = t;
+            o[c] = f32_to_f16(t);
+        }
     }
+}
+
+extern "C" __global__ void __launch_bounds__(1024)
+    blk_rms_norm(float *__restrict__ x, const u16 *__restrict__ y, const float *__restrict__ w,
+                 float eps, int h, u16 *__restrict__ out) {
+    pdl_wait();
+    pdl_launch();
+    row_norm<false>(x, y, w, nullptr, eps, h, out, false);
+}
+
+extern "C" __global__ void __launch_bounds__(1024)
+    blk_layer_norm(float *__restrict__ x, const float *__restrict__ w,
+                   const float *__restrict__ b, float eps, int h, u16 *__restrict__ out,
+                   int write_x) {
+    row_norm<true>(x, nullptr, w, b, eps, h, out, write_x != 0);
 }
 
 // y[r, c] += b[c] for y [rows, n].
@@ -192,6 +225,13 @@ extern "C" __global__ void blk_silu_mul(const float *__restrict__ g, const float
         float s = a / (1.f + expf(-a));
         out[i] = f32_to_f16(s * u[i]);
     }
+}
+
+// out[i] = f16(max(g[i], 0)) (OPT's MLP activation).
+extern "C" __global__ void blk_relu(const float *__restrict__ g, u64 n, u16 *__restrict__ out) {
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (u64)gridDim.x * blockDim.x)
+        out[i] = f32_to_f16(fmaxf(g[i], 0.f));
 }
 
 // f32 → f16 (round to nearest even).

@@ -1,4 +1,4 @@
-//! GPTQ calibration of Llama-family blocks on the GPU: the
+//! GPTQ calibration of Llama-family and OPT blocks on the GPU: the
 //! [`gptq_pipeline::BlockDevice`] that keeps every calibration sequence's
 //! state in device memory and runs them all through a block at once.
 //!
@@ -6,8 +6,9 @@
 //!   accumulation (the weights rounded once to f16, the quantized ones from
 //!   their checkpoint values); the residual stream stays f32 and the
 //!   output projections add into it directly (GEMM with `β = 1`).
-//! * RMSNorm, rotary positions, the causal softmax, SwiGLU and layout
-//!   changes are the kernels of `kernels/block.cu`; attention is per
+//! * RMSNorm (LayerNorm for OPT, pre- or post-LN), rotary positions (none
+//!   for OPT), the causal softmax, SwiGLU (ReLU) and layout changes are
+//!   the kernels of `kernels/block.cu`; attention is per
 //!   sequence: `S = QKᵀ/√d` and `O = PV` as batched GEMMs over the
 //!   key/value heads (a group's query heads form one matrix), the softmax
 //!   in between.
@@ -41,6 +42,8 @@ pub use eval::{windows_nll, WindowsNll};
 /// Every kernel of `block.cu`.
 pub const BLOCK_FUNCTIONS: &[&str] = &[
     "blk_rms_norm",
+    "blk_layer_norm",
+    "blk_relu",
     "blk_add_bias",
     "blk_qkv_heads",
     "blk_softmax_causal",
@@ -60,8 +63,15 @@ pub const BLOCK_FUNCTIONS: &[&str] = &[
 /// Rows per chunk of the MLP's f32 intermediates (two `[rows, inter]`).
 const MLP_CHUNK_BYTES: usize = 1 << 30;
 
-/// Whether the calibration forward of architecture `name` runs on the GPU.
+/// Whether the calibration forward of architecture `name` runs on the GPU
+/// (OPT with ReLU, the activation every OPT checkpoint uses).
 pub fn supports_arch(name: &str) -> bool {
+    matches!(name, "llama" | "opt")
+}
+
+/// Whether GPU evaluation and generation (the head, and for generation the
+/// whole model, on the device) run architecture `name`.
+pub fn runs_whole_model(name: &str) -> bool {
     name == "llama"
 }
 
@@ -119,10 +129,49 @@ struct DevBlock {
     /// Sliding window, 0 for none.
     window: i32,
     inter: usize,
+    /// Llama or OPT.
+    form: Form,
     /// The linears as the quantized model has them (lane 0).
     lin: HashMap<&'static str, DevLinear>,
     /// The unquantized linears (lane 1, asymmetric calibration).
     fp_lin: Option<HashMap<&'static str, DevLinear>>,
+}
+
+/// The kind of block loaded.
+enum Form {
+    /// RMSNorm (`ln1`, `ln2`), rotary positions, SwiGLU MLP.
+    Llama,
+    /// OPT: LayerNorms (scales `ln1`, `ln2`, these shifts), no rotary
+    /// positions, fc1 → ReLU → fc2; post-LN when not `pre_ln`.
+    Opt {
+        pre_ln: bool,
+        ln1_b: CudaSlice<f32>,
+        ln2_b: CudaSlice<f32>,
+    },
+}
+
+impl Form {
+    /// The attention output layer.
+    fn o(&self) -> &'static str {
+        match self {
+            Form::Llama => "self_attn.o_proj",
+            Form::Opt { .. } => "self_attn.out_proj",
+        }
+    }
+    /// The MLP's input layers.
+    fn mlp_in(&self) -> &'static [&'static str] {
+        match self {
+            Form::Llama => &["mlp.gate_proj", "mlp.up_proj"],
+            Form::Opt { .. } => &["fc1"],
+        }
+    }
+    /// The MLP's output layer.
+    fn down(&self) -> &'static str {
+        match self {
+            Form::Llama => "mlp.down_proj",
+            Form::Opt { .. } => "fc2",
+        }
+    }
 }
 
 impl DevBlock {
@@ -195,16 +244,28 @@ fn offsets(lens: &[usize]) -> Vec<usize> {
         .collect()
 }
 
-/// Elements of a row each thread of `blk_rms_norm` keeps in registers
+/// Elements of a row each thread of the norm kernels keeps in registers
 /// (`NORM_PER` in `kernels/block.cu`).
 const NORM_PER: usize = 16;
+
+/// The launch of a norm kernel over `rows` rows `h` wide: a block of
+/// `h / NORM_PER` threads per row (32 to 1024), each thread holding its
+/// elements in registers, so a one-row decode step is a couple of memory
+/// round trips.
+fn norm_cfg(h: usize, rows: usize) -> Result<LaunchConfig> {
+    if h > 1024 * NORM_PER {
+        return Err(Error::Shape(format!(
+            "hidden size {h} is over the norm kernels' {}",
+            1024 * NORM_PER
+        )));
+    }
+    let threads = h.div_ceil(NORM_PER).next_multiple_of(32).clamp(32, 1024) as u32;
+    Ok(rows_cfg(rows, threads))
+}
 
 /// `blk_rms_norm` (`f`) over `rows` rows of the f32 stream at `x` (`h`
 /// wide) with weight `w` into f16 rows at `out` (device pointers). With
 /// `y` (f16 rows, a device pointer) not 0, `y` is added into `x` first.
-/// A block of `h / NORM_PER` threads per row (32 to 1024), each thread
-/// holding its elements in registers, so a one-row decode step is a couple
-/// of memory round trips.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn rms_norm_rows(
     dev: &Cuda,
@@ -217,16 +278,9 @@ pub(crate) fn rms_norm_rows(
     out: u64,
     rows: usize,
 ) -> Result<()> {
-    if h > 1024 * NORM_PER {
-        return Err(Error::Shape(format!(
-            "hidden size {h} is over the RMSNorm kernel's {}",
-            1024 * NORM_PER
-        )));
-    }
-    let threads = h.div_ceil(NORM_PER).next_multiple_of(32).clamp(32, 1024) as u32;
     let hi = h as i32;
     let args = &mut kargs![&x, &y, &w, &eps, &hi, &out];
-    unsafe { dev.launch(f, rows_cfg(rows, threads), args, true, "blk_rms_norm") }
+    unsafe { dev.launch(f, norm_cfg(h, rows)?, args, true, "blk_rms_norm") }
 }
 
 /// A grid-stride launch over `n` elements, 256 threads a block.
@@ -509,23 +563,112 @@ impl GpuCalibration {
         {
             let (x, _, b, blk, lins) = self.state(lane)?;
             let (px, pb) = (self.p(x), self.p(b));
-            match s {
-                0 => self.rms_norm(lane, &blk.ln1, blk.eps)?,
-                1 => self.attention(lane)?,
-                2 => {
-                    let o = layer(lins, "self_attn.o_proj")?;
+            match (s, &blk.form) {
+                (0, Form::Llama) => self.rms_norm(lane, &blk.ln1, blk.eps)?,
+                (0, Form::Opt { pre_ln, ln1_b, .. }) => {
+                    self.sublayer_input(lane, *pre_ln, &blk.ln1, ln1_b, blk.eps)?
+                }
+                (1, _) => self.attention(lane)?,
+                (2, form) => {
+                    let o = layer(lins, form.o())?;
                     self.linear(o, pb, self.tokens, px, 1.0)?;
-                    self.rms_norm(lane, &blk.ln2, blk.eps)?;
+                    match form {
+                        Form::Llama => self.rms_norm(lane, &blk.ln2, blk.eps)?,
+                        Form::Opt {
+                            pre_ln,
+                            ln1_b,
+                            ln2_b,
+                        } => {
+                            if !pre_ln {
+                                self.layer_norm(lane, &blk.ln1, ln1_b, blk.eps, true)?;
+                            }
+                            self.sublayer_input(lane, *pre_ln, &blk.ln2, ln2_b, blk.eps)?;
+                        }
+                    }
                 }
-                3 => self.mlp_inner(lane)?,
-                4 => {
-                    let down = layer(lins, "mlp.down_proj")?;
-                    self.linear(down, pb, self.tokens, px, 1.0)?
+                (3, Form::Llama) => self.mlp_inner(lane)?,
+                (3, Form::Opt { .. }) => self.relu_mlp_inner(lane)?,
+                (4, form) => {
+                    let down = layer(lins, form.down())?;
+                    self.linear(down, pb, self.tokens, px, 1.0)?;
+                    if let Form::Opt {
+                        pre_ln: false,
+                        ln2_b,
+                        ..
+                    } = form
+                    {
+                        self.layer_norm(lane, &blk.ln2, ln2_b, blk.eps, true)?;
+                    }
                 }
-                _ => return Err(Error::Shape(format!("a Llama block has no segment {s}"))),
+                _ => return Err(Error::Shape(format!("a block has no segment {s}"))),
             }
         }
         self.note_memory();
+        Ok(())
+    }
+
+    /// OPT: the input of a sublayer into `a`: the normed stream (pre-LN),
+    /// or the stream itself (post-LN, normed after the residual add).
+    fn sublayer_input(
+        &self,
+        lane: usize,
+        pre_ln: bool,
+        w: &CudaSlice<f32>,
+        b: &CudaSlice<f32>,
+        eps: f32,
+    ) -> Result<()> {
+        if pre_ln {
+            return self.layer_norm(lane, w, b, eps, false);
+        }
+        let (x, a, _, _, _) = self.state(lane)?;
+        let n = (self.tokens * self.hidden) as u64;
+        let (px, pa) = (self.p(x), self.p(a));
+        let f = self.func("blk_to_f16")?;
+        let mut l = self.dev.stream.launch_builder(f);
+        l.arg(&px).arg(&n).arg(&pa);
+        unsafe { l.launch(grid(n as usize)) }.ctx("blk_to_f16")?;
+        Ok(())
+    }
+
+    /// `a = f16(LayerNorm(x))`; with `write_x` also `x = LayerNorm(x)`.
+    fn layer_norm(
+        &self,
+        lane: usize,
+        w: &CudaSlice<f32>,
+        b: &CudaSlice<f32>,
+        eps: f32,
+        write_x: bool,
+    ) -> Result<()> {
+        let (x, a, _, _, _) = self.state(lane)?;
+        let h = self.hidden;
+        let (px, pw, pb, pa) = (self.p(x), self.p(w), self.p(b), self.p(a));
+        let (hi, wx) = (h as i32, write_x as i32);
+        let f = self.func("blk_layer_norm")?;
+        let args = &mut kargs![&px, &pw, &pb, &eps, &hi, &pa, &wx];
+        unsafe {
+            self.dev
+                .launch(f, norm_cfg(h, self.tokens)?, args, false, "blk_layer_norm")
+        }
+    }
+
+    /// OPT segment 3: `b = f16(relu(a·W_fc1ᵀ + b_fc1))`, in row chunks.
+    fn relu_mlp_inner(&self, lane: usize) -> Result<()> {
+        let (_, a, b, blk, lins) = self.state(lane)?;
+        let inter = blk.inter;
+        let chunk = (MLP_CHUNK_BYTES / (8 * inter.max(1))).clamp(1, self.tokens.max(1));
+        let g = self.dev.zeros::<f32>(chunk * inter)?;
+        let (pg, pa, pb) = (self.p(&g), self.p(a), self.p(b));
+        let fc1 = layer(lins, "fc1")?;
+        let f = self.func("blk_relu")?;
+        for r0 in (0..self.tokens).step_by(chunk) {
+            let rows = chunk.min(self.tokens - r0);
+            self.linear(fc1, pa + (r0 * self.hidden * 2) as u64, rows, pg, 0.0)?;
+            let n = (rows * inter) as u64;
+            let out = pb + (r0 * inter * 2) as u64;
+            let mut l = self.dev.stream.launch_builder(f);
+            l.arg(&pg).arg(&n).arg(&out);
+            unsafe { l.launch(grid(rows * inter)) }.ctx("blk_relu")?;
+        }
         Ok(())
     }
 
@@ -536,11 +679,7 @@ impl GpuCalibration {
             0 | 2 => (self.p(a), self.hidden),
             1 => (self.p(b), blk.nh * blk.d),
             3 => (self.p(b), blk.inter),
-            _ => {
-                return Err(Error::Shape(format!(
-                    "a Llama block has no input point {p}"
-                )))
-            }
+            _ => return Err(Error::Shape(format!("a block has no input point {p}"))),
         })
     }
 
@@ -687,27 +826,74 @@ impl GpuCalibration {
     }
 
     fn load(&mut self, block: &dyn BlockRunner, keep_input: bool) -> Result<()> {
-        let view = block.llama_view().ok_or_else(|| {
-            Error::Unsupported(format!(
-                "the GPU calibration forward runs Llama-family blocks, not {}",
-                block.arch().name
-            ))
-        })?;
         let h = self.hidden;
-        if view.input_norm.len() != h || view.post_norm.len() != h {
+        // The block's parts in one shape: norms (scale; OPT's shift in the
+        // form), rotary frequencies (zeros for OPT: angle 0 leaves q and k
+        // as they are), heads, linears.
+        let (ln1, ln2, inv_freq, eps, nh, nkv, d, window, kind, linears) =
+            if let Some(v) = block.llama_view() {
+                let window = v.window.map_or(0, |w| w.min(i32::MAX as usize) as i32);
+                (
+                    v.input_norm.to_vec(),
+                    v.post_norm.to_vec(),
+                    v.inv_freq.to_vec(),
+                    v.eps,
+                    v.n_heads,
+                    v.n_kv,
+                    v.head_dim,
+                    window,
+                    None,
+                    v.linears,
+                )
+            } else if let Some(v) = block.opt_view() {
+                if !v.relu {
+                    return Err(Error::Unsupported(
+                        "the GPU calibration forward runs OPT blocks with ReLU, not GELU".into(),
+                    ));
+                }
+                if v.attn_norm.1.len() != h || v.mlp_norm.1.len() != h {
+                    return Err(Error::Shape(format!("LayerNorm shifts are not [{h}]")));
+                }
+                let shifts = (v.attn_norm.1.to_vec(), v.mlp_norm.1.to_vec(), v.pre_ln);
+                (
+                    v.attn_norm.0.to_vec(),
+                    v.mlp_norm.0.to_vec(),
+                    vec![0.0; v.head_dim / 2],
+                    v.eps,
+                    v.n_heads,
+                    v.n_heads,
+                    v.head_dim,
+                    0,
+                    Some(shifts),
+                    v.linears,
+                )
+            } else {
+                return Err(Error::Unsupported(format!(
+                    "the GPU calibration forward runs Llama-family and OPT blocks, not {}",
+                    block.arch().name
+                )));
+            };
+        if ln1.len() != h || ln2.len() != h {
             return Err(Error::Shape(format!("norm weights are not [{h}]")));
         }
-        if view.n_kv == 0 || !view.n_heads.is_multiple_of(view.n_kv) || view.head_dim % 2 != 0 {
+        if nkv == 0 || !nh.is_multiple_of(nkv) || d % 2 != 0 {
             return Err(Error::Shape(format!(
-                "{} query heads over {} key/value heads of dimension {}",
-                view.n_heads, view.n_kv, view.head_dim
+                "{nh} query heads over {nkv} key/value heads of dimension {d}"
             )));
         }
         // Free the previous block's weights first.
         self.block = None;
         self.hess.clear();
+        let form = match kind {
+            None => Form::Llama,
+            Some((b1, b2, pre_ln)) => Form::Opt {
+                pre_ln,
+                ln1_b: self.dev.upload(&b1)?,
+                ln2_b: self.dev.upload(&b2)?,
+            },
+        };
         let mut lin = HashMap::new();
-        for (name, l) in &view.linears {
+        for (name, l) in &linears {
             let w = l.dense_weight();
             let (rows, cols) = (w.shape()[0], w.shape()[1]);
             lin.insert(
@@ -720,17 +906,15 @@ impl GpuCalibration {
                 },
             );
         }
-        let inter = lin.get("mlp.gate_proj").map_or(0, |l: &DevLinear| l.rows);
-        let (nh, d) = (view.n_heads, view.head_dim);
-        let widths = [
+        let inter = lin.get(form.mlp_in()[0]).map_or(0, |l: &DevLinear| l.rows);
+        let mut widths = vec![
             ("self_attn.q_proj", nh * d, h),
-            ("self_attn.k_proj", view.n_kv * d, h),
-            ("self_attn.v_proj", view.n_kv * d, h),
-            ("self_attn.o_proj", h, nh * d),
-            ("mlp.gate_proj", inter, h),
-            ("mlp.up_proj", inter, h),
-            ("mlp.down_proj", h, inter),
+            ("self_attn.k_proj", nkv * d, h),
+            ("self_attn.v_proj", nkv * d, h),
+            (form.o(), h, nh * d),
+            (form.down(), h, inter),
         ];
+        widths.extend(form.mlp_in().iter().map(|&n| (n, inter, h)));
         for (name, rows, cols) in widths {
             match lin.get(name) {
                 Some(l) if (l.rows, l.cols) == (rows, cols) => {}
@@ -745,7 +929,7 @@ impl GpuCalibration {
         }
         let bw = (nh * d).max(inter);
         if self.lanes.is_empty() {
-            self.place_states(&lin, nh, view.n_kv, d, inter)?;
+            self.place_states(&lin, nh, nkv, d, inter)?;
         }
         let tokens = self.cap_tokens;
         for i in 0..self.lanes.len() {
@@ -782,15 +966,16 @@ impl GpuCalibration {
             None
         };
         self.block = Some(DevBlock {
-            ln1: self.dev.upload(&view.input_norm)?,
-            ln2: self.dev.upload(&view.post_norm)?,
-            inv_freq: self.dev.upload(&view.inv_freq)?,
-            eps: view.eps,
+            ln1: self.dev.upload(&ln1)?,
+            ln2: self.dev.upload(&ln2)?,
+            inv_freq: self.dev.upload(&inv_freq)?,
+            eps,
             nh,
-            nkv: view.n_kv,
+            nkv,
             d,
-            window: view.window.map_or(0, |w| w.min(i32::MAX as usize) as i32),
+            window,
             inter,
+            form,
             lin,
             fp_lin,
         });

@@ -39,6 +39,39 @@ pub trait BlockRunner: Send + Sync {
     fn llama_view(&self) -> Option<LlamaBlockView<'_>> {
         None
     }
+
+    /// The block as plain data in the OPT form (see [`OptBlockView`]);
+    /// `None` when it is not of that form.
+    fn opt_view(&self) -> Option<OptBlockView<'_>> {
+        None
+    }
+}
+
+/// An OPT decoder block as plain data: LayerNorm (scale and shift) →
+/// causal multi-head self-attention (no rotary positions; the learned
+/// positions were added to the block-0 input) → residual; LayerNorm →
+/// `fc2(act(fc1(x)))` → residual. Pre-LN (`pre_ln`, most OPT models) norms
+/// each sublayer's input; post-LN (OPT-350m) norms the stream after each
+/// residual add instead. All linears carry biases.
+#[derive(Debug, Clone)]
+pub struct OptBlockView<'a> {
+    /// LayerNorm of the attention sublayer: weight and bias `[hidden]`.
+    pub attn_norm: (&'a [f32], &'a [f32]),
+    /// LayerNorm of the MLP sublayer: weight and bias `[hidden]`.
+    pub mlp_norm: (&'a [f32], &'a [f32]),
+    /// LayerNorm epsilon.
+    pub eps: f32,
+    /// Pre-LN (true) or post-LN.
+    pub pre_ln: bool,
+    /// The MLP activation is ReLU (else GELU).
+    pub relu: bool,
+    /// Heads (as many key/value heads).
+    pub n_heads: usize,
+    /// Head dimension.
+    pub head_dim: usize,
+    /// The six linears under their [`ArchSpec`] names
+    /// (`self_attn.{q,k,v,out}_proj`, `fc1`, `fc2`).
+    pub linears: Vec<(&'static str, &'a Linear)>,
 }
 
 /// A pre-norm decoder block of the Llama form as plain data: RMSNorm →

@@ -23,7 +23,9 @@ pub mod rope;
 mod weights;
 
 pub use kv_cache::KvCache;
-pub use layerwise::{layerwise, BlockRunner, LayerwiseModel, LlamaBlockView, LlamaHead, RawLinear};
+pub use layerwise::{
+    layerwise, BlockRunner, LayerwiseModel, LlamaBlockView, LlamaHead, OptBlockView, RawLinear,
+};
 pub use linear::Linear;
 pub use weights::Weights;
 

@@ -534,6 +534,30 @@ impl BlockRunner for OptBlockRunner {
     fn arch(&self) -> &'static ArchSpec {
         &ARCH
     }
+
+    fn opt_view(&self) -> Option<crate::OptBlockView<'_>> {
+        let b = &self.block;
+        fn ln(n: &LayerNorm) -> (&[f32], &[f32]) {
+            (&n.weight, &n.bias)
+        }
+        Some(crate::OptBlockView {
+            attn_norm: ln(&b.self_attn_layer_norm),
+            mlp_norm: ln(&b.final_layer_norm),
+            eps: LN_EPS,
+            pre_ln: self.pre_ln,
+            relu: self.relu,
+            n_heads: b.attn.n_heads,
+            head_dim: b.attn.head_dim,
+            linears: vec![
+                ("self_attn.q_proj", &b.attn.q),
+                ("self_attn.k_proj", &b.attn.k),
+                ("self_attn.v_proj", &b.attn.v),
+                ("self_attn.out_proj", &b.attn.o),
+                ("fc1", &b.fc1),
+                ("fc2", &b.fc2),
+            ],
+        })
+    }
 }
 
 impl crate::LayerwiseModel for OptLayers<'_> {

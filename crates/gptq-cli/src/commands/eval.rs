@@ -52,7 +52,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             let lw = gptq_models::layerwise(&files)
                 .with_context(|| format!("cannot load model `{}`", a.model))?;
             let arch = lw.arch().name;
-            if gptq_cuda::forward::supports_arch(arch) {
+            if gptq_cuda::forward::runs_whole_model(arch) {
                 Some((d, lw))
             } else {
                 eprintln!("device: GPU evaluation runs Llama-family models, not {arch}; running on the CPU");

@@ -63,7 +63,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             )
             .map(|a| a.name)
             .unwrap_or("?");
-            if gptq_cuda::forward::supports_arch(arch) {
+            if gptq_cuda::forward::runs_whole_model(arch) {
                 Some(d)
             } else {
                 eprintln!("device: GPU generation runs Llama-family models, not {arch}; running on the CPU");

@@ -14,6 +14,16 @@ pub fn stories() -> PathBuf {
         })
 }
 
+/// The repo's small test models (`tests/data/models`): `GPTQ_TEST_MODELS`,
+/// else found from this crate's folder.
+pub fn test_models() -> PathBuf {
+    std::env::var_os("GPTQ_TEST_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/models")
+        })
+}
+
 /// `n` deterministic token ids below `vocab` (an LCG from `seed`).
 pub fn tokens(n: usize, vocab: u32, seed: u64) -> Vec<u32> {
     let mut s = seed;
