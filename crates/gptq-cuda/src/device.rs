@@ -87,6 +87,31 @@ pub struct Cuda {
     pdl: bool,
 }
 
+/// Checks a batch of `m` rows through `l` into `n_out` columns: the
+/// sizes fit the kernels' 32-bit indices, `x` holds `m·k` values and `y`
+/// `m·n_out`.
+fn check_batch(
+    l: &GpuLinear,
+    x: &CudaSlice<f16>,
+    m: usize,
+    y: &CudaSlice<f16>,
+    n_out: usize,
+) -> Result<()> {
+    if m == 0 || m > i32::MAX as usize / l.k.max(1) || m > i32::MAX as usize / l.n.max(1) {
+        return Err(Error::Shape(format!("batch of {m} rows")));
+    }
+    if x.len() < m * l.k || y.len() < m * n_out {
+        return Err(Error::Shape(format!(
+            "x has {} values and y {} for {m} rows of a {}x{} layer ({n_out} outputs a row)",
+            x.len(),
+            y.len(),
+            l.n,
+            l.k
+        )));
+    }
+    Ok(())
+}
+
 /// The fused int4 kernel's epilogues (`EPI_*` in `kernels/w4.cu`).
 const EPI_PLAIN: i32 = 0;
 const EPI_SWIGLU: i32 = 1;
@@ -442,18 +467,7 @@ impl Cuda {
         ws: &mut Workspace,
         path: Path,
     ) -> Result<()> {
-        if m == 0 || m > i32::MAX as usize / l.k.max(1) || m > i32::MAX as usize / l.n.max(1) {
-            return Err(Error::Shape(format!("batch of {m} rows")));
-        }
-        if x.len() < m * l.k || y.len() < m * l.n {
-            return Err(Error::Shape(format!(
-                "x has {} values and y {} for {m} rows of a {}x{} layer",
-                x.len(),
-                y.len(),
-                l.n,
-                l.k
-            )));
-        }
+        check_batch(l, x, m, y, l.n)?;
         let path = match path {
             Path::Auto => self.auto_path(l, m),
             p => p,
@@ -481,21 +495,10 @@ impl Cuda {
         let Path::Fused(v) = self.auto_path(l, m) else {
             return Ok(false);
         };
-        if !l.n.is_multiple_of(16) || m == 0 || m > i32::MAX as usize / l.k.max(1) {
-            return Err(Error::Shape(format!(
-                "SwiGLU over {m} rows of a {}x{} layer",
-                l.n, l.k
-            )));
+        if !l.n.is_multiple_of(16) {
+            return Err(Error::Shape(format!("SwiGLU over a {}x{} layer", l.n, l.k)));
         }
-        if x.len() < m * l.k || y.len() < m * l.n / 2 {
-            return Err(Error::Shape(format!(
-                "x has {} values and y {} for SwiGLU over {m} rows of a {}x{} layer",
-                x.len(),
-                y.len(),
-                l.n,
-                l.k
-            )));
-        }
+        check_batch(l, x, m, y, l.n / 2)?;
         self.fused(l, v, x, m, y, ws, EPI_SWIGLU)?;
         Ok(true)
     }

@@ -24,25 +24,14 @@ fn quantize(out: &Path, bits: u32, method: Method) {
     let dir = stories();
     let files = gptq_io::source::open_dir(&dir).unwrap();
     let model = gptq_models::layerwise(&files).unwrap();
-    let opts = PipelineOptions {
-        params: GptqParams {
-            bits,
-            group_size: Some(32),
-            sym: false,
-            desc_act: method == Method::Gptq,
-            static_groups: false,
-            damp_percent: 0.01,
-            block_size: 128,
-            mse: false,
-        },
-        method,
-        true_sequential: true,
-        skip: vec![],
-        state_budget: None,
-        token_clip: None,
-        asym_calib: false,
-        solver: None,
+    let params = GptqParams {
+        bits,
+        group_size: Some(32),
+        sym: false,
+        desc_act: method == Method::Gptq,
+        ..GptqParams::default()
     };
+    let opts = PipelineOptions::new(params, method);
     let calib: Vec<Vec<u32>> = (0..4).map(|i| tokens(128, 512, 7 + i)).collect();
     let mut qcfg = QuantizeConfig::new(bits, Some(32));
     qcfg.sym = false;

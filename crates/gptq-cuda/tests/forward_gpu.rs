@@ -220,25 +220,13 @@ fn gpu_pipeline_quantizes_opt_like_the_host() {
         let files = gptq_io::source::open_dir(&test_models().join(dir)).expect("OPT test model");
         let model = gptq_models::layerwise(&files).unwrap();
         let calib = samples(&[64; 12], vocab);
-        let opts = PipelineOptions {
-            params: GptqParams {
-                bits: 4,
-                group_size: Some(16),
-                sym: false,
-                desc_act: false,
-                static_groups: false,
-                damp_percent: 0.01,
-                block_size: 128,
-                mse: false,
-            },
-            method: Method::Gptq,
-            true_sequential: true,
-            skip: vec![],
-            state_budget: None,
-            token_clip: None,
-            asym_calib: false,
-            solver: None,
+        let params = GptqParams {
+            bits: 4,
+            group_size: Some(16),
+            sym: false,
+            ..GptqParams::default()
         };
+        let opts = PipelineOptions::new(params, Method::Gptq);
         let mut gpu = GpuCalibration::new(dev.clone()).unwrap();
         let (g, gr) = pipeline(model.as_ref(), &calib, &opts, Some(&mut gpu));
         let (h, hr) = pipeline(model.as_ref(), &calib, &opts, None);

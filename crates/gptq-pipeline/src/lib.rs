@@ -100,6 +100,24 @@ pub struct PipelineOptions {
     pub solver: Option<std::sync::Arc<dyn gptq_quant::LayerSolver>>,
 }
 
+impl PipelineOptions {
+    /// `method` with solver settings `params` and the pipeline's defaults
+    /// otherwise: true-sequential, nothing skipped, the default state
+    /// budget, no token clipping, symmetric calibration, the CPU solver.
+    pub fn new(params: GptqParams, method: Method) -> Self {
+        Self {
+            params,
+            method,
+            true_sequential: true,
+            skip: vec![],
+            state_budget: None,
+            token_clip: None,
+            asym_calib: false,
+            solver: None,
+        }
+    }
+}
+
 /// Scales down, in place, the rows (tokens) of `t` (`[seq, cols]`) longer
 /// than `c` × the median row length to that length.
 pub fn clip_tokens(t: &mut [f32], seq: usize, c: f32) {

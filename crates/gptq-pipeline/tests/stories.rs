@@ -64,21 +64,11 @@ fn quantize(
         bits,
         group_size: Some(32),
         sym: false,
-        desc_act: false,
-        static_groups: false,
-        damp_percent: 0.01,
-        block_size: 128,
-        mse: false,
+        ..GptqParams::default()
     };
     let opts = PipelineOptions {
-        params,
-        method,
-        true_sequential: true,
-        skip: vec![],
-        state_budget: None,
-        token_clip: None,
         asym_calib,
-        solver: None,
+        ..PipelineOptions::new(params, method)
     };
     let mut qcfg = QuantizeConfig::new(bits, Some(32));
     qcfg.sym = false;
