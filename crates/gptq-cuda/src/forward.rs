@@ -37,7 +37,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 mod eval;
+mod staging;
 pub use eval::{windows_nll, WindowsNll};
+use staging::HostStates;
 
 /// Every kernel of `block.cu`.
 pub const BLOCK_FUNCTIONS: &[&str] = &[
@@ -102,6 +104,9 @@ struct Lane {
     x: CudaSlice<f32>,
     /// The block input, kept for a rewind.
     x_in: Option<CudaSlice<f32>>,
+    /// States on the host: the buffer the next chunk is copied into while
+    /// `x` computes (see `staging`).
+    x_alt: Option<CudaSlice<f32>>,
     /// f16 activations `[tokens, hidden]` (norm outputs).
     a: Option<CudaSlice<u16>>,
     /// f16 activations `[tokens, max(heads·d, inter)]` (attention output,
@@ -218,7 +223,11 @@ pub struct GpuCalibration {
     /// Host copies of the states, per lane `[all tokens, hidden]`: the
     /// block-0 inputs until the first block decides where states live,
     /// then empty (on the device) or the states between passes.
-    host_x: Vec<Vec<f32>>,
+    host_x: Vec<HostStates>,
+    /// Whether host states are page-locked (`GPTQ_CUDA_PINNED=0`: no).
+    pinned: bool,
+    /// The stream host states are copied on (see `staging`).
+    copy: Arc<cudarc::driver::CudaStream>,
     /// Sequence ranges run through the device one after another when the
     /// states do not fit there (`None`: all on the device).
     chunks: Option<Vec<std::ops::Range<usize>>>,
@@ -326,6 +335,7 @@ impl GpuCalibration {
             dev.info.driver_version,
             BLOCK_FUNCTIONS,
         )?;
+        let copy = dev.stream.clone();
         Ok(GpuCalibration {
             dev,
             solver,
@@ -343,6 +353,8 @@ impl GpuCalibration {
             limit: None,
             max_chunk_tokens: None,
             host_x: Vec::new(),
+            pinned: staging::want_pinned(),
+            copy,
             chunks: None,
             lanes: Vec::new(),
             block: None,
@@ -1013,8 +1025,10 @@ impl GpuCalibration {
         let bw = (nh * d).max(inter);
         // Device bytes per calibration token and lane: the residual (f32),
         // `a` and `b` (f16), and the kept block input (f32) when resident.
-        let chunked_tok = nl * (4 * h + 2 * h + 2 * bw);
-        let resident_tok = chunked_tok + nl * 4 * h;
+        // On the host, two residual buffers (one computes, the other
+        // copies).
+        let resident_tok = nl * (2 * 4 * h + 2 * h + 2 * bw);
+        let chunked_tok = resident_tok;
         // Fixed: the block's f16 weights per lane and H (and C) of every
         // input point; then the largest of what lives only for a while —
         // the solver's f64 factor, U and four weight-sized f32 buffers of
@@ -1054,10 +1068,11 @@ impl GpuCalibration {
             self.offs = self.all_offs.clone();
             self.tokens = all;
             for _ in 0..nl {
-                let x = self.dev.upload(&x0)?;
+                let x = self.dev.upload(&x0[..])?;
                 self.lanes.push(Lane {
                     x,
                     x_in: None,
+                    x_alt: None,
                     a: None,
                     b: None,
                 });
@@ -1099,61 +1114,34 @@ impl GpuCalibration {
             chunks.len(),
             self.cap_tokens
         );
+        let two = chunks.len() > 1;
         for _ in 0..nl {
             let x = self.dev.zeros::<f32>(self.cap_tokens * h)?;
+            let x_alt = two
+                .then(|| self.dev.zeros::<f32>(self.cap_tokens * h))
+                .transpose()?;
             self.lanes.push(Lane {
                 x,
                 x_in: None,
+                x_alt,
                 a: None,
                 b: None,
             });
         }
-        self.host_x = vec![x0; nl];
+        self.host_x = (0..nl)
+            .map(|_| HostStates::from_slice(&self.dev, &x0, self.pinned))
+            .collect();
+        let pinned = self.host_x.iter().all(HostStates::is_pinned);
+        self.copy = staging::copy_stream(&self.dev, pinned)?;
+        tracing::debug!(
+            "host states {}",
+            if pinned {
+                "page-locked, copies overlapped on a second stream"
+            } else {
+                "in ordinary memory, copies on the compute stream"
+            }
+        );
         self.chunks = Some(chunks);
-        Ok(())
-    }
-
-    /// Puts chunk `ci`'s sequences (host states) on the device.
-    fn enter_chunk(&mut self, ci: usize) -> Result<()> {
-        let r = match &self.chunks {
-            Some(c) => c[ci].clone(),
-            None => return Err(Error::Shape("the states are on the device".into())),
-        };
-        self.lens = self.all_lens[r.clone()].to_vec();
-        self.offs = offsets(&self.lens);
-        self.tokens = self.lens.iter().sum();
-        let (from, n) = (
-            self.all_offs[r.start] * self.hidden,
-            self.tokens * self.hidden,
-        );
-        for (lane, host) in self.lanes.iter_mut().zip(&self.host_x) {
-            let mut dst = lane.x.slice_mut(0..n);
-            self.dev
-                .stream
-                .memcpy_htod(&host[from..from + n], &mut dst)
-                .ctx("copying states to the device")?;
-        }
-        self.done = 0;
-        Ok(())
-    }
-
-    /// Copies chunk `ci`'s states back to the host.
-    fn leave_chunk(&mut self, ci: usize) -> Result<()> {
-        let start = match &self.chunks {
-            Some(c) => c[ci].start,
-            None => return Ok(()),
-        };
-        let (from, n) = (
-            self.all_offs[start] * self.hidden,
-            self.tokens * self.hidden,
-        );
-        for (lane, host) in self.lanes.iter().zip(self.host_x.iter_mut()) {
-            let src = lane.x.slice(0..n);
-            self.dev
-                .stream
-                .memcpy_dtoh(&src, &mut host[from..from + n])
-                .ctx("copying states to the host")?;
-        }
         Ok(())
     }
 
@@ -1226,7 +1214,8 @@ impl GpuCalibration {
     /// The residual stream of all sequences `[tokens, hidden]`.
     pub fn residual(&self) -> Result<Vec<f32>> {
         if self.chunks.is_some() {
-            return Ok(self.host_x[0].clone());
+            self.copy.synchronize().ctx("synchronizing the copies")?;
+            return Ok(self.host_x[0].to_vec());
         }
         let lane = self
             .lanes
@@ -1283,7 +1272,10 @@ impl gptq_pipeline::BlockDevice for GpuCalibration {
         self.hess.clear();
         // The inputs wait on the host until the first block decides where
         // the states live (see `place_states`).
-        self.host_x = vec![vec![0.0; lengths.iter().sum::<usize>() * hidden]];
+        self.host_x = vec![HostStates::Pageable(vec![
+            0.0;
+            lengths.iter().sum::<usize>() * hidden
+        ])];
         Ok(())
     }
 
@@ -1319,17 +1311,14 @@ impl gptq_pipeline::BlockDevice for GpuCalibration {
 
     fn collect(&mut self, points: &[usize]) -> gptq_pipeline::Result<()> {
         let end = points.iter().copied().max().map_or(0, |p| p + 1);
-        if let Some(n) = self.chunk_count() {
+        if self.chunk_count().is_some() {
             // Every pass starts from the block input: the same states as
             // going on would give (the earlier segments' weights are final
             // or rewound to) — see `quantize_on_device`.
             self.hess.clear();
-            for ci in 0..n {
-                self.enter_chunk(ci).map_err(to_pipeline)?;
-                self.run_to(end, points).map_err(to_pipeline)?;
-            }
-            self.done = 0;
-            return Ok(());
+            return self
+                .over_chunks(false, |s| s.run_to(end, points))
+                .map_err(to_pipeline);
         }
         if points.iter().any(|&p| p < self.done) {
             return Err(gptq_pipeline::Error::Device(format!(
@@ -1374,13 +1363,9 @@ impl gptq_pipeline::BlockDevice for GpuCalibration {
 
     fn finish_block(&mut self) -> gptq_pipeline::Result<()> {
         self.hess.clear();
-        if let Some(n) = self.chunk_count() {
-            for ci in 0..n {
-                self.enter_chunk(ci).map_err(to_pipeline)?;
-                self.run_to(5, &[]).map_err(to_pipeline)?;
-                self.leave_chunk(ci).map_err(to_pipeline)?;
-            }
-            self.done = 0;
+        if self.chunk_count().is_some() {
+            self.over_chunks(true, |s| s.run_to(5, &[]))
+                .map_err(to_pipeline)?;
             return self.dev.synchronize().map_err(to_pipeline);
         }
         self.run_to(5, &[]).map_err(to_pipeline)?;
