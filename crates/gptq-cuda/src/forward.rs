@@ -1274,7 +1274,8 @@ impl gptq_pipeline::BlockDevice for GpuCalibration {
         // the states live (see `place_states`).
         self.host_x = vec![HostStates::Pageable(vec![
             0.0;
-            lengths.iter().sum::<usize>() * hidden
+            lengths.iter().sum::<usize>()
+                * hidden
         ])];
         Ok(())
     }

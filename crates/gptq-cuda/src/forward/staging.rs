@@ -75,7 +75,9 @@ impl Deref for HostStates {
         match self {
             // Valid for `len` f32 while `self` lives; the copies that write
             // it are synchronized before the host reads (module docs).
-            HostStates::Pinned { ptr, len, .. } => unsafe { std::slice::from_raw_parts(*ptr, *len) },
+            HostStates::Pinned { ptr, len, .. } => unsafe {
+                std::slice::from_raw_parts(*ptr, *len)
+            },
             HostStates::Pageable(v) => v,
         }
     }
@@ -139,7 +141,8 @@ impl GpuCalibration {
             .ok_or_else(|| Error::Shape("the states are on the device".into()))?;
         let cs = self.copy.clone();
         // The buffers may still be read by earlier compute.
-        cs.wait(&event(&self.dev.stream)?).ctx("ordering the copy stream")?;
+        cs.wait(&event(&self.dev.stream)?)
+            .ctx("ordering the copy stream")?;
         let mut ready = Vec::with_capacity(n);
         for ci in 0..n.min(2) {
             self.copy_chunk(ci, ci == 1, true)?;
