@@ -137,6 +137,20 @@ extern "C" __global__ void blk_add_bias(float *__restrict__ y, const float *__re
         y[i] += b[i % n];
 }
 
+// Rotary positions, rotate-half form: the pair (a, b) of dimensions i and
+// i + d/2 turned by `ang` (0 leaves it as is: v, and OPT's zero
+// frequencies), written as f16.
+__device__ __forceinline__ void rope_pair(float a, float b, float ang, u16 *da, u16 *db) {
+    if (ang != 0.f) {
+        const float c = cosf(ang), s = sinf(ang);
+        const float a2 = a * c - b * s;
+        b = b * c + a * s;
+        a = a2;
+    }
+    *da = f32_to_f16(a);
+    *db = f32_to_f16(b);
+}
+
 // One sequence's q, k, v (f32 [len, heads·d]) to head-major f16 with rotary
 // positions (HF rotate_half: pairs (i, i + d/2), angle = inv_freq[i]·t in
 // f32) on q and k. Grid (len, nh + 2·nkv), block d/2 threads.
@@ -164,17 +178,7 @@ extern "C" __global__ void blk_qkv_heads(const float *__restrict__ q, const floa
         dst = vh + ((u64)hv * len + t) * d;
         rotate = false;
     }
-    float a = src[i], b = src[i + half];
-    if (rotate) {
-        float ang = inv_freq[i] * (float)t;
-        float c = cosf(ang), s = sinf(ang);
-        float a2 = a * c - b * s;
-        float b2 = b * c + a * s;
-        a = a2;
-        b = b2;
-    }
-    dst[i] = f32_to_f16(a);
-    dst[i + half] = f32_to_f16(b);
+    rope_pair(src[i], src[i + half], rotate ? inv_freq[i] * (float)t : 0.f, dst + i, dst + i + half);
 }
 
 // Causal softmax of one row of S (already scaled) per block: row r is
@@ -341,17 +345,8 @@ extern "C" __global__ void dec_rope_kv(u16 *__restrict__ q, int ldq, const u16 *
         dst = vc + ((u64)hv * cap + t) * d;
         rotate = false;
     }
-    float a = f16_to_f32(src[i]), b = f16_to_f32(src[i + half]);
-    if (rotate) {
-        float ang = inv_freq[i] * (float)t;
-        float c = cosf(ang), s = sinf(ang);
-        float a2 = a * c - b * s;
-        float b2 = b * c + a * s;
-        a = a2;
-        b = b2;
-    }
-    dst[i] = f32_to_f16(a);
-    dst[i + half] = f32_to_f16(b);
+    rope_pair(f16_to_f32(src[i]), f16_to_f32(src[i + half]), rotate ? inv_freq[i] * (float)t : 0.f,
+              dst + i, dst + i + half);
 }
 
 // Attention of one query row and head per block (grid (nh, m), blockDim a

@@ -412,13 +412,18 @@ impl GpuCalibration {
     fn upload_f16(&self, v: &[f32]) -> Result<CudaSlice<u16>> {
         let src = self.dev.upload(v)?;
         let out = self.dev.zeros::<u16>(v.len())?;
-        let n = v.len() as u64;
-        let f = self.func("blk_to_f16")?;
-        let (ps, po) = (self.p(&src), self.p(&out));
-        let mut l = self.dev.stream.launch_builder(f);
-        l.arg(&ps).arg(&n).arg(&po);
-        unsafe { l.launch(grid(v.len())) }.ctx("blk_to_f16")?;
+        self.to_f16(self.p(&src), v.len(), self.p(&out))?;
         Ok(out)
+    }
+
+    /// `out[i] = f16(src[i])` for `n` f32 values (device pointers).
+    fn to_f16(&self, src: u64, n: usize, out: u64) -> Result<()> {
+        let f = self.func("blk_to_f16")?;
+        let n64 = n as u64;
+        let mut l = self.dev.stream.launch_builder(f);
+        l.arg(&src).arg(&n64).arg(&out);
+        unsafe { l.launch(grid(n)) }.ctx("blk_to_f16")?;
+        Ok(())
     }
 
     /// `y[rows, n] += bias` (when there is one).
@@ -545,26 +550,43 @@ impl GpuCalibration {
         Ok(())
     }
 
-    /// Segment 3: `b = f16(silu(a·W_gateᵀ) · a·W_upᵀ)`, in row chunks.
+    /// Segment 3, the MLP's inner activation into `b`, in row chunks:
+    /// `f16(silu(a·W_gateᵀ) · a·W_upᵀ)` (Llama), `f16(relu(a·W_fc1ᵀ +
+    /// b_fc1))` (OPT).
     fn mlp_inner(&self, lane: usize) -> Result<()> {
         let (_, a, b, blk, lins) = self.state(lane)?;
+        let ins = blk
+            .form
+            .mlp_in()
+            .iter()
+            .map(|n| layer(lins, n))
+            .collect::<Result<Vec<_>>>()?;
+        let f = self.func(match blk.form {
+            Form::Llama => "blk_silu_mul",
+            Form::Opt { .. } => "blk_relu",
+        })?;
         let inter = blk.inter;
         let chunk = (MLP_CHUNK_BYTES / (8 * inter.max(1))).clamp(1, self.tokens.max(1));
-        let g = self.dev.zeros::<f32>(chunk * inter)?;
-        let u = self.dev.zeros::<f32>(chunk * inter)?;
-        let (pg, pu, pa, pb) = (self.p(&g), self.p(&u), self.p(a), self.p(b));
-        let (lg, lu) = (layer(lins, "mlp.gate_proj")?, layer(lins, "mlp.up_proj")?);
-        let f = self.func("blk_silu_mul")?;
+        let bufs = ins
+            .iter()
+            .map(|_| self.dev.zeros::<f32>(chunk * inter))
+            .collect::<Result<Vec<_>>>()?;
+        let ptrs: Vec<u64> = bufs.iter().map(|g| self.p(g)).collect();
+        let (pa, pb) = (self.p(a), self.p(b));
         for r0 in (0..self.tokens).step_by(chunk) {
             let rows = chunk.min(self.tokens - r0);
             let x0 = pa + (r0 * self.hidden * 2) as u64;
-            self.linear(lg, x0, rows, pg, 0.0)?;
-            self.linear(lu, x0, rows, pu, 0.0)?;
+            for (l, &p) in ins.iter().zip(&ptrs) {
+                self.linear(l, x0, rows, p, 0.0)?;
+            }
             let n = (rows * inter) as u64;
             let out = pb + (r0 * inter * 2) as u64;
             let mut l = self.dev.stream.launch_builder(f);
-            l.arg(&pg).arg(&pu).arg(&n).arg(&out);
-            unsafe { l.launch(grid(rows * inter)) }.ctx("blk_silu_mul")?;
+            for p in &ptrs {
+                l.arg(p);
+            }
+            l.arg(&n).arg(&out);
+            unsafe { l.launch(grid(rows * inter)) }.ctx("the MLP activation")?;
         }
         Ok(())
     }
@@ -598,8 +620,7 @@ impl GpuCalibration {
                         }
                     }
                 }
-                (3, Form::Llama) => self.mlp_inner(lane)?,
-                (3, Form::Opt { .. }) => self.relu_mlp_inner(lane)?,
+                (3, _) => self.mlp_inner(lane)?,
                 (4, form) => {
                     let down = layer(lins, form.down())?;
                     self.linear(down, pb, self.tokens, px, 1.0)?;
@@ -633,13 +654,7 @@ impl GpuCalibration {
             return self.layer_norm(lane, w, b, eps, false);
         }
         let (x, a, _, _, _) = self.state(lane)?;
-        let n = (self.tokens * self.hidden) as u64;
-        let (px, pa) = (self.p(x), self.p(a));
-        let f = self.func("blk_to_f16")?;
-        let mut l = self.dev.stream.launch_builder(f);
-        l.arg(&px).arg(&n).arg(&pa);
-        unsafe { l.launch(grid(n as usize)) }.ctx("blk_to_f16")?;
-        Ok(())
+        self.to_f16(self.p(x), self.tokens * self.hidden, self.p(a))
     }
 
     /// `a = f16(LayerNorm(x))`; with `write_x` also `x = LayerNorm(x)`.
@@ -661,27 +676,6 @@ impl GpuCalibration {
             self.dev
                 .launch(f, norm_cfg(h, self.tokens)?, args, false, "blk_layer_norm")
         }
-    }
-
-    /// OPT segment 3: `b = f16(relu(a·W_fc1ᵀ + b_fc1))`, in row chunks.
-    fn relu_mlp_inner(&self, lane: usize) -> Result<()> {
-        let (_, a, b, blk, lins) = self.state(lane)?;
-        let inter = blk.inter;
-        let chunk = (MLP_CHUNK_BYTES / (8 * inter.max(1))).clamp(1, self.tokens.max(1));
-        let g = self.dev.zeros::<f32>(chunk * inter)?;
-        let (pg, pa, pb) = (self.p(&g), self.p(a), self.p(b));
-        let fc1 = layer(lins, "fc1")?;
-        let f = self.func("blk_relu")?;
-        for r0 in (0..self.tokens).step_by(chunk) {
-            let rows = chunk.min(self.tokens - r0);
-            self.linear(fc1, pa + (r0 * self.hidden * 2) as u64, rows, pg, 0.0)?;
-            let n = (rows * inter) as u64;
-            let out = pb + (r0 * inter * 2) as u64;
-            let mut l = self.dev.stream.launch_builder(f);
-            l.arg(&pg).arg(&n).arg(&out);
-            unsafe { l.launch(grid(rows * inter)) }.ctx("blk_relu")?;
-        }
-        Ok(())
     }
 
     /// The f16 input buffer of point `p` in lane `lane` and its width.

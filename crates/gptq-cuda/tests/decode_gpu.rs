@@ -9,7 +9,7 @@
 use gptq_core::QLinear;
 use gptq_cuda::{Cuda, GpuDecoder};
 use gptq_infer::generate::{CpuDecoder, Decoder};
-use gptq_io::gptq::{CheckpointWriter, QuantizeConfig, TensorData};
+use gptq_io::gptq::QuantizeConfig;
 use gptq_pipeline::{Method, PipelineOptions};
 use gptq_quant::GptqParams;
 use std::path::Path;
@@ -17,13 +17,13 @@ use std::sync::Arc;
 
 mod common;
 use common::*;
+#[path = "../../gptq-pipeline/tests/support/checkpoint.rs"]
+mod checkpoint;
+use checkpoint::quantize_to_checkpoint;
 
 /// Quantizes stories260K (`bits`, groups of 32, act-order) into `out` as a
 /// GPTQ v1 checkpoint; layers the packing cannot hold stay dense.
 fn quantize(out: &Path, bits: u32, method: Method) {
-    let dir = stories();
-    let files = gptq_io::source::open_dir(&dir).unwrap();
-    let model = gptq_models::layerwise(&files).unwrap();
     let params = GptqParams {
         bits,
         group_size: Some(32),
@@ -36,41 +36,14 @@ fn quantize(out: &Path, bits: u32, method: Method) {
     let mut qcfg = QuantizeConfig::new(bits, Some(32));
     qcfg.sym = false;
     qcfg.desc_act = opts.params.desc_act;
-    let mut writer = CheckpointWriter::create(out, true, None).unwrap();
-    let mut names = std::collections::HashSet::new();
-    let mut sink = |_: usize, qs: Vec<(String, QLinear)>, _| -> gptq_pipeline::Result<()> {
-        for (n, q) in qs {
-            let p = gptq_core::pack::pack(&q, gptq_core::pack::Format::V1).unwrap();
-            writer.add_packed(&n, &p).unwrap();
-            names.insert(n);
-        }
-        Ok(())
-    };
-    let reports =
-        gptq_pipeline::quantize(model.as_ref(), &calib, &opts, &mut (), &mut sink).unwrap();
-    let mut cfg = qcfg.clone();
-    for r in reports.iter().filter(|r| r.skipped.is_some()) {
-        cfg.dynamic.push(
-            gptq_io::gptq::DynamicRule::new(
-                &format!("-:^{}$", r.name.replace('.', "\\.")),
-                Default::default(),
-            )
-            .unwrap(),
-        );
-    }
-    for n in files.weights.names() {
-        let base = n.trim_end_matches(".weight").trim_end_matches(".bias");
-        if !names.contains(base) {
-            writer
-                .add(
-                    n.clone(),
-                    TensorData::from_raw(files.weights.load_raw(&n).unwrap()),
-                )
-                .unwrap();
-        }
-    }
-    let extra = gptq_io::gptq::auxiliary_files(&dir);
-    writer.finish(&files.config, &cfg, &extra).unwrap();
+    quantize_to_checkpoint(
+        &stories(),
+        &opts,
+        &calib,
+        &qcfg,
+        gptq_core::pack::Format::V1,
+        out,
+    );
 }
 
 /// The GPU's logits after a 40-token prompt and after each of 20 more

@@ -4,12 +4,16 @@
 //! used in memory.
 
 use gptq_core::QLinear;
-use gptq_io::gptq::{CheckpointWriter, QuantizeConfig, TensorData};
+use gptq_io::gptq::QuantizeConfig;
 use gptq_models::{Batch, CausalLm};
 use gptq_pipeline::{LayerReport, Method, PipelineOptions};
 use gptq_quant::GptqParams;
 use std::collections::HashMap;
 use std::path::PathBuf;
+
+#[path = "support/checkpoint.rs"]
+mod checkpoint;
+use checkpoint::quantize_to_checkpoint;
 
 fn shared() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data")
@@ -57,9 +61,6 @@ fn quantize(
     calib: &[Vec<u32>],
     asym_calib: bool,
 ) -> HashMap<String, QLinear> {
-    let dir = shared().join("models/stories260K");
-    let files = gptq_io::source::open_dir(&dir).unwrap();
-    let model = gptq_models::layerwise(&files).unwrap();
     let params = GptqParams {
         bits,
         group_size: Some(32),
@@ -73,43 +74,15 @@ fn quantize(
     let mut qcfg = QuantizeConfig::new(bits, Some(32));
     qcfg.sym = false;
     qcfg.checkpoint_format = "gptq_v2".into();
-    let mut writer = CheckpointWriter::create(out, true, None).unwrap();
-    let mut layers = HashMap::new();
-    let mut sink = |_: usize, qs: Vec<(String, QLinear)>, _| -> gptq_pipeline::Result<()> {
-        for (n, q) in qs {
-            let p = gptq_core::pack::pack(&q, gptq_core::pack::Format::V2).unwrap();
-            writer.add_packed(&n, &p).unwrap();
-            layers.insert(n, q);
-        }
-        Ok(())
-    };
-    let reports =
-        gptq_pipeline::quantize(model.as_ref(), calib, &opts, &mut (), &mut sink).unwrap();
     // The MLP (172 wide) does not pack at 3/4 bits and stays dense.
-    let mut cfg = qcfg.clone();
-    for r in reports.iter().filter(|r| r.skipped.is_some()) {
-        cfg.dynamic.push(
-            gptq_io::gptq::DynamicRule::new(
-                &format!("-:^{}$", r.name.replace('.', "\\.")),
-                Default::default(),
-            )
-            .unwrap(),
-        );
-    }
-    for n in files.weights.names() {
-        let base = n.trim_end_matches(".weight").trim_end_matches(".bias");
-        if !layers.contains_key(base) {
-            writer
-                .add(
-                    n.clone(),
-                    TensorData::from_raw(files.weights.load_raw(&n).unwrap()),
-                )
-                .unwrap();
-        }
-    }
-    let extra: Vec<gptq_io::gptq::ExtraFile> = gptq_io::gptq::auxiliary_files(&dir);
-    writer.finish(&files.config, &cfg, &extra).unwrap();
-    layers
+    quantize_to_checkpoint(
+        &shared().join("models/stories260K"),
+        &opts,
+        calib,
+        &qcfg,
+        gptq_core::pack::Format::V2,
+        out,
+    )
 }
 
 /// Asymmetric calibration (fit to the full-precision outputs) beats plain
