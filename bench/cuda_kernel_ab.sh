@@ -4,7 +4,7 @@
 # stories260K/, decode_gpu.gz). Prints: the decoder tests (SwiGLU epilogue) and the new kernels' check against the
 # f64 reference; `gptq bench kernels` for both; 1024 decoded
 # tokens of an 8B-shaped w4 g128 model of BLOCKS blocks (RTN) with each binary, twice, alternating; greedy text hashes.
-#   bash bench/cuda_gemv_unroll.sh [BLOCKS]
+#   bash bench/cuda_kernel_ab.sh [BLOCKS]
 set -u
 BLOCKS=${1:-8}
 B=/tmp/bin; mkdir -p $B
