@@ -517,16 +517,15 @@ fn host_loop(
 ) -> Result<Vec<LayerReport>> {
     let arch = model.arch();
     let hidden = model.hidden_size();
-    let mut states: Vec<SeqState> = samples
-        .iter()
-        .map(|s| {
-            Ok(SeqState {
-                x: model.embed(s)?,
-                t: Vec::new(),
-                done: 0,
-            })
+    let mut states: Vec<SeqState> = model
+        .embed_all(samples)?
+        .into_iter()
+        .map(|x| SeqState {
+            x,
+            t: Vec::new(),
+            done: 0,
         })
-        .collect::<Result<_>>()?;
+        .collect();
     let input_bytes: usize = states.iter().map(SeqState::bytes).sum();
     // Who accumulates the statistics and solves the layers.
     let backend: &dyn gptq_quant::LayerSolver =
