@@ -351,6 +351,13 @@ struct FpPath<'a> {
     /// No later group needs an input point before this group's last, so
     /// the states can advance in place (the weights never change).
     adopt: bool,
+    /// No later group needs the full-precision inputs at all (this is the
+    /// block's last group) and the next block needs its outputs: each state
+    /// runs on to the end of the block right after its inputs are taken,
+    /// as `finish_block` would later, so that the wide intermediate of the
+    /// last point (the MLP's, `intermediate_size` columns) is never held
+    /// for every sequence at once. Requires `adopt`.
+    finish: bool,
 }
 
 /// Runs every sequence up to the last input point of `group`, accumulating
@@ -412,6 +419,10 @@ fn collect_hessians(
                 }
                 Ok(())
             })?;
+            if fp.finish {
+                // The same segments `finish_block` would run next.
+                finish_state(fp.block, run, seq)?;
+            }
         }
         let mut scratch = st.clone();
         scratch.advance(block, seq, last + 1, &mut |p, t| {
@@ -571,11 +582,14 @@ fn host_loop(
         }
         let mut done: Vec<(String, QLinear)> = Vec::new();
         let mut kept: usize = states.iter().map(SeqState::bytes).sum();
-        for g in &plan {
+        // Whether the block's outputs are needed (see `finish_block` below).
+        let outputs_needed = opts.method == Method::Gptq && b + 1 < blocks;
+        for (gi, g) in plan.iter().enumerate() {
             let fp = fp_block.as_ref().map(|fb| FpPath {
                 block: fb.as_ref(),
                 states: &mut fp_states,
                 adopt: g.fp_adopt,
+                finish: g.fp_adopt && gi + 1 == plan.len() && outputs_needed,
             });
             let hs = if opts.method == Method::Gptq {
                 Some(collect_hessians(
@@ -668,11 +682,10 @@ fn host_loop(
         }
         // The block's outputs (with its quantized layers) are the next
         // block's inputs. Round-to-nearest needs no activations at all.
-        if opts.method == Method::Gptq && b + 1 < blocks {
+        // The full-precision states already ran to the block's end in its
+        // last group's pass (`FpPath::finish`).
+        if outputs_needed {
             finish_block(block.as_ref(), &mut states, hidden, &mut times)?;
-            if let Some(fb) = &fp_block {
-                finish_block(fb.as_ref(), &mut fp_states, hidden, &mut times)?;
-            }
         }
         sink(b, done, reports[first..].to_vec())?;
         tracing::debug!("block {b}: {times:?} so far");
@@ -696,14 +709,21 @@ fn finish_block(
     times: &mut Times,
 ) -> Result<()> {
     let t0 = Instant::now();
-    let end = block.arch().input_points.len() + 1;
     for st in states.iter_mut() {
         let seq = st.x.len() / hidden;
-        st.advance(block, seq, end, &mut |_, _| Ok(()))?;
-        st.done = 0;
-        st.t = Vec::new();
+        finish_state(block, st, seq)?;
     }
     times.forward += t0.elapsed().as_secs_f64();
+    Ok(())
+}
+
+/// Runs one sequence's state to the end of `block`: `st.x` becomes the
+/// next block's input (`done = 0`, no pending intermediate).
+fn finish_state(block: &dyn BlockRunner, st: &mut SeqState, seq: usize) -> Result<()> {
+    let end = block.arch().input_points.len() + 1;
+    st.advance(block, seq, end, &mut |_, _| Ok(()))?;
+    st.done = 0;
+    st.t = Vec::new();
     Ok(())
 }
 
