@@ -566,6 +566,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             &work,
         )?,
     };
+    // The calibration states are gone; give their memory back before the
+    // unquantized tensors (the embedding matrix) are read and written.
+    crate::release_free_memory();
     let gpu_peak = gpu_calib
         .as_ref()
         .and_then(gptq_pipeline::BlockDevice::peak_memory);
