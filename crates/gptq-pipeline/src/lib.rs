@@ -309,6 +309,15 @@ struct SeqState {
 }
 
 impl SeqState {
+    /// A state that holds nothing (no longer needed).
+    fn empty() -> Self {
+        Self {
+            x: Vec::new(),
+            t: Vec::new(),
+            done: 0,
+        }
+    }
+
     fn bytes(&self) -> usize {
         (self.x.len() + self.t.len()) * std::mem::size_of::<f32>()
     }
@@ -351,13 +360,23 @@ struct FpPath<'a> {
     /// No later group needs an input point before this group's last, so
     /// the states can advance in place (the weights never change).
     adopt: bool,
-    /// No later group needs the full-precision inputs at all (this is the
-    /// block's last group) and the next block needs its outputs: each state
-    /// runs on to the end of the block right after its inputs are taken,
-    /// as `finish_block` would later, so that the wide intermediate of the
-    /// last point (the MLP's, `intermediate_size` columns) is never held
-    /// for every sequence at once. Requires `adopt`.
-    finish: bool,
+    /// What happens to each state once this group's inputs are taken.
+    after: FpAfter,
+}
+
+/// What the full-precision lane does with a state after its group's pass.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FpAfter {
+    /// It waits at the group's last point for the next group.
+    Keep,
+    /// This is the block's last group and the next block needs its outputs:
+    /// it runs on to the end of the block right away, as `finish_block`
+    /// would later, so that the wide intermediate of the last point (the
+    /// MLP's, `intermediate_size` columns) is never held for every sequence
+    /// at once. Requires `adopt`.
+    Finish,
+    /// This is the last group of the last block: the state is dropped.
+    Free,
 }
 
 /// Runs every sequence up to the last input point of `group`, accumulating
@@ -419,9 +438,11 @@ fn collect_hessians(
                 }
                 Ok(())
             })?;
-            if fp.finish {
+            match fp.after {
+                FpAfter::Keep => {}
                 // The same segments `finish_block` would run next.
-                finish_state(fp.block, run, seq)?;
+                FpAfter::Finish => finish_state(fp.block, run, seq)?,
+                FpAfter::Free => *run = SeqState::empty(),
             }
         }
         let mut scratch = st.clone();
@@ -589,7 +610,11 @@ fn host_loop(
                 block: fb.as_ref(),
                 states: &mut fp_states,
                 adopt: g.fp_adopt,
-                finish: g.fp_adopt && gi + 1 == plan.len() && outputs_needed,
+                after: match (g.fp_adopt && gi + 1 == plan.len(), outputs_needed) {
+                    (false, _) => FpAfter::Keep,
+                    (true, true) => FpAfter::Finish,
+                    (true, false) => FpAfter::Free,
+                },
             });
             let hs = if opts.method == Method::Gptq {
                 Some(collect_hessians(
@@ -683,7 +708,7 @@ fn host_loop(
         // The block's outputs (with its quantized layers) are the next
         // block's inputs. Round-to-nearest needs no activations at all.
         // The full-precision states already ran to the block's end in its
-        // last group's pass (`FpPath::finish`).
+        // last group's pass (`FpAfter::Finish`).
         if outputs_needed {
             finish_block(block.as_ref(), &mut states, hidden, &mut times)?;
         }
