@@ -117,8 +117,9 @@ fn tune_allocator() {}
 
 /// Returns the heap's free memory to the system (the tuning above keeps up
 /// to 512 MiB of it). Called after a large temporary is dropped, e.g. the
-/// tokenized calibration corpus, so that it does not count in the peak
-/// resident memory of what follows.
+/// tokenized calibration corpus, and by quantize after each layer (between
+/// passes over the calibration states), so that it does not count in the
+/// peak resident memory of what follows.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 pub fn release_free_memory() {
     extern "C" {

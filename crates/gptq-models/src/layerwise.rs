@@ -142,6 +142,13 @@ pub trait LayerwiseModel: Send + Sync {
     fn hidden_size(&self) -> usize;
     /// Input of block 0 for one sequence: `[seq, hidden]`.
     fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>>;
+    /// The inputs of block 0 for every sequence of `seqs`, each as
+    /// [`Self::embed`] gives it. A model may read its embedding matrix for
+    /// this call only instead of keeping it resident (GPTQ calibration
+    /// embeds all its samples once, then never again).
+    fn embed_all(&self, seqs: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+        seqs.iter().map(|s| self.embed(s)).collect()
+    }
     /// Loads block `i` from the checkpoint.
     fn block(&self, i: usize) -> Result<Box<dyn BlockRunner + '_>>;
     /// The final norm and output layer in the Llama form, for backends that

@@ -444,26 +444,59 @@ impl CausalLm for Llama {
 pub struct LlamaLayers<'a> {
     cfg: LlamaConfig,
     rope: Rope,
-    embed: gptq_core::Tensor,
+    /// The embedding matrix `[vocab, hidden]` in f32, loaded by the first
+    /// [`LayerwiseModel::embed`] or [`LayerwiseModel::llama_head`] call and
+    /// kept from then on; [`LayerwiseModel::embed_all`] (GPTQ calibration)
+    /// loads it only for the call, so it is not resident while the blocks
+    /// run.
+    ///
+    /// [`LayerwiseModel::embed`]: crate::LayerwiseModel::embed
+    /// [`LayerwiseModel::llama_head`]: crate::LayerwiseModel::llama_head
+    /// [`LayerwiseModel::embed_all`]: crate::LayerwiseModel::embed_all
+    embed: std::sync::OnceLock<gptq_core::Tensor>,
     w: Weights<'a>,
 }
 
+const EMBED: &str = "model.embed_tokens.weight";
+
 impl<'a> LlamaLayers<'a> {
-    /// Parses the config and loads the embeddings only.
+    /// Parses the config and checks that the embedding matrix is there
+    /// with its shape (its values are read when first needed).
     pub fn open(config: &Value, w: Weights<'a>) -> Result<Self> {
         let cfg = LlamaConfig::from_json(config)?;
         let rope = Rope::from_config(config, cfg.head_dim)?;
-        let embed = w.get(
-            "model.embed_tokens.weight",
-            &[cfg.vocab_size, cfg.hidden_size],
-        )?;
+        w.check_shape(EMBED, &[cfg.vocab_size, cfg.hidden_size])?;
         Ok(Self {
             cfg,
             rope,
-            embed,
+            embed: std::sync::OnceLock::new(),
             w,
         })
     }
+
+    /// Reads the embedding matrix from the checkpoint.
+    fn load_embed(&self) -> Result<gptq_core::Tensor> {
+        self.w
+            .get(EMBED, &[self.cfg.vocab_size, self.cfg.hidden_size])
+    }
+
+    /// The embedding matrix, loaded once and kept.
+    fn embed_table(&self) -> Result<&gptq_core::Tensor> {
+        if let Some(t) = self.embed.get() {
+            return Ok(t);
+        }
+        let t = self.load_embed()?;
+        Ok(self.embed.get_or_init(|| t))
+    }
+}
+
+/// The rows of `table` for `tokens` (checked against the vocabulary):
+/// `[tokens, hidden]`.
+fn embed_rows(table: &gptq_core::Tensor, tokens: &[u32]) -> Vec<f32> {
+    tokens
+        .iter()
+        .flat_map(|&t| table.row(t as usize).iter().copied())
+        .collect()
 }
 
 struct LlamaBlockRunner<'m> {
@@ -529,10 +562,23 @@ impl crate::LayerwiseModel for LlamaLayers<'_> {
 
     fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>> {
         crate::layerwise::check_tokens(tokens, self.cfg.vocab_size)?;
-        Ok(tokens
-            .iter()
-            .flat_map(|&t| self.embed.row(t as usize).iter().copied())
-            .collect())
+        Ok(embed_rows(self.embed_table()?, tokens))
+    }
+
+    fn embed_all(&self, seqs: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+        for s in seqs {
+            crate::layerwise::check_tokens(s, self.cfg.vocab_size)?;
+        }
+        // A table loaded here is dropped on return.
+        let loaded;
+        let table = match self.embed.get() {
+            Some(t) => t,
+            None => {
+                loaded = self.load_embed()?;
+                &loaded
+            }
+        };
+        Ok(seqs.iter().map(|s| embed_rows(table, s)).collect())
     }
 
     fn block(&self, i: usize) -> Result<Box<dyn BlockRunner + '_>> {
@@ -553,7 +599,7 @@ impl crate::LayerwiseModel for LlamaLayers<'_> {
             let l = Linear::load(&self.w, "lm_head", h, v)?;
             std::borrow::Cow::Owned(l.dense_weight().into_owned())
         } else {
-            std::borrow::Cow::Borrowed(&self.embed)
+            std::borrow::Cow::Borrowed(self.embed_table()?)
         };
         Ok(Some(crate::LlamaHead {
             norm,

@@ -54,6 +54,18 @@ impl<'a> Weights<'a> {
 
     /// Loads `name` and checks its shape.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        self.check_shape(name, shape)?;
+        let t = self.src.load_f32(name)?;
+        if let Some(i) = t.data().iter().position(|x| !x.is_finite()) {
+            return Err(Error::Input(format!(
+                "tensor `{name}` holds a non-finite value at index {i}"
+            )));
+        }
+        Ok(t)
+    }
+
+    /// Checks that `name` exists with shape `shape`, without reading it.
+    pub fn check_shape(&self, name: &str, shape: &[usize]) -> Result<()> {
         let got = self
             .src
             .shape(name)
@@ -67,13 +79,7 @@ impl<'a> Weights<'a> {
                 expected: shape.to_vec(),
             });
         }
-        let t = self.src.load_f32(name)?;
-        if let Some(i) = t.data().iter().position(|x| !x.is_finite()) {
-            return Err(Error::Input(format!(
-                "tensor `{name}` holds a non-finite value at index {i}"
-            )));
-        }
-        Ok(t)
+        Ok(())
     }
 
     /// Loads `name` if present.

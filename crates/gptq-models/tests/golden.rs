@@ -216,3 +216,31 @@ fn layerwise_blocks_reproduce_golden_logits() {
         assert!(!b.forward(&mut x0, t, &mut stop).unwrap());
     }
 }
+
+/// `embed_all` (GPTQ calibration; the Llama form reads its embedding matrix
+/// for that call only) gives each sequence exactly what `embed` gives,
+/// before and after `embed` has loaded and kept the matrix, and refuses
+/// tokens outside the vocabulary.
+#[test]
+fn embed_all_matches_embed() {
+    for dir in ["mistral", "opt-preln"] {
+        let dir = repo().join("tests/data/models").join(dir);
+        let files = gptq_io::source::open_dir(&dir).unwrap();
+        let lw = gptq_models::layerwise(&files).unwrap();
+        let golden = SafetensorsSource::open(&[dir.join("golden.safetensors")]).unwrap();
+        let (shape, tokens) = ids(&golden, "input_ids");
+        let t = shape[1];
+        let seqs = vec![tokens[..t].to_vec(), tokens[1..t].to_vec(), vec![]];
+        let first = lw.embed_all(&seqs).unwrap();
+        let one: Vec<Vec<f32>> = seqs.iter().map(|s| lw.embed(s).unwrap()).collect();
+        let again = lw.embed_all(&seqs).unwrap();
+        let bits = |v: &[Vec<f32>]| -> Vec<Vec<u32>> {
+            v.iter()
+                .map(|x| x.iter().map(|f| f.to_bits()).collect())
+                .collect()
+        };
+        assert_eq!(bits(&first), bits(&one), "{}", dir.display());
+        assert_eq!(bits(&again), bits(&one), "{}", dir.display());
+        assert!(lw.embed_all(&[vec![u32::MAX]]).is_err());
+    }
+}

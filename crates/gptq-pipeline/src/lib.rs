@@ -309,6 +309,15 @@ struct SeqState {
 }
 
 impl SeqState {
+    /// A state that holds nothing (no longer needed).
+    fn empty() -> Self {
+        Self {
+            x: Vec::new(),
+            t: Vec::new(),
+            done: 0,
+        }
+    }
+
     fn bytes(&self) -> usize {
         (self.x.len() + self.t.len()) * std::mem::size_of::<f32>()
     }
@@ -351,6 +360,23 @@ struct FpPath<'a> {
     /// No later group needs an input point before this group's last, so
     /// the states can advance in place (the weights never change).
     adopt: bool,
+    /// What happens to each state once this group's inputs are taken.
+    after: FpAfter,
+}
+
+/// What the full-precision lane does with a state after its group's pass.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FpAfter {
+    /// It waits at the group's last point for the next group.
+    Keep,
+    /// This is the block's last group and the next block needs its outputs:
+    /// it runs on to the end of the block right away, as `finish_block`
+    /// would later, so that the wide intermediate of the last point (the
+    /// MLP's, `intermediate_size` columns) is never held for every sequence
+    /// at once. Requires `adopt`.
+    Finish,
+    /// This is the last group of the last block: the state is dropped.
+    Free,
 }
 
 /// Runs every sequence up to the last input point of `group`, accumulating
@@ -412,6 +438,12 @@ fn collect_hessians(
                 }
                 Ok(())
             })?;
+            match fp.after {
+                FpAfter::Keep => {}
+                // The same segments `finish_block` would run next.
+                FpAfter::Finish => finish_state(fp.block, run, seq)?,
+                FpAfter::Free => *run = SeqState::empty(),
+            }
         }
         let mut scratch = st.clone();
         scratch.advance(block, seq, last + 1, &mut |p, t| {
@@ -517,16 +549,15 @@ fn host_loop(
 ) -> Result<Vec<LayerReport>> {
     let arch = model.arch();
     let hidden = model.hidden_size();
-    let mut states: Vec<SeqState> = samples
-        .iter()
-        .map(|s| {
-            Ok(SeqState {
-                x: model.embed(s)?,
-                t: Vec::new(),
-                done: 0,
-            })
+    let mut states: Vec<SeqState> = model
+        .embed_all(samples)?
+        .into_iter()
+        .map(|x| SeqState {
+            x,
+            t: Vec::new(),
+            done: 0,
         })
-        .collect::<Result<_>>()?;
+        .collect();
     let input_bytes: usize = states.iter().map(SeqState::bytes).sum();
     // Who accumulates the statistics and solves the layers.
     let backend: &dyn gptq_quant::LayerSolver =
@@ -572,11 +603,18 @@ fn host_loop(
         }
         let mut done: Vec<(String, QLinear)> = Vec::new();
         let mut kept: usize = states.iter().map(SeqState::bytes).sum();
-        for g in &plan {
+        // Whether the block's outputs are needed (see `finish_block` below).
+        let outputs_needed = opts.method == Method::Gptq && b + 1 < blocks;
+        for (gi, g) in plan.iter().enumerate() {
             let fp = fp_block.as_ref().map(|fb| FpPath {
                 block: fb.as_ref(),
                 states: &mut fp_states,
                 adopt: g.fp_adopt,
+                after: match (g.fp_adopt && gi + 1 == plan.len(), outputs_needed) {
+                    (false, _) => FpAfter::Keep,
+                    (true, true) => FpAfter::Finish,
+                    (true, false) => FpAfter::Free,
+                },
             });
             let hs = if opts.method == Method::Gptq {
                 Some(collect_hessians(
@@ -669,11 +707,10 @@ fn host_loop(
         }
         // The block's outputs (with its quantized layers) are the next
         // block's inputs. Round-to-nearest needs no activations at all.
-        if opts.method == Method::Gptq && b + 1 < blocks {
+        // The full-precision states already ran to the block's end in its
+        // last group's pass (`FpAfter::Finish`).
+        if outputs_needed {
             finish_block(block.as_ref(), &mut states, hidden, &mut times)?;
-            if let Some(fb) = &fp_block {
-                finish_block(fb.as_ref(), &mut fp_states, hidden, &mut times)?;
-            }
         }
         sink(b, done, reports[first..].to_vec())?;
         tracing::debug!("block {b}: {times:?} so far");
@@ -697,14 +734,21 @@ fn finish_block(
     times: &mut Times,
 ) -> Result<()> {
     let t0 = Instant::now();
-    let end = block.arch().input_points.len() + 1;
     for st in states.iter_mut() {
         let seq = st.x.len() / hidden;
-        st.advance(block, seq, end, &mut |_, _| Ok(()))?;
-        st.done = 0;
-        st.t = Vec::new();
+        finish_state(block, st, seq)?;
     }
     times.forward += t0.elapsed().as_secs_f64();
+    Ok(())
+}
+
+/// Runs one sequence's state to the end of `block`: `st.x` becomes the
+/// next block's input (`done = 0`, no pending intermediate).
+fn finish_state(block: &dyn BlockRunner, st: &mut SeqState, seq: usize) -> Result<()> {
+    let end = block.arch().input_points.len() + 1;
+    st.advance(block, seq, end, &mut |_, _| Ok(()))?;
+    st.done = 0;
+    st.t = Vec::new();
     Ok(())
 }
 

@@ -222,6 +222,11 @@ impl Progress for Bars {
         self.layers.set_position(0);
     }
     fn layer_done(&mut self, r: &LayerReport) {
+        // Layers are solved between the pipeline's passes over the
+        // calibration states: give the last pass's freed per-sequence
+        // scratch, which glibc keeps in its heap, back to the system so that
+        // it does not add to the next pass's peak (no effect on results).
+        crate::release_free_memory();
         self.layers.inc(1);
         let name = r
             .name
@@ -561,6 +566,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             &work,
         )?,
     };
+    // The calibration states are gone; give their memory back before the
+    // unquantized tensors (the embedding matrix) are read and written.
+    crate::release_free_memory();
     let gpu_peak = gpu_calib
         .as_ref()
         .and_then(gptq_pipeline::BlockDevice::peak_memory);
