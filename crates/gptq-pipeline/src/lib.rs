@@ -275,6 +275,15 @@ fn group_plan(arch: &ArchSpec, true_sequential: bool) -> Result<Vec<GroupPlan>> 
             fp_adopt,
         });
     }
+    // The last group always has `fp_adopt` (no later group), which is where
+    // the full-precision states finish the block (`FpAfter::Finish`): a plan
+    // without groups would leave them behind.
+    if plan.is_empty() {
+        return Err(Error::Input(format!(
+            "architecture {}: no linear layers to quantize",
+            arch.name
+        )));
+    }
     Ok(plan)
 }
 
