@@ -1,11 +1,10 @@
 #!/bin/bash
-# GPU-forward quantization over calibration seeds, for the GPU-vs-CPU perplexity comparison of issue 5 (the CPU side
-# runs on the CPU machine: bench/smollm2_seeds_cpu.sh, and the stories260K checkpoints made here come back in $OUT
-# to be evaluated next to the CPU's). On the GPU machine, from the repo root with .device-bin/ carried: gptq.gz,
-# stories260K/, wiki.test.raw, smol.ab (the SmolLM2 GGUF's tail; its head smol.aa stashed in /tmp/keep by
+# Quantization over calibration seeds, for the GPU-vs-CPU perplexity comparison of issue 5
+# (bench/results/2026-12-03-gpu-vs-cpu-seeds.md). On the GPU machine, from the repo root with .device-bin/ carried:
+# gptq.gz, stories260K/, wiki.test.raw, smol.ab (the SmolLM2 GGUF's tail; its head smol.aa stashed in /tmp/keep by
 # `bash bench/cuda_seeds.sh stash` in a call just before).
-#   bash bench/cuda_seeds.sh stories "SEEDS"   stories260K w4/w3 g32, 32 × 256 Brown tokens, defaults → $OUT/st-*
-#   bash bench/cuda_seeds.sh stories-both "SEEDS"   the same with the CPU backend too, all evaluated here (GPU)
+#   bash bench/cuda_seeds.sh stories-both "SEEDS"   stories260K w4/w3 g32, 32 × 256 Brown tokens, defaults, with
+#                                                   both backends, every checkpoint evaluated here (GPU)
 #   bash bench/cuda_seeds.sh smol "SEEDS"      SmolLM2 w4 g128, 64 × 512 Brown tokens, defaults; WikiText-2 on the GPU
 set -u
 PART=$1; SEEDS=${2:-"0 1 2 3 4 5 6 7"}
@@ -16,13 +15,6 @@ gunzip -c .device-bin/gptq.gz > $B/gptq; chmod +x $B/gptq
 source bench/cuda_env.sh /tmp > /dev/null
 OUT=${OUT:-/tmp/out}; mkdir -p $OUT
 case $PART in
-stories)
-  for s in $SEEDS; do for b in 4 3; do
-    $B/gptq quantize .device-bin/stories260K -o $OUT/st-b$b-s$s --dataset data/calib/brown-excerpt.txt --nsamples 32 \
-      --seqlen 256 --group-size 32 --bits $b --seed $s --device cuda --overwrite > /tmp/st-b$b-s$s.log 2>&1 \
-      || { echo "stories b$b s$s failed"; tail -2 /tmp/st-b$b-s$s.log; }
-  done; done; ls $OUT | grep -c st-
-  ;;
 stories-both)
   # Both backends here, every checkpoint evaluated by the same command (the GPU evaluation).
   echo "bits seed cpu_ppl cuda_ppl"

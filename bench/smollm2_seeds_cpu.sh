@@ -1,7 +1,8 @@
 #!/bin/bash
 # The CPU side of the GPU-forward vs CPU comparison over calibration seeds (issue 5's "perplexity within 0.5 %"):
 # SmolLM2 quantized on the CPU backend with the settings of bench/cuda_asym.sh part 2 (defaults, w4 g128, 64 × 512
-# Brown tokens) for each seed, then WikiText-2 (40 × 2048) on the CPU.
+# Brown tokens) for each seed, then WikiText-2 (40 × 2048) on the CPU. That evaluation uses int8 activations (the CPU
+# default), so its perplexities are not comparable with the GPU evaluation of bench/cuda_seeds.sh smol.
 #   bash bench/smollm2_seeds_cpu.sh GPTQ_BIN SMOL_GGUF OUT_DIR SEED...
 set -u
 BIN=$1; M=$2; OUT=$3; shift 3

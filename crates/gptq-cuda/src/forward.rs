@@ -1017,12 +1017,11 @@ impl GpuCalibration {
     ) -> Result<()> {
         let (h, nl) = (self.hidden, self.nlanes);
         let bw = (nh * d).max(inter);
-        // Device bytes per calibration token and lane: the residual (f32),
-        // `a` and `b` (f16), and the kept block input (f32) when resident.
-        // On the host, two residual buffers (one computes, the other
-        // copies).
-        let resident_tok = nl * (2 * 4 * h + 2 * h + 2 * bw);
-        let chunked_tok = resident_tok;
+        // Device bytes per calibration token and lane, the same both ways:
+        // the residual (f32), `a` and `b` (f16), and a second f32 buffer —
+        // the kept block input when resident, the buffer the next chunk is
+        // copied into when the states are on the host.
+        let per_tok = nl * (2 * 4 * h + 2 * h + 2 * bw);
         // Fixed: the block's f16 weights per lane and H (and C) of every
         // input point; then the largest of what lives only for a while —
         // the solver's f64 factor, U and four weight-sized f32 buffers of
@@ -1055,7 +1054,7 @@ impl GpuCalibration {
         let x0 = std::mem::take(&mut self.host_x).into_iter().next();
         let x0 = x0.ok_or_else(|| Error::Shape("no inputs".into()))?;
         self.lanes.clear();
-        if self.max_chunk_tokens.is_none() && fixed + resident_tok * all <= avail {
+        if self.max_chunk_tokens.is_none() && fixed + per_tok * all <= avail {
             self.chunks = None;
             self.cap_tokens = all;
             self.lens = self.all_lens.clone();
@@ -1073,14 +1072,14 @@ impl GpuCalibration {
             }
             return Ok(());
         }
-        let fit = avail.saturating_sub(fixed) / chunked_tok.max(1);
+        let fit = avail.saturating_sub(fixed) / per_tok.max(1);
         let cap = self.max_chunk_tokens.map_or(fit, |m| m.min(fit));
         if cap < maxl.max(1) {
             return Err(Error::Unsupported(format!(
                 "the GPU calibration needs about {:.1} GiB of device memory for one sequence of \
                  {maxl} tokens, {:.1} GiB are available (raise --max-gpu-memory, or \
                  --host-forward)",
-                gib(fixed + chunked_tok * maxl),
+                gib(fixed + per_tok * maxl),
                 gib(avail)
             )));
         }
@@ -1103,7 +1102,7 @@ impl GpuCalibration {
         tracing::info!(
             "calibration states on the host ({:.1} GiB would not fit on the device next to \
              {:.1} GiB of weights and work space): {} chunks of at most {} tokens",
-            gib(resident_tok * all),
+            gib(per_tok * all),
             gib(fixed),
             chunks.len(),
             self.cap_tokens
