@@ -42,6 +42,12 @@ __device__ __forceinline__ u32 hsub2(u32 a, u32 b) {
     return r;
 }
 
+__device__ __forceinline__ u32 hfma2(u32 a, u32 b, u32 c) {
+    u32 r;
+    asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(c));
+    return r;
+}
+
 __device__ __forceinline__ u32 hmul2(u32 a, u32 b) {
     u32 r;
     asm("mul.rn.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
@@ -135,17 +141,25 @@ __device__ __forceinline__ void w4_body(const u32 *__restrict__ qw, const u32 *_
             for (int c = 0; c < 4; c++) acc[r][i][c] = 0.f;
 
     // This warp's ring: S·RT·512 bytes of codes, then S·RT·256 of scales.
+    // Stage st of the ring holds chunk kc with kc ≡ ks + st·KS (mod S·KS):
+    // the main loop below is unrolled over the S stages, so every ring
+    // address, and which activation buffer is current, is a constant.
     const u32 wring = smem_u32(red) + warp * (S * RT * 768);
     const u32 sring = wring + S * RT * 512;
+    const u32 *qp[RT];
+    const u32 *sp[RT];
+#pragma unroll
+    for (int r = 0; r < RT; r++) {
+        qp[r] = qw + (u64)(nt0 + r) * KC * 128 + lane * 4;
+        sp[r] = sz + ((u64)(nt0 + r) * G * 8 + g) * 2;
+    }
     auto issue = [&](int st, int kc) {
         if (kc < KC) {
             const int grp = (kc * 64 + 16 * t) >> gshift;
 #pragma unroll
             for (int r = 0; r < RT; r++) {
-                cp_async16(wring + ((st * RT + r) * 32 + lane) * 16,
-                           qw + ((u64)(nt0 + r) * KC + kc) * 128 + lane * 4);
-                cp_async8(sring + ((st * RT + r) * 32 + lane) * 8,
-                          sz + (((u64)(nt0 + r) * G + grp) * 8 + g) * 2);
+                cp_async16(wring + ((st * RT + r) * 32 + lane) * 16, qp[r] + kc * 128);
+                cp_async8(sring + ((st * RT + r) * 32 + lane) * 8, sp[r] + grp * 16);
             }
         }
         cp_async_commit();
@@ -177,14 +191,9 @@ __device__ __forceinline__ void w4_body(const u32 *__restrict__ qw, const u32 *_
             }
         }
     };
-    constexpr bool AHEAD = MT <= 2;
-    u32 xb[MT][8], xn[MT][8];
-    if (AHEAD) load_x(ks, xb);
-    int st = 0;
-    for (int kc = ks; kc < KC; kc += KS) {
-        issue(st == 0 ? S - 1 : st - 1, kc + (S - 1) * KS);
-        load_x(AHEAD ? kc + KS : kc, AHEAD ? xn : xb);
-        cp_async_wait<S - 1>();
+    // The products of ring stage st (one chunk of RT row tiles) with the
+    // activations xb, into acc.
+    auto chunk = [&](int st, const u32 (&xb)[MT][8]) {
         if (FOLD) {
             float xs[MT][4];
             const u32 one = 0x3C003C00u;
@@ -229,13 +238,7 @@ __device__ __forceinline__ void w4_body(const u32 *__restrict__ qw, const u32 *_
                     acc[r][i][3] += sg8 * (tmp[i][3] - zg8 * xs[i][3]);
                 }
             }
-            st = st + 1 == S ? 0 : st + 1;
-#pragma unroll
-            for (int i = 0; i < MT; i++)
-#pragma unroll
-                for (int e = 0; e < 8; e++)
-                    if (AHEAD) xb[i][e] = xn[i][e];
-            continue;
+            return;
         }
 #pragma unroll
         for (int r = 0; r < RT; r++) {
@@ -245,25 +248,55 @@ __device__ __forceinline__ void w4_body(const u32 *__restrict__ qw, const u32 *_
             const u32 s_lo = __byte_perm(s2[0], 0, 0x1010);
             const u32 s_hi = __byte_perm(s2[0], 0, 0x3232);
             const u32 z_lo = __byte_perm(s2[1], 0, 0x1010);
-            const u32 z_hi = __byte_perm(s2[1], 0, 0x3232);
+            // Rows g+8 (nibbles 1, 3, 5, 7) are read in place, without a
+            // shift: (q & 0x00F0) | 0x6400 is 1024 + 16·q, so their zero
+            // point is 1024 + 16·z = 16·(1024 + z) − 15360 (exact), and their
+            // products come out 16 times too large, which the f32 epilogue
+            // takes back exactly (SCALE16 below). Five integer ops a word
+            // instead of seven.
+            const u32 z16 = hfma2(__byte_perm(s2[1], 0, 0x3232), 0x4C004C00u, 0xF380F380u);
 #pragma unroll
             for (int j = 0; j < 4; j++) {
                 const u32 q = w[j];
+                const u32 q8 = q >> 8;
                 const u32 a0 = hmul2(hsub2((q & 0x000F000Fu) | 0x64006400u, z_lo), s_lo);
-                const u32 a1 = hmul2(hsub2(((q >> 4) & 0x000F000Fu) | 0x64006400u, z_hi), s_hi);
-                const u32 a2 = hmul2(hsub2(((q >> 8) & 0x000F000Fu) | 0x64006400u, z_lo), s_lo);
-                const u32 a3 = hmul2(hsub2(((q >> 12) & 0x000F000Fu) | 0x64006400u, z_hi), s_hi);
+                const u32 a1 = hmul2(hsub2((q & 0x00F000F0u) | 0x64006400u, z16), s_hi);
+                const u32 a2 = hmul2(hsub2((q8 & 0x000F000Fu) | 0x64006400u, z_lo), s_lo);
+                const u32 a3 = hmul2(hsub2((q8 & 0x00F000F0u) | 0x64006400u, z16), s_hi);
 #pragma unroll
                 for (int i = 0; i < MT; i++)
                     mma16816(acc[r][i], a0, a1, a2, a3, xb[i][2 * j], xb[i][2 * j + 1]);
             }
         }
-        st = st + 1 == S ? 0 : st + 1;
+    };
+    constexpr bool AHEAD = MT <= 2;
+    static_assert(!AHEAD || S % 2 == 0, "loading ahead alternates two buffers over the stages");
+    // xbuf[0] and xbuf[1]: the current chunk's activations and (AHEAD) the
+    // next one's, swapping roles from stage to stage.
+    u32 xbuf[2][MT][8];
+    if (AHEAD) load_x(ks, xbuf[0]);
+    for (int kc0 = ks; kc0 < KC; kc0 += S * KS) {
 #pragma unroll
-        for (int i = 0; i < MT; i++)
+        for (int u = 0; u < S; u++) {
+            const int kc = kc0 + u * KS;
+            if (kc >= KC) break;
+            issue((u + S - 1) % S, kc + (S - 1) * KS);
+            const int cur = AHEAD ? (u & 1) : 0;
+            load_x(AHEAD ? kc + KS : kc, xbuf[AHEAD ? cur ^ 1 : 0]);
+            cp_async_wait<S - 1>();
+            chunk(u, xbuf[cur]);
+        }
+    }
+    // SCALE16: the plain path's rows g+8 (c = 2, 3) were summed 16 times too
+    // large (a power of two: exact in f32).
+    if (!FOLD) {
 #pragma unroll
-            for (int e = 0; e < 8; e++)
-                if (AHEAD) xb[i][e] = xn[i][e];
+        for (int r = 0; r < RT; r++)
+#pragma unroll
+            for (int i = 0; i < MT; i++) {
+                acc[r][i][2] *= 0.0625f;
+                acc[r][i][3] *= 0.0625f;
+            }
     }
     cp_async_wait<0>();
 

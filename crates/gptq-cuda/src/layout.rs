@@ -61,13 +61,21 @@ pub fn w4_ineligible(q: &QLinear) -> Option<String> {
     if q.in_features > i32::MAX as usize / 2 || q.out_features > i32::MAX as usize / 2 {
         return Some("layer too large for 32-bit indices".into());
     }
-    match q.group_size {
-        Some(g) if !(g >= 16 && g.is_power_of_two()) => {
-            Some(format!("group size {g} is not a power of two >= 16"))
-        }
-        _ => None,
+    if let Some(g) = q.group_size.filter(|g| !(*g >= 16 && g.is_power_of_two())) {
+        return Some(format!("group size {g} is not a power of two >= 16"));
     }
+    // The kernel forms 16·(q − z)·s in f16 for half of the rows (see
+    // `w4.cu`), which must stay finite: 16·15·s ≤ 65504.
+    if let Some(s) = q.scales.iter().find(|s| !(s.abs() <= MAX_SCALE)) {
+        return Some(format!(
+            "a scale of {s} (the fused kernel takes |s| <= {MAX_SCALE})"
+        ));
+    }
+    None
 }
+
+/// The largest scale magnitude the fused int4 kernel takes.
+pub const MAX_SCALE: f32 = 256.0;
 
 /// Stable sort of the input columns by group, if that makes every group the
 /// contiguous run `[g·gs, (g+1)·gs)`; `Ok(None)` when `g_idx` is already in
@@ -473,5 +481,13 @@ mod tests {
         let mut q = random_qlinear(&mut rng, 4, Some(32), 32, 64, false);
         q.g_idx[0] = 1; // group 1 now has 33 columns
         assert!(W4Layout::new(&q).unwrap_err().contains("runs"));
+        for bad in [MAX_SCALE * 1.5, f32::NAN] {
+            let mut q = random_qlinear(&mut rng, 4, Some(32), 32, 64, false);
+            q.scales[5] = bad;
+            assert!(W4Layout::new(&q).unwrap_err().contains("scale"), "{bad}");
+        }
+        let mut q = random_qlinear(&mut rng, 4, Some(32), 32, 64, false);
+        q.scales[5] = -MAX_SCALE;
+        assert!(W4Layout::new(&q).is_ok());
     }
 }
