@@ -6,6 +6,8 @@
 #   bash bench/cuda_seeds.sh stories-both "SEEDS"   stories260K w4/w3 g32, 32 × 256 Brown tokens, defaults, with
 #                                                   both backends, every checkpoint evaluated here (GPU)
 #   bash bench/cuda_seeds.sh smol "SEEDS"      SmolLM2 w4 g128, 64 × 512 Brown tokens, defaults; WikiText-2 on the GPU
+#   bash bench/cuda_seeds.sh smol-host "SEEDS" the same with --host-forward (the CPU backend's codes); each seed's
+#                                              evaluation runs while the next seed quantizes
 set -u
 PART=$1; SEEDS=${2:-"0 1 2 3 4 5 6 7"}
 mkdir -p /tmp/keep
@@ -37,5 +39,17 @@ smol)
       --group-size 128 --bits 4 --seed $s --device cuda --overwrite > $OUT/smol-s$s.log 2>&1 || echo "smol s$s failed"
     echo "seed $s cuda: $($B/gptq eval /tmp/m-s$s --dataset .device-bin/wiki.test.raw --max-windows 40 2>&1 | grep -E ' ppl ')"
   done
+  ;;
+smol-host)
+  M=/tmp/keep/smol.gguf
+  [ -f $M ] || cat /tmp/keep/smol.aa .device-bin/smol.ab > $M
+  ev() { echo "seed $1 host: $($B/gptq eval /tmp/h-s$1 --dataset .device-bin/wiki.test.raw --max-windows 40 2>&1 | grep -E ' ppl ')"; }
+  for s in $SEEDS; do
+    $B/gptq quantize $M -o /tmp/h-s$s --dataset data/calib/brown-excerpt.txt --nsamples 64 --seqlen 512 \
+      --group-size 128 --bits 4 --seed $s --device cuda --host-forward --overwrite > $OUT/smol-host-s$s.log 2>&1 \
+      || echo "smol host s$s failed"
+    ev $s &
+  done
+  wait
   ;;
 esac
