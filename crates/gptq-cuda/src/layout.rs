@@ -66,7 +66,7 @@ pub fn w4_ineligible(q: &QLinear) -> Option<String> {
     }
     // The kernel forms 16·(q − z)·s in f16 for half of the rows (see
     // `w4.cu`), which must stay finite: 16·15·s ≤ 65504.
-    if let Some(s) = q.scales.iter().find(|s| !(s.abs() <= MAX_SCALE)) {
+    if let Some(s) = q.scales.iter().find(|s| s.is_nan() || s.abs() > MAX_SCALE) {
         return Some(format!(
             "a scale of {s} (the fused kernel takes |s| <= {MAX_SCALE})"
         ));

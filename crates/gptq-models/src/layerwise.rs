@@ -21,6 +21,12 @@ pub trait BlockRunner: Send + Sync {
     /// from its input for every group of layers.
     fn segment(&self, s: usize, x: &mut [f32], t: &mut Vec<f32>, seq: usize) -> Result<()>;
 
+    /// Recomputes into `t` the input of input point `p`, one of the
+    /// architecture's [`ArchSpec::stream_points`], from the residual
+    /// stream `x` of a state standing there: bit for bit what the segment
+    /// ending at `p` left in `t`.
+    fn point_input(&self, p: usize, x: &[f32], t: &mut Vec<f32>) -> Result<()>;
+
     /// Runs the whole block on `x` in place, showing each linear's input to
     /// `observe`; returns false when `observe` stopped it early.
     fn forward(&self, x: &mut [f32], seq: usize, observe: Observer<'_>) -> Result<bool> {
@@ -215,6 +221,18 @@ pub(crate) fn single_sequence<R>(
     };
     let mut cache = [crate::kv_cache::SeqCache::default()];
     f(&step, &mut cache)
+}
+
+/// An error unless `p` is one of `arch`'s [`ArchSpec::stream_points`].
+pub(crate) fn check_stream_point(arch: &ArchSpec, p: usize) -> Result<()> {
+    if arch.stream_points.contains(&p) {
+        Ok(())
+    } else {
+        Err(crate::Error::Input(format!(
+            "{}: input point {p} is not computed from the residual stream alone",
+            arch.name
+        )))
+    }
 }
 
 /// Validates tokens against a vocabulary.

@@ -88,6 +88,11 @@ pub struct ArchSpec {
     /// the final segment, `input_points.len()`, finishes the block. Every
     /// linear appears exactly once. See [`BlockRunner::segment`].
     pub input_points: &'static [&'static [&'static str]],
+    /// The input points whose input is a function of the residual stream
+    /// alone (its norm, or the stream itself): a state standing there can
+    /// be kept as the stream and its input recomputed by
+    /// [`BlockRunner::point_input`].
+    pub stream_points: &'static [usize],
 }
 
 impl ArchSpec {

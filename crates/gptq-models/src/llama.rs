@@ -38,6 +38,8 @@ pub static ARCH: ArchSpec = ArchSpec {
         &["mlp.up_proj", "mlp.gate_proj"],
         &["mlp.down_proj"],
     ],
+    // The two RMSNorm outputs.
+    stream_points: &[0, 2],
 };
 
 /// The fields of `config.json` this file uses.
@@ -231,18 +233,14 @@ impl Block {
         let rows = step.batch.batch * step.batch.seq;
         match s {
             // -> k, v, q
-            0 => {
-                t.resize(x.len(), 0.0);
-                cpu::rms_norm(x, &self.input_layernorm, eps, t);
-            }
+            0 => self.stream_input(0, x, t, eps),
             // -> o
             1 => *t = self.attn.attend(t, step, Some(rope), cache),
             // -> up, gate
             2 => {
                 let a = self.attn.o.forward(t, rows);
                 cpu::add_in_place(x, &a);
-                t.resize(x.len(), 0.0);
-                cpu::rms_norm(x, &self.post_attention_layernorm, eps, t);
+                self.stream_input(2, x, t, eps);
             }
             // -> down
             3 => {
@@ -259,6 +257,18 @@ impl Block {
                 t.clear();
             }
         }
+    }
+
+    /// The input of stream point `p` (0 or 2, [`ArchSpec::stream_points`]):
+    /// the residual stream `x` under the sublayer's RMSNorm, into `t`.
+    fn stream_input(&self, p: usize, x: &[f32], t: &mut Vec<f32>, eps: f32) {
+        let norm = if p == 0 {
+            &self.input_layernorm
+        } else {
+            &self.post_attention_layernorm
+        };
+        t.resize(x.len(), 0.0);
+        cpu::rms_norm(x, norm, eps, t);
     }
 
     /// The linear layer named `name` (an [`ARCH`] name).
@@ -511,6 +521,12 @@ impl BlockRunner for LlamaBlockRunner<'_> {
             self.block
                 .segment(s, x, t, step, self.rope, self.eps, cache)
         });
+        Ok(())
+    }
+
+    fn point_input(&self, p: usize, x: &[f32], t: &mut Vec<f32>) -> Result<()> {
+        crate::layerwise::check_stream_point(&ARCH, p)?;
+        self.block.stream_input(p, x, t, self.eps);
         Ok(())
     }
 

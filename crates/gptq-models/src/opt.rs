@@ -41,6 +41,8 @@ pub static ARCH: ArchSpec = ArchSpec {
         &["fc1"],
         &["fc2"],
     ],
+    // The two LayerNorm outputs (pre-LN) or the stream itself (post-LN).
+    stream_points: &[0, 2],
 };
 
 /// The fields of `config.json` this file uses.
@@ -226,6 +228,24 @@ impl Block {
         done
     }
 
+    /// The input of stream point `p` (0: attention, 2: MLP;
+    /// [`ArchSpec::stream_points`]) from the residual stream `x`, into `t`:
+    /// the normalized stream (pre-LN) or the stream itself (post-LN,
+    /// normalized after the residual add).
+    fn stream_input(&self, p: usize, x: &[f32], t: &mut Vec<f32>, pre_ln: bool) {
+        t.resize(x.len(), 0.0);
+        if pre_ln {
+            let ln = if p == 0 {
+                &self.self_attn_layer_norm
+            } else {
+                &self.final_layer_norm
+            };
+            ln.apply(x, t);
+        } else {
+            t.copy_from_slice(x);
+        }
+    }
+
     /// Segment `s` of the forward (see [`crate::BlockRunner::segment`]):
     /// `x` is the residual stream, `t` the input of the linears at
     /// [`ArchSpec::input_points`]`[s]` once the segment is done.
@@ -241,19 +261,9 @@ impl Block {
         cache: &mut [crate::kv_cache::SeqCache],
     ) {
         let rows = step.batch.batch * step.batch.seq;
-        // The input of a sublayer: the normalized stream (pre-LN) or the
-        // stream itself (post-LN, normalized after the residual add).
-        let sublayer_input = |x: &[f32], t: &mut Vec<f32>, ln: &LayerNorm| {
-            t.resize(x.len(), 0.0);
-            if pre_ln {
-                ln.apply(x, t);
-            } else {
-                t.copy_from_slice(x);
-            }
-        };
         match s {
             // -> k, v, q
-            0 => sublayer_input(x, t, &self.self_attn_layer_norm),
+            0 => self.stream_input(0, x, t, pre_ln),
             // -> out_proj
             1 => *t = self.attn.attend(t, step, None, cache),
             // -> fc1
@@ -263,7 +273,7 @@ impl Block {
                 if !pre_ln {
                     self.self_attn_layer_norm.apply_in_place(x);
                 }
-                sublayer_input(x, t, &self.final_layer_norm);
+                self.stream_input(2, x, t, pre_ln);
             }
             // -> fc2
             3 => {
@@ -524,6 +534,12 @@ impl BlockRunner for OptBlockRunner {
             self.block
                 .segment(s, x, t, step, self.pre_ln, self.relu, cache)
         });
+        Ok(())
+    }
+
+    fn point_input(&self, p: usize, x: &[f32], t: &mut Vec<f32>) -> Result<()> {
+        crate::layerwise::check_stream_point(&ARCH, p)?;
+        self.block.stream_input(p, x, t, self.pre_ln);
         Ok(())
     }
 

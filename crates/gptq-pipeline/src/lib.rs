@@ -14,11 +14,12 @@
 //!    the block is dropped — peak memory is one block plus the activations.
 //!
 //! Between groups a sample's state (residual stream plus the pending
-//! intermediate, see [`BlockRunner::segment`]) is kept when it fits in
-//! [`PipelineOptions::state_budget`], so each block costs about one forward
-//! pass; a state that does not fit is recomputed from the last kept one.
-//! Either way the arithmetic is the same, so results do not depend on the
-//! budget (tested).
+//! intermediate, see [`BlockRunner::segment`]; the stream alone where the
+//! intermediate is a norm of it) is kept when it fits in
+//! [`PipelineOptions::state_budget`], so each block costs little more than
+//! one forward pass; a state that does not fit is recomputed from the last
+//! kept one. Either way the arithmetic is the same, so results do not
+//! depend on the budget (tested).
 
 mod device;
 
@@ -79,10 +80,16 @@ pub struct PipelineOptions {
     pub true_sequential: bool,
     /// Layers (full names) to leave unquantized.
     pub skip: Vec<String>,
-    /// Bytes the sequences' states inside a block may hold, to resume from
-    /// a later point instead of recomputing the block from its input for
-    /// each group (`None`: twice the block inputs, the reference's
-    /// `inps` + `outs`). More memory only saves time; results are the same.
+    /// Bytes the quantized sequences' states inside a block may hold, to
+    /// resume from a later point instead of recomputing the block from its
+    /// input for each group (`None`: the size of the block inputs, so a
+    /// state moves on only to points where it is the residual stream alone
+    /// — the MLP input, Llama's second RMSNorm — and the attention output
+    /// is recomputed for the group after it; twice that saves the
+    /// recomputation). More memory only saves time; results are the same.
+    /// The full-precision lane of asymmetric calibration needs no budget:
+    /// its weights never change, so it never recomputes and always waits
+    /// as compact as the next group allows.
     pub state_budget: Option<usize>,
     /// Outlier-token clipping for the Hessians: a token whose layer input
     /// is longer than `c` times the median token's (in its sample) enters
@@ -234,6 +241,12 @@ struct GroupPlan {
     /// The unquantized path's states may advance in place: no later group
     /// reads a point before this group's last.
     fp_adopt: bool,
+    /// With `fp_adopt`, the next group's first input point when it lies
+    /// ahead, is a stream point and no later group reads a point before
+    /// it: the unquantized states run on to it after this group's pass and
+    /// wait there compact (the residual stream alone) instead of holding
+    /// this group's last input.
+    fp_ahead: Option<usize>,
 }
 
 /// The groups of a block (the architecture's true-sequential groups, or
@@ -263,16 +276,23 @@ fn group_plan(arch: &ArchSpec, true_sequential: bool) -> Result<Vec<GroupPlan>> 
             .iter()
             .flat_map(|p| p.iter())
             .all(|n| !later.contains(n));
-        let fp_adopt = groups[gi + 1..]
+        let later_points: Vec<usize> = groups[gi + 1..]
             .iter()
             .flatten()
             .filter_map(|n| arch.point_of(n))
-            .all(|p| p > last);
+            .collect();
+        let fp_adopt = later_points.iter().all(|&p| p > last);
+        let fp_ahead = later_points
+            .iter()
+            .copied()
+            .min()
+            .filter(|&q| fp_adopt && arch.stream_points.contains(&q));
         plan.push(GroupPlan {
             names: group.clone(),
             points,
             adopt,
             fp_adopt,
+            fp_ahead,
         });
     }
     // The last group always has `fp_adopt` (no later group), which is where
@@ -310,6 +330,8 @@ impl Replay for () {
 /// One calibration sequence's state inside the current block: the
 /// residual stream `x` and the pending intermediate `t` after `done`
 /// segments (see [`BlockRunner::segment`]); `done = 0` is the block input.
+/// A state standing at one of the architecture's stream points may be
+/// *compact*: `t` dropped (empty), recomputed from `x` when needed.
 #[derive(Clone)]
 struct SeqState {
     x: Vec<f32>,
@@ -331,6 +353,33 @@ impl SeqState {
         (self.x.len() + self.t.len()) * std::mem::size_of::<f32>()
     }
 
+    /// The input point the state stands at, if any.
+    fn point(&self, arch: &ArchSpec) -> Option<usize> {
+        (self.done >= 1 && self.done <= arch.input_points.len()).then(|| self.done - 1)
+    }
+
+    /// Drops the pending intermediate if the state stands at a stream
+    /// point (it is a norm of `x`, see [`Self::restore`]).
+    fn compact(&mut self, arch: &ArchSpec) {
+        if self
+            .point(arch)
+            .is_some_and(|p| arch.stream_points.contains(&p))
+        {
+            self.t = Vec::new();
+        }
+    }
+
+    /// Recomputes the pending intermediate of a compact state (bit for
+    /// bit: the same function of the same `x`).
+    fn restore(&mut self, block: &dyn BlockRunner) -> Result<()> {
+        if let Some(p) = self.point(block.arch()) {
+            if self.t.is_empty() {
+                block.point_input(p, &self.x, &mut self.t)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Runs segments until `done == until`, calling `at_point(p, t)` after
     /// each segment that ends at input point `p`.
     fn advance(
@@ -341,6 +390,9 @@ impl SeqState {
         at_point: &mut dyn FnMut(usize, &[f32]) -> Result<()>,
     ) -> Result<()> {
         let points = block.arch().input_points.len();
+        if self.done < until {
+            self.restore(block)?;
+        }
         while self.done < until {
             let s = self.done;
             block.segment(s, &mut self.x, &mut self.t, seq)?;
@@ -371,12 +423,15 @@ struct FpPath<'a> {
     adopt: bool,
     /// What happens to each state once this group's inputs are taken.
     after: FpAfter,
+    /// See [`GroupPlan::fp_ahead`].
+    ahead: Option<usize>,
 }
 
 /// What the full-precision lane does with a state after its group's pass.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum FpAfter {
-    /// It waits at the group's last point for the next group.
+    /// It waits for the next group: at the group's last point, or (with
+    /// [`FpPath::ahead`]) at the next group's first.
     Keep,
     /// This is the block's last group and the next block needs its outputs:
     /// it runs on to the end of the block right away, as `finish_block`
@@ -435,20 +490,31 @@ fn collect_hessians(
                 scratch = fst.clone();
                 &mut scratch
             };
-            if run.done > group_points.iter().copied().min().unwrap_or(0) {
+            let first = group_points.iter().copied().min().unwrap_or(0);
+            let mut take = |p: usize, t: &[f32]| {
+                if group_points.contains(&p) {
+                    fp_inputs.push((p, clip(t, seq).unwrap_or_else(|| t.to_vec())));
+                }
+                Ok(())
+            };
+            // A state that ran ahead to this group's first point waits there.
+            if run.point(fp.block.arch()) == Some(first) {
+                run.restore(fp.block)?;
+                take(first, &run.t)?;
+            } else if run.done > first {
                 return Err(Error::Input(format!(
                     "architecture {}: true-sequential groups are not in input order",
                     block.arch().name
                 )));
             }
-            run.advance(fp.block, seq, last + 1, &mut |p, t| {
-                if group_points.contains(&p) {
-                    fp_inputs.push((p, clip(t, seq).unwrap_or_else(|| t.to_vec())));
-                }
-                Ok(())
-            })?;
+            run.advance(fp.block, seq, last + 1, &mut take)?;
             match fp.after {
-                FpAfter::Keep => {}
+                FpAfter::Keep => {
+                    if let Some(q) = fp.ahead {
+                        run.advance(fp.block, seq, q + 1, &mut |_, _| Ok(()))?;
+                    }
+                    run.compact(fp.block.arch());
+                }
                 // The same segments `finish_block` would run next.
                 FpAfter::Finish => finish_state(fp.block, run, seq)?,
                 FpAfter::Free => *run = SeqState::empty(),
@@ -493,6 +559,7 @@ fn collect_hessians(
         })?;
         times.hessian += in_hessian;
         times.forward += start.elapsed().as_secs_f64() - in_hessian;
+        scratch.compact(block.arch());
         if adopt && *kept - st.bytes() + scratch.bytes() <= budget {
             *kept = *kept - st.bytes() + scratch.bytes();
             *st = scratch;
@@ -574,7 +641,7 @@ fn host_loop(
     // The full-precision model's states, for asymmetric calibration.
     let asym = opts.asym_calib && opts.method == Method::Gptq;
     let mut fp_states: Vec<SeqState> = if asym { states.clone() } else { Vec::new() };
-    let budget = opts.state_budget.unwrap_or(2 * input_bytes);
+    let budget = opts.state_budget.unwrap_or(input_bytes);
     let plan = group_plan(arch, opts.true_sequential)?;
     let mut reports = Vec::new();
     let mut times = Times::default();
@@ -619,6 +686,7 @@ fn host_loop(
                 block: fb.as_ref(),
                 states: &mut fp_states,
                 adopt: g.fp_adopt,
+                ahead: g.fp_ahead,
                 after: match (g.fp_adopt && gi + 1 == plan.len(), outputs_needed) {
                     (false, _) => FpAfter::Keep,
                     (true, true) => FpAfter::Finish,

@@ -180,24 +180,29 @@ fn quantized_layers(opts: &PipelineOptions, calib: &[Vec<u32>]) -> Vec<(String, 
 
 /// Keeping sequence states between groups only saves time: with no memory
 /// for states (everything recomputed from the block input), the default
-/// budget and an unlimited one, every quantized integer and scale is the
-/// same, for true-sequential and all-at-once quantization.
+/// budget (states kept where they are the residual stream alone, inputs
+/// recomputed from it), twice that and an unlimited one, every quantized
+/// integer and scale is the same, for true-sequential and all-at-once
+/// quantization, with and without the full-precision lane of asymmetric
+/// calibration (which always runs ahead and waits compact where it can).
 #[test]
 fn state_budget_does_not_change_results() {
     let calib_ids = tokens("text/brown/brown.txt");
     let calib = windows(&calib_ids, 12, 256, 0);
-    for true_sequential in [true, false] {
+    // The block inputs: 12 windows × 256 tokens × 64 wide, f32.
+    let inputs = 12 * 256 * 64 * 4;
+    for (true_sequential, asym) in [(true, false), (false, false), (true, true)] {
         let run = |state_budget| {
             let opts = PipelineOptions {
                 state_budget,
-                ..eight_bit(true_sequential, false)
+                ..eight_bit(true_sequential, asym)
             };
             quantized_layers(&opts, &calib)
         };
         let reference = run(Some(0));
         // 8 bits pack every stories260K shape, so all 7 linears × 5 blocks.
         assert_eq!(reference.len(), 35);
-        for budget in [None, Some(usize::MAX)] {
+        for budget in [None, Some(2 * inputs), Some(usize::MAX)] {
             let other = run(budget);
             assert_eq!(other.len(), reference.len());
             for ((n1, q1), (n2, q2)) in reference.iter().zip(&other) {

@@ -119,7 +119,8 @@ pub struct Args {
     pub resume: bool,
 
     /// Memory (MiB) for calibration states kept between layer groups
-    /// inside a block [default: twice the block inputs]. Less memory costs
+    /// inside a block [default: the size of the block inputs; twice that
+    /// saves recomputing attention once per block]. Less memory costs
     /// recomputation, never accuracy.
     #[arg(long, value_name = "MIB", hide = true)]
     pub state_budget_mib: Option<usize>,
