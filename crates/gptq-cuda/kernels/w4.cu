@@ -417,58 +417,74 @@ __device__ __forceinline__ void dequant_body(const u32 *__restrict__ qw,
                                              const unsigned char *__restrict__ zeros,
                                              const int *__restrict__ gidx, u16 *__restrict__ w,
                                              int N, int K, int ldw, int monotone) {
+    // 128 threads, one output row n each; the block's 128 × 32 values go
+    // through shared memory so that the stores write whole 64-byte row
+    // pieces from consecutive threads instead of 16 bytes of 32 rows each.
+    __shared__ u32 tile[128][17];
     const int n = blockIdx.x * blockDim.x + threadIdx.x;
     const int kb = blockIdx.y;
-    if (n >= N) return;
-    u32 words[BITS + 1];
-#pragma unroll
-    for (int i = 0; i < BITS; i++) words[i] = qw[((u64)kb * BITS + i) * N + n];
-    words[BITS] = 0;
-    constexpr u32 mask = (1u << BITS) - 1u;
-    // With g_idx non-decreasing, equal ends mean one group for the block.
-    const int g_first = gidx[kb * 32];
-    const int g_last = gidx[min(kb * 32 + 31, K - 1)];
-    const bool one_group = monotone && g_first == g_last;
-    const float s0 = f16_to_f32(scales[(u64)g_first * N + n]);
-    const float z0 = (float)zeros[(u64)g_first * N + n];
+    const bool valid = n < N;
     u32 out[16];
+    if (valid) {
+        u32 words[BITS + 1];
 #pragma unroll
-    for (int v = 0; v < 32; v++) {
-        const int bit = v * BITS;
-        const int wi = bit >> 5;
-        const int sh = bit & 31;
-        const u64 win = (u64)words[wi] | ((u64)words[wi + 1] << 32);
-        const u32 q = (u32)(win >> sh) & mask;
-        const int k = kb * 32 + v;
-        float val = 0.f;
-        if (k < K) {
-            if (one_group) {
-                val = s0 * ((float)q - z0);
-            } else {
-                const int grp = gidx[k];
-                const float s = f16_to_f32(scales[(u64)grp * N + n]);
-                const float z = (float)zeros[(u64)grp * N + n];
-                val = s * ((float)q - z);
+        for (int i = 0; i < BITS; i++) words[i] = qw[((u64)kb * BITS + i) * N + n];
+        words[BITS] = 0;
+        constexpr u32 mask = (1u << BITS) - 1u;
+        // With g_idx non-decreasing, equal ends mean one group for the block.
+        const int g_first = gidx[kb * 32];
+        const int g_last = gidx[min(kb * 32 + 31, K - 1)];
+        const bool one_group = monotone && g_first == g_last;
+        const float s0 = f16_to_f32(scales[(u64)g_first * N + n]);
+        const float z0 = (float)zeros[(u64)g_first * N + n];
+#pragma unroll
+        for (int v = 0; v < 32; v++) {
+            const int bit = v * BITS;
+            const int wi = bit >> 5;
+            const int sh = bit & 31;
+            const u64 win = (u64)words[wi] | ((u64)words[wi + 1] << 32);
+            const u32 q = (u32)(win >> sh) & mask;
+            const int k = kb * 32 + v;
+            float val = 0.f;
+            if (k < K) {
+                if (one_group) {
+                    val = s0 * ((float)q - z0);
+                } else {
+                    const int grp = gidx[k];
+                    const float s = f16_to_f32(scales[(u64)grp * N + n]);
+                    const float z = (float)zeros[(u64)grp * N + n];
+                    val = s * ((float)q - z);
+                }
             }
+            const u32 h = f32_to_f16(val);
+            if (v & 1)
+                out[v >> 1] |= h << 16;
+            else
+                out[v >> 1] = h;
         }
-        const u32 h = f32_to_f16(val);
-        if (v & 1)
-            out[v >> 1] |= h << 16;
-        else
-            out[v >> 1] = h;
     }
-    u16 *row = w + (u64)n * ldw + kb * 32;
     const int left = K - kb * 32;
     if (left >= 32 && (ldw % 8) == 0) {
-        u32 *dst = (u32 *)row;
+        if (valid) {
 #pragma unroll
-        for (int q4 = 0; q4 < 4; q4++) {
-            asm volatile("st.global.v4.u32 [%0], {%1,%2,%3,%4};" ::"l"(dst + 4 * q4),
-                         "r"(out[4 * q4]), "r"(out[4 * q4 + 1]), "r"(out[4 * q4 + 2]),
-                         "r"(out[4 * q4 + 3])
-                         : "memory");
+            for (int j = 0; j < 16; j++) tile[threadIdx.x][j] = out[j];
         }
-    } else {
+        __syncthreads();
+        // Piece c: row c / 4 of the block, 16 bytes (c % 4) of its 64.
+        for (int c = threadIdx.x; c < 128 * 4; c += 128) {
+            const int r = c >> 2;
+            const int part = c & 3;
+            const int nr = blockIdx.x * blockDim.x + r;
+            if (nr < N) {
+                u32 *dst = (u32 *)(w + (u64)nr * ldw + kb * 32) + 4 * part;
+                asm volatile("st.global.v4.u32 [%0], {%1,%2,%3,%4};" ::"l"(dst),
+                             "r"(tile[r][4 * part]), "r"(tile[r][4 * part + 1]),
+                             "r"(tile[r][4 * part + 2]), "r"(tile[r][4 * part + 3])
+                             : "memory");
+            }
+        }
+    } else if (valid) {
+        u16 *row = w + (u64)n * ldw + kb * 32;
 #pragma unroll
         for (int v = 0; v < 32; v++)
             if (v < left) row[v] = (u16)((v & 1) ? (out[v >> 1] >> 16) : (out[v >> 1] & 0xFFFF));
