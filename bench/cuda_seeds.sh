@@ -16,6 +16,8 @@ B=/tmp/bin; mkdir -p $B
 gunzip -c .device-bin/gptq.gz > $B/gptq; chmod +x $B/gptq
 source bench/cuda_env.sh /tmp > /dev/null
 OUT=${OUT:-/tmp/out}; mkdir -p $OUT
+# The SmolLM2 GGUF, joined from its stashed head and carried tail.
+smol_model() { M=/tmp/keep/smol.gguf; [ -f $M ] || cat /tmp/keep/smol.aa .device-bin/smol.ab > $M; }
 case $PART in
 stories-both)
   # Both backends here, every checkpoint evaluated by the same command (the GPU evaluation).
@@ -32,8 +34,7 @@ stories-both)
   done; done
   ;;
 smol)
-  M=/tmp/keep/smol.gguf
-  [ -f $M ] || cat /tmp/keep/smol.aa .device-bin/smol.ab > $M
+  smol_model
   for s in $SEEDS; do
     $B/gptq quantize $M -o /tmp/m-s$s --dataset data/calib/brown-excerpt.txt --nsamples 64 --seqlen 512 \
       --group-size 128 --bits 4 --seed $s --device cuda --overwrite > $OUT/smol-s$s.log 2>&1 || echo "smol s$s failed"
@@ -41,8 +42,7 @@ smol)
   done
   ;;
 smol-host)
-  M=/tmp/keep/smol.gguf
-  [ -f $M ] || cat /tmp/keep/smol.aa .device-bin/smol.ab > $M
+  smol_model
   ev() { echo "seed $1 host: $($B/gptq eval /tmp/h-s$1 --dataset .device-bin/wiki.test.raw --max-windows 40 2>&1 | grep -E ' ppl ')"; }
   for s in $SEEDS; do
     $B/gptq quantize $M -o /tmp/h-s$s --dataset data/calib/brown-excerpt.txt --nsamples 64 --seqlen 512 \
