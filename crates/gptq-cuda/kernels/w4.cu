@@ -115,6 +115,24 @@ __device__ __forceinline__ void lds2(u32 (&r)[2], u32 addr) {
 #define EPI_PLAIN 0
 #define EPI_SWIGLU 1
 
+// Writes output element c of lane l of row tile `tile` for batch row m
+// (the mma/wgmma accumulator layout: row tile·16 + l/4, +8 for c ≥ 2):
+// v (+ bias), or with EPI_SWIGLU silu(v)·v8, v8 being the up row's
+// partner (element c ^ 2); nothing past N or M.
+__device__ __forceinline__ void w4_store(u16 *__restrict__ y, const u16 *__restrict__ bias, int M,
+                                         int N, int epi, int tile, int l, int c, int m, float v,
+                                         float v8) {
+    const int n = tile * 16 + (l >> 2) + ((c & 2) ? 8 : 0);
+    if (n >= N || m >= M) return;
+    if (bias) v += f16_to_f32(bias[n]);
+    if (epi == EPI_SWIGLU) {
+        if (bias) v8 += f16_to_f32(bias[n + 8]);
+        y[(u64)m * (N / 2) + tile * 8 + (l >> 2)] = f32_to_f16(v / (1.f + expf(-v)) * v8);
+    } else {
+        y[(u64)m * N + n] = f32_to_f16(v);
+    }
+}
+
 template <int MT, int RT, int RW, int KW, int S, bool FOLD>
 __device__ __forceinline__ void w4_body(const u32 *__restrict__ qw, const u32 *__restrict__ sz,
                                         const u16 *__restrict__ x, u16 *__restrict__ y,
@@ -308,15 +326,7 @@ __device__ __forceinline__ void w4_body(const u32 *__restrict__ qw, const u32 *_
     // Y[m][8t + l/4] = silu(gate)·up, Y is N/2 wide (N a multiple of 16).
     constexpr int E = RT * MT * 4;
     auto store = [&](int tile, int l, int c, int m, float v, float v8) {
-        const int n = tile * 16 + (l >> 2) + ((c & 2) ? 8 : 0);
-        if (n >= N || m >= M) return;
-        if (bias) v += f16_to_f32(bias[n]);
-        if (epi == EPI_SWIGLU) {
-            if (bias) v8 += f16_to_f32(bias[n + 8]);
-            y[(u64)m * (N / 2) + tile * 8 + (l >> 2)] = f32_to_f16(v / (1.f + expf(-v)) * v8);
-        } else {
-            y[(u64)m * N + n] = f32_to_f16(v);
-        }
+        w4_store(y, bias, M, N, epi, tile, l, c, m, v, v8);
     };
     if (KS == 1) {
 #pragma unroll
@@ -393,6 +403,375 @@ W4_KERNEL(8, 1, 4, 8, 4)
 W4_KERNEL(8, 2, 2, 8, 3)
 W4_KERNEL(8, 2, 4, 4, 4)
 W4_KERNEL(8, 2, 4, 8, 3)
+
+// ---------------------------------------------------------------------------
+// Tensor-core GEMM for larger batches (w4_wg_*; sm_90a only: wgmma).
+//
+// One warpgroup (4 warps) multiplies 64 weight rows (its warps' row tiles,
+// the same qw/sz layout as above) by BM batch rows with
+// wgmma.m64nBMk16: the dequantized weights are the A operand, straight
+// from registers (the A fragment of a warp is the mma.m16n8k16 one, which
+// is what the layout stores), and the activations the B operand, from
+// shared memory. The KS warpgroups of a block split K and add up at the end.
+// The activations come pre-arranged by wg_prep_x: xp[m][kc·64 + 16j + kk]
+// is the column that k-index kk of k tile j in chunk kc stands for under
+// the layout's column permutation (and act-order's), zero past K. In shared
+// memory one stage (one 64-column chunk) holds BM rows of 128 bytes in
+// wgmma's K-major layout with the 128-byte swizzle (16-byte piece p of row
+// r at r·128 + 16·(p XOR r mod 8); stages 1024-byte aligned): k tile j's
+// descriptor starts 32·j bytes into the stage, 8-row groups are 1024 bytes
+// apart (the host passes the encoded fields as `lbo_sbo`).
+// (Without the swizzle, the same kernel ran 1.7-3.4x slower on an H200.)
+// Each warp streams its own codes and scales through a cp.async ring as
+// the fused kernel does. Per chunk: wait for the stage, make it visible to
+// the tensor cores (fence.proxy.async), the warpgroup's barrier, refill the
+// stage freed last chunk, dequantize (the plain path: rows g+8 shift-free,
+// scaled back by 1/16 at the end), 4·RT wgmma, wait for them.
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define WG_OK 1
+#else
+#define WG_OK 0
+#endif
+
+__device__ __forceinline__ void wgmma_fence() {
+#if WG_OK
+    asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void wgmma_commit() {
+#if WG_OK
+    asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void wgmma_wait0() {
+#if WG_OK
+    asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void fence_proxy_async() {
+#if WG_OK
+    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+#endif
+}
+
+// Keeps the compiler from moving accesses of an accumulator across the
+// asynchronous wgmma that writes it.
+__device__ __forceinline__ void fence_operand(float &r) { asm volatile("" : "+f"(r)::"memory"); }
+
+__device__ __forceinline__ void wgmma_n64(float (&d)[32], u32 a0, u32 a1, u32 a2, u32 a3, u64 desc) {
+#if WG_OK
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
+        "{"
+        "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+        "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31"
+        "}, {%32,%33,%34,%35}, %36, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc));
+#endif
+}
+
+__device__ __forceinline__ void wgmma_n128(float (&d)[64], u32 a0, u32 a1, u32 a2, u32 a3, u64 desc) {
+#if WG_OK
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 "
+        "{"
+        "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+        "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,"
+        "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,"
+        "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63"
+        "}, {%64,%65,%66,%67}, %68, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc));
+#endif
+}
+
+__device__ __forceinline__ void wgmma_n256(float (&d)[128], u32 a0, u32 a1, u32 a2, u32 a3, u64 desc) {
+#if WG_OK
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 "
+        "{"
+        "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+        "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,"
+        "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,"
+        "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63,"
+        "%64,%65,%66,%67,%68,%69,%70,%71,%72,%73,%74,%75,%76,%77,%78,%79,"
+        "%80,%81,%82,%83,%84,%85,%86,%87,%88,%89,%90,%91,%92,%93,%94,%95,"
+        "%96,%97,%98,%99,%100,%101,%102,%103,%104,%105,%106,%107,%108,%109,%110,%111,"
+        "%112,%113,%114,%115,%116,%117,%118,%119,%120,%121,%122,%123,%124,%125,%126,%127"
+        "}, {%128,%129,%130,%131}, %132, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
+          "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
+          "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
+          "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
+          "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),
+          "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]),
+          "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),
+          "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
+          "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc));
+#endif
+}
+
+
+template <int BM>
+__device__ __forceinline__ void wgmma_bm(float (&d)[BM / 2], u32 a0, u32 a1, u32 a2, u32 a3,
+                                         u64 desc) {
+    if constexpr (BM == 64)
+        wgmma_n64(d, a0, a1, a2, a3, desc);
+    else if constexpr (BM == 128)
+        wgmma_n128(d, a0, a1, a2, a3, desc);
+    else
+        wgmma_n256(d, a0, a1, a2, a3, desc);
+}
+
+// Shared memory of one warpgroup's ring, bytes: per stage the activation
+// tile (BM rows × 64 columns) and its 4·RT row tiles' codes and scales.
+template <int BM, int RT, int S>
+__device__ constexpr int wg_ring_bytes() {
+    return S * (BM * 128 + 4 * RT * 768);
+}
+
+template <int BM, int KS, int RT, int S>
+__device__ __forceinline__ void wg_body(const u32 *__restrict__ qw, const u32 *__restrict__ sz,
+                                        const u16 *__restrict__ xp, u16 *__restrict__ y,
+                                        const u16 *__restrict__ bias, int M, int N, int NT, int KC,
+                                        int G, int gshift, int epi, u64 lbo_sbo) {
+    static_assert(BM == 64 || BM == 128 || BM == 256, "wgmma N");
+    static_assert(S >= 2, "ring");
+#if WG_OK
+    // D: chunks loaded ahead; the stage refilled at local chunk i is the
+    // one of chunk i-1, whose wgmma was waited for. (Leaving one chunk's
+    // wgmma in flight while the next is dequantized, wait_group 1 and a
+    // distance of S-2, gave wrong results on an H200 with the A operand in
+    // registers: not used.)
+    constexpr int D = S - 1;
+    constexpr int NA = BM / 2;
+    constexpr int BSTAGE = BM * 128;
+    constexpr int WSTAGE = RT * 768;
+    extern __shared__ __align__(1024) unsigned char wg_smem[];
+    const int lane = threadIdx.x & 31;
+    const int warp = threadIdx.x >> 5;
+    const int wgi = warp >> 2;
+    const int tid = threadIdx.x & 127;
+    const int g = lane >> 2;
+    const int t = lane & 3;
+    const int m0 = blockIdx.x * BM;
+    // Row tile r of this warp: group r of 4 tiles, the warp's one in it
+    // (wgmma's m64 = the 4 warps' 16 rows, in order). Every warpgroup of the
+    // block has the same rows and takes chunks kc ≡ wgi (mod KS). Tiles past
+    // the layout's NT (the last block) read tile NT-1 and store nothing
+    // (their rows are ≥ N).
+    int nt[RT];
+#pragma unroll
+    for (int r = 0; r < RT; r++) nt[r] = blockIdx.y * (4 * RT) + 4 * r + (warp & 3);
+    const int KP = KC * 64;
+    // The shared window's address of the dynamic buffer, through the
+    // compiler's own conversion (not inline asm), so it knows the value is
+    // the same in every thread and keeps the descriptors in uniform
+    // registers.
+    const u32 base = (u32)__cvta_generic_to_shared(wg_smem) + wgi * wg_ring_bytes<BM, RT, S>();
+    const u32 wbase = base + S * BSTAGE + (warp & 3) * (S * WSTAGE);
+    const u32 *qp[RT];
+    const u32 *sp[RT];
+#pragma unroll
+    for (int r = 0; r < RT; r++) {
+        const int tl = min(nt[r], NT - 1);
+        qp[r] = qw + (u64)tl * KC * 128 + lane * 4;
+        sp[r] = sz + ((u64)tl * G * 8 + g) * 2;
+    }
+    // Local chunk i of this warpgroup is kc = wgi + i·KS.
+    auto issue_w = [&](int st, int i) {
+        const int kc = wgi + i * KS;
+        if (kc < KC) {
+            const int grp = (kc * 64 + 16 * t) >> gshift;
+#pragma unroll
+            for (int r = 0; r < RT; r++) {
+                cp_async16(wbase + st * WSTAGE + r * 768 + lane * 16, qp[r] + kc * 128);
+                cp_async8(wbase + st * WSTAGE + r * 768 + 512 + lane * 8, sp[r] + grp * 16);
+            }
+        }
+    };
+    // Piece c of a stage: batch row r = 8·(c / 64) + c % 8, 16-byte piece
+    // p = (c / 8) % 8 of its 128 bytes, stored at row r·128 + 16·(p ^ r%8)
+    // (the 128-byte swizzle): eight consecutive threads write eight
+    // different bank groups, and a warp reads 64 contiguous bytes of each
+    // of 8 rows. Rows past M repeat row M-1 (their outputs are not written).
+    auto issue_x = [&](int st, int i) {
+        const int kc = wgi + i * KS;
+        if (kc < KC) {
+#pragma unroll
+            for (int u = 0; u < (BM * 8) / 128; u++) {
+                const int c = tid + u * 128;
+                const int r = ((c >> 6) << 3) | (c & 7);
+                const int p = (c >> 3) & 7;
+                const int m = min(m0 + r, M - 1);
+                const u32 dst = base + st * BSTAGE + r * 128 + ((p ^ (r & 7)) << 4);
+                cp_async16(dst, xp + (u64)m * KP + kc * 64 + p * 8);
+            }
+        }
+        cp_async_commit();
+    };
+    float acc[RT][NA];
+#pragma unroll
+    for (int r = 0; r < RT; r++)
+#pragma unroll
+        for (int i = 0; i < NA; i++) acc[r][i] = 0.f;
+    for (int st = 0; st < D; st++) issue_w(st, st);
+    pdl_wait();
+    pdl_launch();
+    for (int st = 0; st < D; st++) issue_x(st, st);
+    const int chunks = KC > wgi ? (KC - wgi + KS - 1) / KS : 0;
+    for (int i = 0; i < chunks; i++) {
+        const int st = i % S;
+        cp_async_wait<D - 1>();
+        fence_proxy_async();
+        // This warpgroup's barrier (id 1 + wgi; 0 is __syncthreads): its
+        // threads' copies of stage st are in, and all of them are done with
+        // the stage refilled next (their wgmma of local chunk i+D-S waited).
+        asm volatile("bar.sync %0, 128;" ::"r"(1 + wgi) : "memory");
+        issue_w((i + D) % S, i + D);
+        issue_x((i + D) % S, i + D);
+        u32 a[RT][4][4];
+#pragma unroll
+        for (int r = 0; r < RT; r++) {
+            u32 w[4], s2[2];
+            lds4(w, wbase + st * WSTAGE + r * 768 + lane * 16);
+            lds2(s2, wbase + st * WSTAGE + r * 768 + 512 + lane * 8);
+            const u32 s_lo = __byte_perm(s2[0], 0, 0x1010);
+            const u32 s_hi = __byte_perm(s2[0], 0, 0x3232);
+            const u32 z_lo = __byte_perm(s2[1], 0, 0x1010);
+            const u32 z16 = hfma2(__byte_perm(s2[1], 0, 0x3232), 0x4C004C00u, 0xF380F380u);
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const u32 q = w[j];
+                const u32 q8 = q >> 8;
+                a[r][j][0] = hmul2(hsub2((q & 0x000F000Fu) | 0x64006400u, z_lo), s_lo);
+                a[r][j][1] = hmul2(hsub2((q & 0x00F000F0u) | 0x64006400u, z16), s_hi);
+                a[r][j][2] = hmul2(hsub2((q8 & 0x000F000Fu) | 0x64006400u, z_lo), s_lo);
+                a[r][j][3] = hmul2(hsub2((q8 & 0x00F000F0u) | 0x64006400u, z16), s_hi);
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < RT; r++)
+#pragma unroll
+            for (int v = 0; v < NA; v++) fence_operand(acc[r][v]);
+        wgmma_fence();
+        const u32 sb = base + st * BSTAGE;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const u64 desc = (u64)(((sb + j * 32) & 0x3FFFF) >> 4) | lbo_sbo;
+#pragma unroll
+            for (int r = 0; r < RT; r++)
+                wgmma_bm<BM>(acc[r], a[r][j][0], a[r][j][1], a[r][j][2], a[r][j][3], desc);
+        }
+        wgmma_commit();
+        wgmma_wait0();
+#pragma unroll
+        for (int r = 0; r < RT; r++)
+#pragma unroll
+            for (int v = 0; v < NA; v++) fence_operand(acc[r][v]);
+    }
+    cp_async_wait<0>();
+    if (KS > 1) {
+        // Warpgroups 1.. hand their sums to warpgroup 0 through the rings.
+        float *red = (float *)wg_smem;
+        __syncthreads();
+        if (wgi > 0) {
+#pragma unroll
+            for (int r = 0; r < RT; r++)
+#pragma unroll
+                for (int v = 0; v < NA; v++)
+                    red[(((wgi - 1) * RT + r) * NA + v) * 128 + tid] = acc[r][v];
+        }
+        __syncthreads();
+        if (wgi > 0) return;
+#pragma unroll
+        for (int s = 1; s < KS; s++)
+#pragma unroll
+            for (int r = 0; r < RT; r++)
+#pragma unroll
+                for (int v = 0; v < NA; v++)
+                    acc[r][v] += red[(((s - 1) * RT + r) * NA + v) * 128 + tid];
+    }
+    // acc[r][4i + c]: weight row nt[r]·16 + g (+8 for c ≥ 2), batch row
+    // m0 + 8i + 2t + (c & 1); rows g+8 were summed 16 times too large.
+#pragma unroll
+    for (int r = 0; r < RT; r++)
+#pragma unroll
+        for (int i = 0; i < BM / 8; i++) {
+            acc[r][4 * i + 2] *= 0.0625f;
+            acc[r][4 * i + 3] *= 0.0625f;
+        }
+#pragma unroll
+    for (int r = 0; r < RT; r++)
+#pragma unroll
+        for (int i = 0; i < BM / 8; i++)
+#pragma unroll
+            for (int c = 0; c < 4; c++)
+                if (epi != EPI_SWIGLU || c < 2)
+                    w4_store(y, bias, M, N, epi, nt[r], lane, c, m0 + 8 * i + 2 * t + (c & 1),
+                             acc[r][4 * i + c], acc[r][4 * i + (c ^ 2)]);
+#endif
+}
+
+#define WG_KERNEL(BM, KS, RT, S)                                                               \
+    extern "C" __global__ void __launch_bounds__(128 * KS)                                     \
+        w4_wg_b##BM##_k##KS##_r##RT##_s##S(                                                    \
+            const u32 *__restrict__ qw, const u32 *__restrict__ sz, const u16 *__restrict__ xp, \
+            u16 *__restrict__ y, const u16 *__restrict__ bias, int M, int N, int NT, int KC,    \
+            int G, int gshift, int epi, u64 lbo_sbo) {                                          \
+        wg_body<BM, KS, RT, S>(qw, sz, xp, y, bias, M, N, NT, KC, G, gshift, epi, lbo_sbo);     \
+    }
+
+// The variants the host may launch (src/kernels.rs lists the same ones).
+WG_KERNEL(64, 2, 2, 4)
+WG_KERNEL(64, 4, 2, 3)
+WG_KERNEL(64, 2, 4, 4)
+WG_KERNEL(128, 2, 2, 4)
+
+// xp[m][kc·64 + 16j + kk] for the wgmma kernels (see above): k-index kk of
+// k tile j stands for column 16·tt + 4j + e of the chunk, tt = (kk mod 8)/2,
+// e = kk mod 2 + 2·(kk ≥ 8) (the A fragment's lane t holds k-indices 2t,
+// 2t+1, 2t+8, 2t+9: columns 16t + 4j + 0..3); through perm (act-order)
+// when given; 0 past K.
+extern "C" __global__ void wg_prep_x(const u16 *__restrict__ x, const int *__restrict__ perm,
+                                     u16 *__restrict__ xp, int M, int K, int KP) {
+    pdl_wait();
+    pdl_launch();
+    const u64 idx = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (u64)M * KP) return;
+    const int m = (int)(idx / KP);
+    const int p = (int)(idx % KP);
+    const int kk = p & 15;
+    const int col = (p & ~63) + 16 * ((kk & 7) >> 1) + 4 * ((p >> 4) & 3) + (kk & 1) + ((kk >> 3) << 1);
+    u16 v = 0;
+    if (col < K) v = x[(u64)m * K + (perm ? perm[col] : col)];
+    xp[idx] = v;
+}
 
 // xp[m][p] = x[m][perm[p]]: activations in the order the act-order weights
 // were repacked into.

@@ -2,7 +2,7 @@
 //! graph replays, median), used by `gptq bench kernels --device cuda`.
 
 use crate::device::{Ctx, Cuda, GpuLinear, Path, Workspace};
-use crate::kernels::{W4Variant, W4_VARIANTS};
+use crate::kernels::{W4Variant, W4_VARIANTS, WG_VARIANTS};
 use crate::layout::{random_qlinear, Rng};
 use crate::{Error, Result};
 use cudarc::driver::{sys as cu, CudaSlice};
@@ -205,8 +205,18 @@ pub fn bench_shape(
                     continue;
                 }
                 let t = time_path(Path::Fused(v), &mut ws, &mut y)?;
+                tracing::debug!("{k}x{n} M={m} {}: {t:.2} us", v.symbol());
                 if best.as_ref().is_none_or(|b| t < b.1) {
                     best = Some((v.symbol(), t));
+                }
+            }
+            if dev.has_wgmma() && m > 8 {
+                for &v in WG_VARIANTS {
+                    let t = time_path(Path::Wg(v), &mut ws, &mut y)?;
+                    tracing::debug!("{k}x{n} M={m} {}: {t:.2} us", v.symbol());
+                    if best.as_ref().is_none_or(|b| t < b.1) {
+                        best = Some((v.symbol(), t));
+                    }
                 }
             }
         }
@@ -241,6 +251,7 @@ pub fn path_name(p: Path) -> String {
     match p {
         Path::Auto => "auto".into(),
         Path::Fused(v) => v.symbol(),
+        Path::Wg(v) => v.symbol(),
         Path::DequantGemm => "dequant+cublas".into(),
     }
 }
@@ -434,6 +445,9 @@ pub fn check(dev: &Cuda, cases: &[CheckCase], seed: u64) -> Result<Vec<CheckRow>
                     .filter(|v| !v.fold || l.fold_ok())
                     .map(|&v| Path::Fused(v)),
             );
+            if dev.has_wgmma() {
+                paths.extend(WG_VARIANTS.iter().map(|&v| Path::Wg(v)));
+            }
         }
         let name = format!(
             "{}-bit {}x{} g{} {}{}",

@@ -316,7 +316,11 @@ mod tests {
             if arch != "sm_90a" {
                 continue;
             }
+            if std::env::var_os("GPTQ_PRINT_PTXAS").is_some() {
+                eprintln!("{log}");
+            }
             let mut current = String::new();
+            let mut wg_seen = 0;
             for line in log.lines() {
                 if let Some(i) = line.find("Compiling entry function '") {
                     current = line[i + 26..].split('\'').next().unwrap_or("").to_string();
@@ -327,7 +331,22 @@ mod tests {
                         "{arch} {current}: {line}"
                     );
                 }
+                // The wgmma kernels' bodies are compiled only for sm_90a
+                // (`WG_OK`): one that came out empty would use a handful of
+                // registers, not the accumulators of a 64 x 64 tile.
+                if current.starts_with("w4_wg_") {
+                    if let Some(r) = line.split("Used ").nth(1) {
+                        let regs: u32 = r
+                            .split(' ')
+                            .next()
+                            .and_then(|v| v.parse().ok())
+                            .unwrap_or(0);
+                        assert!(regs >= 64, "{current}: {line}");
+                        wg_seen += 1;
+                    }
+                }
             }
+            assert_eq!(wg_seen, crate::kernels::WG_VARIANTS.len(), "{log}");
         }
     }
 }

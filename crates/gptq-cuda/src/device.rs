@@ -2,7 +2,7 @@
 //! the GPU and the matmul dispatcher.
 
 use crate::compile::{self, CubinSource};
-use crate::kernels::{self, W4Variant, W4_VARIANTS};
+use crate::kernels::{self, W4Variant, WgVariant, W4_VARIANTS, WG_VARIANTS};
 use crate::layout::{AnyLayout, W4Layout};
 use crate::{Error, Result};
 use cudarc::cublas::{sys as cb, CudaBlas};
@@ -242,6 +242,18 @@ impl Cuda {
                 .ctx("raising the shared-memory limit")?;
             }
         }
+        for v in WG_VARIANTS {
+            let f = funcs
+                .get(&v.symbol())
+                .ok_or_else(|| Error::Driver(format!("kernel {} missing", v.symbol())))?;
+            if v.shared_bytes() > 48 * 1024 && arch == "sm_90a" {
+                f.set_attribute(
+                    cu::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    v.shared_bytes() as i32,
+                )
+                .ctx("raising the shared-memory limit")?;
+            }
+        }
         let blas = CudaBlas::new(stream.clone()).ctx("creating a cuBLAS handle")?;
         // A fixed workspace keeps cuBLAS from allocating (and lets its calls
         // be captured into graphs).
@@ -435,10 +447,19 @@ impl Cuda {
         pick_variant(l.n, l.k, m, l.fold_ok())
     }
 
+    /// Whether the wgmma kernels run here (they are compiled for sm_90a
+    /// only; elsewhere their bodies are empty).
+    pub fn has_wgmma(&self) -> bool {
+        self.info.arch == "sm_90a"
+    }
+
     /// The path [`Path::Auto`] takes.
     pub fn auto_path(&self, l: &GpuLinear, m: usize) -> Path {
         if l.w4.is_some() && (m <= FUSED_MAX_M || l.any.is_none()) {
-            Path::Fused(self.pick_variant(l, m))
+            match pick_wg(l.n, m) {
+                Some(v) if self.has_wgmma() => Path::Wg(v),
+                _ => Path::Fused(self.pick_variant(l, m)),
+            }
         } else {
             Path::DequantGemm
         }
@@ -474,6 +495,7 @@ impl Cuda {
         };
         match path {
             Path::Fused(v) => self.fused(l, v, x, m, y, ws, EPI_PLAIN),
+            Path::Wg(v) => self.wg(l, v, x, m, y, ws, EPI_PLAIN),
             _ => self.dequant_gemm(l, x, m, y, ws),
         }
     }
@@ -492,14 +514,19 @@ impl Cuda {
         y: &mut CudaSlice<f16>,
         ws: &mut Workspace,
     ) -> Result<bool> {
-        let Path::Fused(v) = self.auto_path(l, m) else {
+        let path = self.auto_path(l, m);
+        if !matches!(path, Path::Fused(_) | Path::Wg(_)) {
             return Ok(false);
-        };
+        }
         if !l.n.is_multiple_of(16) {
             return Err(Error::Shape(format!("SwiGLU over a {}x{} layer", l.n, l.k)));
         }
         check_batch(l, x, m, y, l.n / 2)?;
-        self.fused(l, v, x, m, y, ws, EPI_SWIGLU)?;
+        match path {
+            Path::Wg(v) => self.wg(l, v, x, m, y, ws, EPI_SWIGLU)?,
+            Path::Fused(v) => self.fused(l, v, x, m, y, ws, EPI_SWIGLU)?,
+            _ => return Ok(false),
+        }
         Ok(true)
     }
 
@@ -560,6 +587,74 @@ impl Cuda {
             shared_mem_bytes: v.shared_bytes(),
         };
         let args = &mut kargs![&pq, &ps, &xp, &py, &pbias, &mi, &ni, &ki, &kci, &gi, &gs, &epi];
+        unsafe { self.launch(f, cfg, args, true, &v.symbol()) }
+    }
+
+    /// The wgmma GEMM: the activations rearranged by `wg_prep_x` (column
+    /// permutation of the layout, act-order's, zero padding to whole
+    /// chunks) into the workspace, then the kernel.
+    #[allow(clippy::too_many_arguments)]
+    fn wg(
+        &self,
+        l: &GpuLinear,
+        v: WgVariant,
+        x: &CudaSlice<f16>,
+        m: usize,
+        y: &mut CudaSlice<f16>,
+        ws: &mut Workspace,
+        epi: i32,
+    ) -> Result<()> {
+        let w4 = l.w4.as_ref().ok_or_else(|| {
+            Error::Unsupported(format!(
+                "no fused int4 path for this layer: {}",
+                l.w4_reason.as_deref().unwrap_or("not loaded")
+            ))
+        })?;
+        if !WG_VARIANTS.contains(&v) {
+            return Err(Error::Unsupported(format!("no kernel {}", v.symbol())));
+        }
+        if !self.has_wgmma() {
+            return Err(Error::Unsupported(format!(
+                "{} needs sm_90a (this device is {})",
+                v.symbol(),
+                self.info.arch
+            )));
+        }
+        let st = &self.stream;
+        let kp = w4.kc * 64;
+        if m > i32::MAX as usize / kp {
+            return Err(Error::Shape(format!("batch of {m} rows")));
+        }
+        let need = m * kp;
+        let buf = ws.xperm(self, need)?;
+        let (px, pb) = (dptr(x, st), dptr(buf, st));
+        let pp = w4.perm.as_ref().map(|p| dptr(p, st)).unwrap_or(0u64);
+        let (mi, ki, kpi) = (m as i32, l.k as i32, kp as i32);
+        let f = self.func(kernels::WG_PREP)?;
+        let cfg = LaunchConfig {
+            grid_dim: ((need as u64).div_ceil(256) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let args = &mut kargs![&px, &pp, &pb, &mi, &ki, &kpi];
+        unsafe { self.launch(f, cfg, args, true, kernels::WG_PREP) }?;
+        let f = self.func(&v.symbol())?;
+        let (pq, ps, py) = (dptr(&w4.qw, st), dptr(&w4.sz, st), dptr(y, st));
+        let pbias = l.bias.as_ref().map(|b| dptr(b, st)).unwrap_or(0u64);
+        let (ni, nti) = (l.n as i32, w4.nt as i32);
+        let (kci, gi, gs) = (w4.kc as i32, w4.groups as i32, w4.gshift as i32);
+        let lbo_sbo = v.lbo_sbo();
+        let cfg = LaunchConfig {
+            grid_dim: (
+                m.div_ceil(v.rows()) as u32,
+                w4.nt.div_ceil(v.tiles()) as u32,
+                1,
+            ),
+            block_dim: (v.threads(), 1, 1),
+            shared_mem_bytes: v.shared_bytes(),
+        };
+        let args =
+            &mut kargs![&pq, &ps, &pb, &py, &pbias, &mi, &ni, &nti, &kci, &gi, &gs, &epi, &lbo_sbo];
         unsafe { self.launch(f, cfg, args, true, &v.symbol()) }
     }
 
@@ -700,7 +795,8 @@ pub const FUSED_MAX_M: usize = 1 << 30;
 /// `bench/results/cuda-int4-kernels.md`): one n8 tile for up to 8 rows (two
 /// row tiles per warp once there are enough rows to fill the GPU, else 16
 /// warps splitting K), two for up to 16, four for up to 32, 64-row blocks
-/// beyond (32 rows × 64 outputs on narrow layers). The folded variants
+/// beyond (32 rows × 64 outputs on narrow layers; past 64 rows the wgmma
+/// GEMM, [`pick_wg`], takes most shapes on sm_90a). The folded variants
 /// (`fold`) were correct but not faster, so the dispatcher does not use
 /// them.
 pub fn pick_variant(n: usize, _k: usize, m: usize, _fold: bool) -> W4Variant {
@@ -713,7 +809,31 @@ pub fn pick_variant(n: usize, _k: usize, m: usize, _fold: bool) -> W4Variant {
         17..=32 => W4Variant::new(4, 1, 1, 8, 4),
         33..=64 if n >= 8192 => W4Variant::new(8, 2, 2, 8, 3),
         33..=64 => W4Variant::new(4, 2, 2, 8, 4),
+        // Twice the blocks of the four-wide variant: 1.8-1.9x faster on
+        // 4096-row layers at 128 rows (`2026-12-03-wgmma.md`).
+        65..=128 if n < 8192 => W4Variant::new(8, 2, 2, 8, 3),
         _ => W4Variant::new(8, 2, 4, 8, 3),
+    }
+}
+
+/// The wgmma variant for `m` batch rows of an `n`-row layer, or `None`
+/// where the fused kernel is faster. From the `--sweep` of
+/// `gptq bench kernels --device cuda` on an H200
+/// (`bench/results/2026-12-03-wgmma.md`): on wide layers (n ≥ 12288; enough
+/// 64-row blocks to fill the GPU) from 33 rows on, 64-row blocks with four
+/// warpgroups splitting K up to 64 rows and 128-row blocks beyond; on
+/// narrower layers only from 129 rows on (below that the fused kernel's
+/// finer K split wins).
+pub fn pick_wg(n: usize, m: usize) -> Option<WgVariant> {
+    let wide = n >= 12288;
+    if wide {
+        match m {
+            0..=32 => None,
+            33..=64 => Some(WgVariant::new(64, 4, 2, 3)),
+            _ => Some(WgVariant::new(128, 2, 2, 4)),
+        }
+    } else {
+        (m > 128).then_some(WgVariant::new(64, 4, 2, 3))
     }
 }
 
@@ -724,6 +844,8 @@ pub enum Path {
     Auto,
     /// The fused int4 kernel, this variant.
     Fused(W4Variant),
+    /// The wgmma int4 GEMM (sm_90a), this variant.
+    Wg(WgVariant),
     /// Dequantize to f16, then cuBLAS.
     DequantGemm,
 }
@@ -926,6 +1048,10 @@ mod tests {
                 assert!(W4_VARIANTS.contains(&v), "{n} {m}: {v:?}");
                 assert!(!v.fold);
                 assert!(m <= 64 || v.rows() == 64, "{n} {m}: {v:?}");
+                if let Some(w) = pick_wg(n, m) {
+                    assert!(WG_VARIANTS.contains(&w), "{n} {m}: {w:?}");
+                    assert!(m > 16, "{n} {m}: the fused kernel serves small batches");
+                }
             }
         }
     }

@@ -116,10 +116,79 @@ pub const W4_VARIANTS: &[W4Variant] = &[
     W4Variant::new(8, 2, 4, 8, 3).folded(),
 ];
 
+/// One instantiation of the tensor-core (wgmma, sm_90a) int4 GEMM for
+/// larger batches (`w4_wg_*` in `w4.cu`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct WgVariant {
+    /// Batch rows per block (the wgmma N: 64, 128 or 256).
+    pub bm: u32,
+    /// Warpgroups per block, splitting K (same rows).
+    pub ks: u32,
+    /// Groups of 64 output rows (4 row tiles, one per warp) per warpgroup.
+    pub rt: u32,
+    /// Stages of the cp.async ring (activations and codes).
+    pub st: u32,
+}
+
+impl WgVariant {
+    pub const fn new(bm: u32, ks: u32, rt: u32, st: u32) -> Self {
+        WgVariant { bm, ks, rt, st }
+    }
+
+    /// The kernel's symbol.
+    pub fn symbol(&self) -> String {
+        format!("w4_wg_b{}_k{}_r{}_s{}", self.bm, self.ks, self.rt, self.st)
+    }
+
+    /// 16-row tiles one block covers.
+    pub fn tiles(&self) -> usize {
+        (4 * self.rt) as usize
+    }
+
+    /// Batch rows one block covers.
+    pub fn rows(&self) -> usize {
+        self.bm as usize
+    }
+
+    /// Threads per block.
+    pub fn threads(&self) -> u32 {
+        128 * self.ks
+    }
+
+    /// Dynamic shared memory, bytes: each warpgroup's ring (per stage the
+    /// activation tile, `bm` rows × 64 columns f16, and 768 bytes of codes
+    /// and scales per row tile), reused for the sums of warpgroups 1.. at
+    /// the end.
+    pub fn shared_bytes(&self) -> u32 {
+        let rings = self.ks * self.st * (self.bm * 128 + 4 * self.rt * 768);
+        let reduce = (self.ks - 1) * self.rt * (self.bm / 2) * 128 * 4;
+        rings.max(reduce)
+    }
+
+    /// The `lbo_sbo` argument: the fixed descriptor fields of the kernel's
+    /// shared-memory layout (K-major, 128-byte swizzle): leading offset 1
+    /// (unused by that layout), stride 1024 bytes between 8-row groups (in
+    /// units of 16 bytes, bits 32–45), swizzle mode 1 (bits 62–63).
+    pub fn lbo_sbo(&self) -> u64 {
+        let lbo = 1u64;
+        let sbo = 1024u64 >> 4;
+        (lbo << 16) | (sbo << 32) | (1u64 << 62)
+    }
+}
+
+/// Every wgmma variant compiled into the module (same list as `w4.cu`).
+pub const WG_VARIANTS: &[WgVariant] = &[
+    WgVariant::new(64, 2, 2, 4),
+    WgVariant::new(64, 4, 2, 3),
+    WgVariant::new(64, 2, 4, 4),
+    WgVariant::new(128, 2, 2, 4),
+];
+
 /// The other kernels of the module.
 pub const GATHER: &str = "gather_cols";
 pub const ADD_BIAS: &str = "add_bias";
 pub const FILL_U16: &str = "fill_u16";
+pub const WG_PREP: &str = "wg_prep_x";
 
 /// `dequant_b{bits}`.
 pub fn dequant_symbol(bits: u32) -> String {
@@ -168,6 +237,11 @@ pub const ALL_FUNCTIONS: &[&str] = &[
     "w4_mma_m8_r2_w4_k4_s4_f",
     "w4_mma_m8_r2_w4_k8_s3",
     "w4_mma_m8_r2_w4_k8_s3_f",
+    "w4_wg_b64_k2_r2_s4",
+    "w4_wg_b64_k4_r2_s3",
+    "w4_wg_b64_k2_r4_s4",
+    "w4_wg_b128_k2_r2_s4",
+    "wg_prep_x",
     "gather_cols",
     "add_bias",
     "fill_u16",
@@ -189,6 +263,12 @@ mod tests {
             assert!(v.kw.is_multiple_of(v.rw), "{v:?}");
             assert!(crate::layout::TILE_PAD.is_multiple_of(v.tiles()), "{v:?}");
         }
+        for v in WG_VARIANTS {
+            assert!(ALL_FUNCTIONS.contains(&v.symbol().as_str()), "{v:?}");
+            // The most a block may have on sm_90 (227 KiB).
+            assert!(v.shared_bytes() <= 227 * 1024, "{v:?}");
+            assert!([64, 128, 256].contains(&v.bm), "{v:?}");
+        }
         for b in [2, 3, 4, 8] {
             assert!(ALL_FUNCTIONS.contains(&dequant_symbol(b).as_str()));
         }
@@ -204,6 +284,16 @@ mod tests {
                         &p[2][1..],
                         &p[3][1..],
                         &p[4][1..]
+                    ))
+                })
+                || f.strip_prefix("w4_wg_").is_some_and(|rest| {
+                    let p: Vec<&str> = rest.split('_').collect();
+                    src.contains(&format!(
+                        "WG_KERNEL({}, {}, {}, {})",
+                        &p[0][1..],
+                        &p[1][1..],
+                        &p[2][1..],
+                        &p[3][1..]
                     ))
                 })
                 || f.strip_prefix("dequant_b")

@@ -7,7 +7,10 @@
 //!   4-bit layers with power-of-two groups (act-order ones reordered once)
 //!   into the fused int4 kernel's layout, any other into a
 //!   dequantize-then-cuBLAS layout.
-//! * [`Cuda::matmul`] dispatches per shape and batch ([`device::pick_variant`]).
+//! * [`Cuda::matmul`] dispatches per shape and batch: the fused int4 kernel
+//!   ([`device::pick_variant`]) for small batches, its wgmma GEMM on sm_90a
+//!   ([`device::pick_wg`]) for larger ones, dequantize-then-cuBLAS for
+//!   layers without the int4 layout.
 //!
 //! Everything links dynamically (cudarc `dynamic-loading`): the crate builds
 //! and its tests pass on machines without CUDA, and [`Cuda::new`] returns
@@ -29,7 +32,7 @@ pub use device::{
     probe_libraries, swiglu_row_order, Cuda, DeviceInfo, GpuLinear, HostLinear, Path, Workspace,
 };
 pub use forward::GpuCalibration;
-pub use kernels::W4Variant;
+pub use kernels::{W4Variant, WgVariant};
 pub use solve::{GpuLayerSolver, Solver};
 
 /// Errors of the CUDA backend.
