@@ -318,6 +318,20 @@ pub fn check_cases(quick: bool) -> Vec<CheckCase> {
             }
         }
     }
+    // Output rows a multiple of 16: the SwiGLU epilogue is checked too (as
+    // gate/up pairs) on every fused and wgmma path; 5 chunks of K, so the
+    // wgmma kernels' warpgroups get uneven shares.
+    for (gs, act, bias) in [(Some(64), true, true), (None, false, false)] {
+        cases.push(CheckCase {
+            bits: 4,
+            k: 320,
+            n: 2048,
+            group_size: gs,
+            act_order: act,
+            bias,
+            ms: vec![1, 16, 64, 200],
+        });
+    }
     // K not a multiple of 16: the dequantize-then-GEMM path.
     cases.push(CheckCase {
         bits: 4,
@@ -490,10 +504,82 @@ pub fn check(dev: &Cuda, cases: &[CheckCase], seed: u64) -> Result<Vec<CheckRow>
             }
             row.pass = row.bad == 0 && row.worst_ratio <= 1.0;
             rows.push(row);
+            if c.n.is_multiple_of(16) && l.has_fused() && !matches!(path, Path::DequantGemm) {
+                rows.push(check_swiglu(
+                    dev, &l, &x, &mut y, &mut ws, c, &reference, &name, path,
+                )?);
+            }
         }
         dev.synchronize()?;
     }
     Ok(rows)
+}
+
+/// The SwiGLU epilogue along `path` (rows taken as gate/up pairs the way
+/// [`crate::swiglu_row_order`] stacks them: in row tile t, rows 16t..16t+7
+/// are gates and 16t+8..16t+15 their up rows): output (m, 8t + i) against
+/// silu(ref gate)·ref up. Tolerance: the gate's tolerance times
+/// max |silu'| ≤ 1.1 times |up|, plus |silu(gate)| times the up row's, plus
+/// the f16 rounding of the output (2^-10 of it).
+#[allow(clippy::too_many_arguments)]
+fn check_swiglu(
+    dev: &Cuda,
+    l: &GpuLinear,
+    x: &CudaSlice<f16>,
+    y: &mut CudaSlice<f16>,
+    ws: &mut Workspace,
+    c: &CheckCase,
+    reference: &[(f64, f64, f64)],
+    name: &str,
+    path: Path,
+) -> Result<CheckRow> {
+    let silu = |v: f64| v / (1.0 + (-v).exp());
+    let mut row = CheckRow {
+        case: name.to_string(),
+        path: format!("{} swiglu", path_name(path)),
+        max_abs: 0.0,
+        worst_ratio: 0.0,
+        rel_l2: 0.0,
+        bad: 0,
+        pass: true,
+    };
+    let half = c.n / 2;
+    for &m in &c.ms {
+        dev.fill_f16(y, 0x7E00)?;
+        if !dev.matmul_swiglu_path(l, x, m, y, ws, path)? {
+            return Err(Error::Unsupported(format!(
+                "{}: no SwiGLU epilogue at M = {m}",
+                path_name(path)
+            )));
+        }
+        let got = dev.download(y)?;
+        let (mut num, mut den) = (0f64, 0f64);
+        for mi in 0..m {
+            for j in 0..half {
+                let (gate, up) = (16 * (j / 8) + j % 8, 16 * (j / 8) + 8 + j % 8);
+                let (gv, ga, gx) = reference[mi * c.n + gate];
+                let (uv, ua, ux) = reference[mi * c.n + up];
+                let want = silu(gv) * uv;
+                let g = got[mi * half + j].to_f32() as f64;
+                if !g.is_finite() {
+                    row.bad += 1;
+                    continue;
+                }
+                let tol = 1.1 * tolerance(c.k, gv, ga, gx) * uv.abs()
+                    + silu(gv).abs() * tolerance(c.k, uv, ua, ux)
+                    + 2f64.powi(-10) * want.abs()
+                    + 1e-7;
+                let err = (g - want).abs();
+                row.max_abs = row.max_abs.max(err);
+                row.worst_ratio = row.worst_ratio.max(err / tol);
+                num += err * err;
+                den += want * want;
+            }
+        }
+        row.rel_l2 = row.rel_l2.max((num / den.max(1e-300)).sqrt());
+    }
+    row.pass = row.bad == 0 && row.worst_ratio <= 1.0;
+    Ok(row)
 }
 
 impl Cuda {

@@ -514,7 +514,24 @@ impl Cuda {
         y: &mut CudaSlice<f16>,
         ws: &mut Workspace,
     ) -> Result<bool> {
-        let path = self.auto_path(l, m);
+        self.matmul_swiglu_path(l, x, m, y, ws, Path::Auto)
+    }
+
+    /// [`Cuda::matmul_swiglu`] along a chosen path (`Ok(false)` for
+    /// dequantize-then-GEMM, which has no SwiGLU epilogue).
+    pub fn matmul_swiglu_path(
+        &self,
+        l: &GpuLinear,
+        x: &CudaSlice<f16>,
+        m: usize,
+        y: &mut CudaSlice<f16>,
+        ws: &mut Workspace,
+        path: Path,
+    ) -> Result<bool> {
+        let path = match path {
+            Path::Auto => self.auto_path(l, m),
+            p => p,
+        };
         if !matches!(path, Path::Fused(_) | Path::Wg(_)) {
             return Ok(false);
         }

@@ -143,7 +143,11 @@ fn check_report(rows: &[CheckRow], out: &mut String) -> bool {
     let mut worst: HashMap<String, (f64, f64, f64)> = HashMap::new();
     for r in rows {
         let fam = if r.path.starts_with("w4_mma") {
-            "fused int4 (all variants)".to_string()
+            if r.path.ends_with("swiglu") {
+                "fused int4 swiglu (all variants)".to_string()
+            } else {
+                "fused int4 (all variants)".to_string()
+            }
         } else {
             r.path.clone()
         };
