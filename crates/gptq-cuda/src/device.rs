@@ -704,6 +704,8 @@ impl Cuda {
             .arg(&li)
             .arg(&mono);
         unsafe {
+            // 128 threads, one output row each: `dequant_body`'s shared
+            // tile is sized for exactly this block.
             b.launch(LaunchConfig {
                 grid_dim: (l.n.div_ceil(128) as u32, any.kb as u32, 1),
                 block_dim: (128, 1, 1),

@@ -239,11 +239,11 @@ struct GroupPlan {
     /// later group.
     adopt: bool,
     /// The unquantized path's states may advance in place: no later group
-    /// reads a point before this group's last.
+    /// reads this group's last point or an earlier one.
     fp_adopt: bool,
-    /// With `fp_adopt`, the next group's first input point when it lies
-    /// ahead, is a stream point and no later group reads a point before
-    /// it: the unquantized states run on to it after this group's pass and
+    /// With `fp_adopt`, the smallest input point of the later groups (past
+    /// this group's last, by `fp_adopt`) when it is a stream point: the
+    /// unquantized states run on to it after this group's pass and
     /// wait there compact (the residual stream alone) instead of holding
     /// this group's last input.
     fp_ahead: Option<usize>,
