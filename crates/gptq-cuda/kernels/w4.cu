@@ -413,20 +413,20 @@ W4_KERNEL(8, 2, 4, 8, 3)
 // from registers (the A fragment of a warp is the mma.m16n8k16 one, which
 // is what the layout stores), and the activations the B operand, from
 // shared memory. The KS warpgroups of a block split K and add up at the end.
-// The activations come pre-arranged by wg_prep_x: xp[m][kc·64 + 16j + kk]
-// is the column that k-index kk of k tile j in chunk kc stands for under
-// the layout's column permutation (and act-order's), zero past K. In shared
-// memory one stage (one 64-column chunk) holds BM rows of 128 bytes in
-// wgmma's K-major layout with the 128-byte swizzle (16-byte piece p of row
-// r at r·128 + 16·(p XOR r mod 8); stages 1024-byte aligned): k tile j's
-// descriptor starts 32·j bytes into the stage, 8-row groups are 1024 bytes
+// The activations come pre-arranged by wg_prep_x as the shared-memory
+// image of each stage (one 64-column chunk of BM rows): rows of 128 bytes
+// in wgmma's K-major layout with the 128-byte swizzle (16-byte piece p of
+// row r at r·128 + 16·(p XOR r mod 8)), columns in the layout's
+// permutation (and act-order's), zeros past M and K. One bulk copy (the
+// copy engine, completing on the stage's mbarrier) fills a stage; k tile
+// j's descriptor starts 32·j bytes into it, 8-row groups are 1024 bytes
 // apart (the host passes the encoded fields as `lbo_sbo`).
 // (Without the swizzle, the same kernel ran 1.7-3.4x slower on an H200.)
 // Each warp streams its own codes and scales through a cp.async ring as
-// the fused kernel does. Per chunk: wait for the stage, make it visible to
-// the tensor cores (fence.proxy.async), the warpgroup's barrier, refill the
-// stage freed last chunk, dequantize (the plain path: rows g+8 shift-free,
-// scaled back by 1/16 at the end), 4·RT wgmma, wait for them.
+// the fused kernel does. Per chunk: wait for its codes and its stage's
+// mbarrier, the warpgroup's barrier, refill the stage freed last chunk,
+// dequantize (the plain path: rows g+8 shift-free, scaled back by 1/16 at
+// the end), 4·RT wgmma, wait for them.
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define WG_OK 1
 #else
@@ -451,10 +451,46 @@ __device__ __forceinline__ void wgmma_wait0() {
 #endif
 }
 
-__device__ __forceinline__ void fence_proxy_async() {
+__device__ __forceinline__ void mbar_init(u32 bar, u32 count) {
 #if WG_OK
-    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
 #endif
+}
+
+// Makes initialised mbarriers visible to the copy engine (async proxy).
+__device__ __forceinline__ void mbar_init_fence() {
+#if WG_OK
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+#endif
+}
+
+// Bulk copy of `bytes` (a multiple of 16) from global to shared memory by
+// the copy engine, completing on the mbarrier `bar` (this thread arrives
+// on it, expecting those bytes).
+__device__ __forceinline__ void bulk_load(u32 dst, const void *src, u32 bytes, u32 bar) {
+#if WG_OK
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes)
+                 : "memory");
+    asm volatile(
+        "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::
+            "r"(dst),
+        "l"(src), "r"(bytes), "r"(bar)
+        : "memory");
+#endif
+}
+
+// Whether phase `parity` of the mbarrier has completed.
+__device__ __forceinline__ bool mbar_done(u32 bar, u32 parity) {
+    u32 ok = 1;
+#if WG_OK
+    asm volatile(
+        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+        "selp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(ok)
+        : "r"(bar), "r"(parity)
+        : "memory");
+#endif
+    return ok != 0;
 }
 
 // Keeps the compiler from moving accesses of an accumulator across the
@@ -557,7 +593,7 @@ __device__ constexpr int wg_ring_bytes() {
 
 template <int BM, int KS, int RT, int S>
 __device__ __forceinline__ void wg_body(const u32 *__restrict__ qw, const u32 *__restrict__ sz,
-                                        const u16 *__restrict__ xp, u16 *__restrict__ y,
+                                        const u16 *__restrict__ xt, u16 *__restrict__ y,
                                         const u16 *__restrict__ bias, int M, int N, int NT, int KC,
                                         int G, int gshift, int epi, u64 lbo_sbo) {
     static_assert(BM == 64 || BM == 128 || BM == 256, "wgmma N");
@@ -588,12 +624,18 @@ __device__ __forceinline__ void wg_body(const u32 *__restrict__ qw, const u32 *_
     int nt[RT];
 #pragma unroll
     for (int r = 0; r < RT; r++) nt[r] = blockIdx.y * (4 * RT) + 4 * r + (warp & 3);
-    const int KP = KC * 64;
     // The shared window's address of the dynamic buffer, through the
     // compiler's own conversion (not inline asm), so it knows the value is
     // the same in every thread and keeps the descriptors in uniform
     // registers.
-    const u32 base = (u32)__cvta_generic_to_shared(wg_smem) + wgi * wg_ring_bytes<BM, RT, S>();
+    const u32 smem0 = (u32)__cvta_generic_to_shared(wg_smem);
+    const u32 base = smem0 + wgi * wg_ring_bytes<BM, RT, S>();
+    // One mbarrier per stage and warpgroup, after all the rings.
+    const u32 bars = smem0 + KS * wg_ring_bytes<BM, RT, S>() + wgi * S * 8;
+    if (tid == 0)
+        for (int st = 0; st < S; st++) mbar_init(bars + st * 8, 1);
+    mbar_init_fence();
+    __syncthreads();
     const u32 wbase = base + S * BSTAGE + (warp & 3) * (S * WSTAGE);
     const u32 *qp[RT];
     const u32 *sp[RT];
@@ -615,45 +657,42 @@ __device__ __forceinline__ void wg_body(const u32 *__restrict__ qw, const u32 *_
             }
         }
     };
-    // Piece c of a stage: batch row r = 8·(c / 64) + c % 8, 16-byte piece
-    // p = (c / 8) % 8 of its 128 bytes, stored at row r·128 + 16·(p ^ r%8)
-    // (the 128-byte swizzle): eight consecutive threads write eight
-    // different bank groups, and a warp reads 64 contiguous bytes of each
-    // of 8 rows. Rows past M repeat row M-1 (their outputs are not written).
+    // A stage of activations is one bulk copy: wg_prep_x wrote each
+    // (row block, chunk) tile as its shared-memory image (BM rows of 128
+    // bytes, swizzled), so the copy engine moves it whole and signals the
+    // stage's mbarrier; thread 0 of the warpgroup starts it.
     auto issue_x = [&](int st, int i) {
         const int kc = wgi + i * KS;
-        if (kc < KC) {
-#pragma unroll
-            for (int u = 0; u < (BM * 8) / 128; u++) {
-                const int c = tid + u * 128;
-                const int r = ((c >> 6) << 3) | (c & 7);
-                const int p = (c >> 3) & 7;
-                const int m = min(m0 + r, M - 1);
-                const u32 dst = base + st * BSTAGE + r * 128 + ((p ^ (r & 7)) << 4);
-                cp_async16(dst, xp + (u64)m * KP + kc * 64 + p * 8);
-            }
-        }
-        cp_async_commit();
+        if (kc < KC && tid == 0)
+            bulk_load(base + st * BSTAGE, xt + ((u64)blockIdx.x * KC + kc) * (BM * 64), BSTAGE,
+                      bars + st * 8);
     };
     float acc[RT][NA];
 #pragma unroll
     for (int r = 0; r < RT; r++)
 #pragma unroll
         for (int i = 0; i < NA; i++) acc[r][i] = 0.f;
-    for (int st = 0; st < D; st++) issue_w(st, st);
+    for (int st = 0; st < D; st++) {
+        issue_w(st, st);
+        cp_async_commit();
+    }
     pdl_wait();
     pdl_launch();
     for (int st = 0; st < D; st++) issue_x(st, st);
     const int chunks = KC > wgi ? (KC - wgi + KS - 1) / KS : 0;
     for (int i = 0; i < chunks; i++) {
         const int st = i % S;
+        // This thread's codes and scales of chunk i, and the stage's
+        // activations (use i / S of the stage: that phase parity).
         cp_async_wait<D - 1>();
-        fence_proxy_async();
-        // This warpgroup's barrier (id 1 + wgi; 0 is __syncthreads): its
-        // threads' copies of stage st are in, and all of them are done with
-        // the stage refilled next (their wgmma of local chunk i+D-S waited).
+        while (!mbar_done(bars + st * 8, (i / S) & 1)) {
+        }
+        // This warpgroup's barrier (id 1 + wgi; 0 is __syncthreads): all its
+        // warps are done with the stage refilled next (their wgmma of local
+        // chunk i+D-S waited).
         asm volatile("bar.sync %0, 128;" ::"r"(1 + wgi) : "memory");
         issue_w((i + D) % S, i + D);
+        cp_async_commit();
         issue_x((i + D) % S, i + D);
         u32 a[RT][4][4];
 #pragma unroll
@@ -741,10 +780,10 @@ __device__ __forceinline__ void wg_body(const u32 *__restrict__ qw, const u32 *_
 #define WG_KERNEL(BM, KS, RT, S)                                                               \
     extern "C" __global__ void __launch_bounds__(128 * KS)                                     \
         w4_wg_b##BM##_k##KS##_r##RT##_s##S(                                                    \
-            const u32 *__restrict__ qw, const u32 *__restrict__ sz, const u16 *__restrict__ xp, \
+            const u32 *__restrict__ qw, const u32 *__restrict__ sz, const u16 *__restrict__ xt, \
             u16 *__restrict__ y, const u16 *__restrict__ bias, int M, int N, int NT, int KC,    \
             int G, int gshift, int epi, u64 lbo_sbo) {                                          \
-        wg_body<BM, KS, RT, S>(qw, sz, xp, y, bias, M, N, NT, KC, G, gshift, epi, lbo_sbo);     \
+        wg_body<BM, KS, RT, S>(qw, sz, xt, y, bias, M, N, NT, KC, G, gshift, epi, lbo_sbo);     \
     }
 
 // The variants the host may launch (src/kernels.rs lists the same ones).
@@ -753,24 +792,33 @@ WG_KERNEL(64, 4, 2, 3)
 WG_KERNEL(64, 2, 4, 4)
 WG_KERNEL(128, 2, 2, 4)
 
-// xp[m][kc·64 + 16j + kk] for the wgmma kernels (see above): k-index kk of
-// k tile j stands for column 16·tt + 4j + e of the chunk, tt = (kk mod 8)/2,
-// e = kk mod 2 + 2·(kk ≥ 8) (the A fragment's lane t holds k-indices 2t,
-// 2t+1, 2t+8, 2t+9: columns 16t + 4j + 0..3); through perm (act-order)
-// when given; 0 past K.
+// The activations of the wgmma kernels, tiled as their shared-memory
+// stages: xt[((mb·KC + kc)·BM + r)·64 + q] is row m = mb·BM + r (0 past M),
+// physical position q of chunk kc: 16-byte piece q/8 holds logical piece
+// p = q/8 XOR r mod 8 (the 128-byte swizzle), and logical position
+// l = 8p + q mod 8 = 16j + kk (k-index kk of k tile j) stands for column
+// 16·tt + 4j + e of the chunk, tt = (kk mod 8)/2, e = kk mod 2 + 2·(kk ≥ 8)
+// (the A fragment's lane t holds k-indices 2t, 2t+1, 2t+8, 2t+9: columns
+// 16t + 4j + 0..3); through perm (act-order) when given; 0 past K.
 extern "C" __global__ void wg_prep_x(const u16 *__restrict__ x, const int *__restrict__ perm,
-                                     u16 *__restrict__ xp, int M, int K, int KP) {
+                                     u16 *__restrict__ xt, int M, int K, int KC, int BM,
+                                     int MB) {
     pdl_wait();
     pdl_launch();
     const u64 idx = (u64)blockIdx.x * blockDim.x + threadIdx.x;
-    if (idx >= (u64)M * KP) return;
-    const int m = (int)(idx / KP);
-    const int p = (int)(idx % KP);
-    const int kk = p & 15;
-    const int col = (p & ~63) + 16 * ((kk & 7) >> 1) + 4 * ((p >> 4) & 3) + (kk & 1) + ((kk >> 3) << 1);
+    if (idx >= (u64)MB * BM * KC * 64) return;
+    const int q = (int)(idx & 63);
+    const u64 rowi = idx >> 6;
+    const int r = (int)(rowi % BM);
+    const u64 tile = rowi / BM;
+    const int kc = (int)(tile % KC);
+    const int m = (int)(tile / KC) * BM + r;
+    const int l = (((q >> 3) ^ (r & 7)) << 3) | (q & 7);
+    const int kk = l & 15;
+    const int col = kc * 64 + 16 * ((kk & 7) >> 1) + 4 * (l >> 4) + (kk & 1) + ((kk >> 3) << 1);
     u16 v = 0;
-    if (col < K) v = x[(u64)m * K + (perm ? perm[col] : col)];
-    xp[idx] = v;
+    if (m < M && col < K) v = x[(u64)m * K + (perm ? perm[col] : col)];
+    xt[idx] = v;
 }
 
 // xp[m][p] = x[m][perm[p]]: activations in the order the act-order weights

@@ -607,9 +607,10 @@ impl Cuda {
         unsafe { self.launch(f, cfg, args, true, &v.symbol()) }
     }
 
-    /// The wgmma GEMM: the activations rearranged by `wg_prep_x` (column
-    /// permutation of the layout, act-order's, zero padding to whole
-    /// chunks) into the workspace, then the kernel.
+    /// The wgmma GEMM: the activations rearranged by `wg_prep_x` into the
+    /// workspace as the kernel's shared-memory stages (column permutation
+    /// of the layout, act-order's, the swizzle, zero padding), then the
+    /// kernel.
     #[allow(clippy::too_many_arguments)]
     fn wg(
         &self,
@@ -638,35 +639,35 @@ impl Cuda {
             )));
         }
         let st = &self.stream;
+        // The activations tiled as the kernel's shared-memory stages: whole
+        // blocks of `bm` rows (zeros past m), 64 columns per chunk.
+        let mb = m.div_ceil(v.rows());
+        let rows = mb * v.rows();
         let kp = w4.kc * 64;
-        if m > i32::MAX as usize / kp {
+        if rows > i32::MAX as usize / kp {
             return Err(Error::Shape(format!("batch of {m} rows")));
         }
-        let need = m * kp;
+        let need = rows * kp;
         let buf = ws.xperm(self, need)?;
         let (px, pb) = (dptr(x, st), dptr(buf, st));
         let pp = w4.perm.as_ref().map(|p| dptr(p, st)).unwrap_or(0u64);
-        let (mi, ki, kpi) = (m as i32, l.k as i32, kp as i32);
+        let (mi, ki, kci, bmi, mbi) = (m as i32, l.k as i32, w4.kc as i32, v.bm as i32, mb as i32);
         let f = self.func(kernels::WG_PREP)?;
         let cfg = LaunchConfig {
             grid_dim: ((need as u64).div_ceil(256) as u32, 1, 1),
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        let args = &mut kargs![&px, &pp, &pb, &mi, &ki, &kpi];
+        let args = &mut kargs![&px, &pp, &pb, &mi, &ki, &kci, &bmi, &mbi];
         unsafe { self.launch(f, cfg, args, true, kernels::WG_PREP) }?;
         let f = self.func(&v.symbol())?;
         let (pq, ps, py) = (dptr(&w4.qw, st), dptr(&w4.sz, st), dptr(y, st));
         let pbias = l.bias.as_ref().map(|b| dptr(b, st)).unwrap_or(0u64);
         let (ni, nti) = (l.n as i32, w4.nt as i32);
-        let (kci, gi, gs) = (w4.kc as i32, w4.groups as i32, w4.gshift as i32);
+        let (gi, gs) = (w4.groups as i32, w4.gshift as i32);
         let lbo_sbo = v.lbo_sbo();
         let cfg = LaunchConfig {
-            grid_dim: (
-                m.div_ceil(v.rows()) as u32,
-                w4.nt.div_ceil(v.tiles()) as u32,
-                1,
-            ),
+            grid_dim: (mb as u32, w4.nt.div_ceil(v.tiles()) as u32, 1),
             block_dim: (v.threads(), 1, 1),
             shared_mem_bytes: v.shared_bytes(),
         };

@@ -157,12 +157,13 @@ impl WgVariant {
 
     /// Dynamic shared memory, bytes: each warpgroup's ring (per stage the
     /// activation tile, `bm` rows × 64 columns f16, and 768 bytes of codes
-    /// and scales per row tile), reused for the sums of warpgroups 1.. at
-    /// the end.
+    /// and scales per row tile) and its stages' mbarriers, reused for the
+    /// sums of warpgroups 1.. at the end.
     pub fn shared_bytes(&self) -> u32 {
         let rings = self.ks * self.st * (self.bm * 128 + 4 * self.rt * 768);
+        let barriers = self.ks * self.st * 8;
         let reduce = (self.ks - 1) * self.rt * (self.bm / 2) * 128 * 4;
-        rings.max(reduce)
+        (rings + barriers).max(reduce)
     }
 
     /// The `lbo_sbo` argument: the fixed descriptor fields of the kernel's
