@@ -558,12 +558,7 @@ impl Cuda {
         ws: &mut Workspace,
         epi: i32,
     ) -> Result<()> {
-        let w4 = l.w4.as_ref().ok_or_else(|| {
-            Error::Unsupported(format!(
-                "no fused int4 path for this layer: {}",
-                l.w4_reason.as_deref().unwrap_or("not loaded")
-            ))
-        })?;
+        let w4 = l.w4_layout()?;
         if !W4_VARIANTS.contains(&v) {
             return Err(Error::Unsupported(format!("no kernel {}", v.symbol())));
         }
@@ -622,12 +617,7 @@ impl Cuda {
         ws: &mut Workspace,
         epi: i32,
     ) -> Result<()> {
-        let w4 = l.w4.as_ref().ok_or_else(|| {
-            Error::Unsupported(format!(
-                "no fused int4 path for this layer: {}",
-                l.w4_reason.as_deref().unwrap_or("not loaded")
-            ))
-        })?;
+        let w4 = l.w4_layout()?;
         if !WG_VARIANTS.contains(&v) {
             return Err(Error::Unsupported(format!("no kernel {}", v.symbol())));
         }
@@ -1004,6 +994,16 @@ impl GpuLinear {
     /// Whether the fused int4 kernel can run this layer.
     pub fn has_fused(&self) -> bool {
         self.w4.is_some()
+    }
+
+    /// The int4 kernels' layout, or why the layer has none.
+    fn w4_layout(&self) -> Result<&W4Gpu> {
+        self.w4.as_ref().ok_or_else(|| {
+            Error::Unsupported(format!(
+                "no fused int4 path for this layer: {}",
+                self.w4_reason.as_deref().unwrap_or("not loaded")
+            ))
+        })
     }
 
     /// Whether the folded fused variants apply (groups of 64 or more).

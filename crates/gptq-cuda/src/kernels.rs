@@ -120,7 +120,7 @@ pub const W4_VARIANTS: &[W4Variant] = &[
 /// larger batches (`w4_wg_*` in `w4.cu`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct WgVariant {
-    /// Batch rows per block (the wgmma N: 64, 128 or 256).
+    /// Batch rows per block (the wgmma N: 64 or 128).
     pub bm: u32,
     /// Warpgroups per block, splitting K (same rows).
     pub ks: u32,
@@ -268,7 +268,7 @@ mod tests {
             assert!(ALL_FUNCTIONS.contains(&v.symbol().as_str()), "{v:?}");
             // The most a block may have on sm_90 (227 KiB).
             assert!(v.shared_bytes() <= 227 * 1024, "{v:?}");
-            assert!([64, 128, 256].contains(&v.bm), "{v:?}");
+            assert!([64, 128].contains(&v.bm), "{v:?}");
         }
         for b in [2, 3, 4, 8] {
             assert!(ALL_FUNCTIONS.contains(&dequant_symbol(b).as_str()));
