@@ -115,6 +115,37 @@ __device__ __forceinline__ void lds2(u32 (&r)[2], u32 addr) {
 #define EPI_PLAIN 0
 #define EPI_SWIGLU 1
 
+// Dequantization of one lane's codes into mma A fragments (layout above).
+// sz_pairs: its scale/zero words s2 as f16x2 operands. dequant_word: one
+// code word (k tile j of a chunk) into a = {row g, row g+8, row g, row g+8}
+// at k-indices {2t, 2t, 2t+8, 2t+8} (+0, +1). Rows g (nibbles 0, 2, 4, 6)
+// become (q & 0x000F) | 0x6400 = 1024 + q, minus 1024 + z, times s. Rows
+// g+8 (nibbles 1, 3, 5, 7) are read in place, without a shift:
+// (q & 0x00F0) | 0x6400 is 1024 + 16·q, so their zero point is
+// 1024 + 16·z = 16·(1024 + z) − 15360 (exact), and they come out 16 times
+// too large, which the callers take back exactly in f32 (SCALE16). Five
+// integer ops a word instead of seven.
+struct SzPairs {
+    u32 s_lo, s_hi, z_lo, z16;
+};
+
+__device__ __forceinline__ SzPairs sz_pairs(const u32 (&s2)[2]) {
+    SzPairs p;
+    p.s_lo = __byte_perm(s2[0], 0, 0x1010);
+    p.s_hi = __byte_perm(s2[0], 0, 0x3232);
+    p.z_lo = __byte_perm(s2[1], 0, 0x1010);
+    p.z16 = hfma2(__byte_perm(s2[1], 0, 0x3232), 0x4C004C00u, 0xF380F380u);
+    return p;
+}
+
+__device__ __forceinline__ void dequant_word(u32 q, const SzPairs &p, u32 (&a)[4]) {
+    const u32 q8 = q >> 8;
+    a[0] = hmul2(hsub2((q & 0x000F000Fu) | 0x64006400u, p.z_lo), p.s_lo);
+    a[1] = hmul2(hsub2((q & 0x00F000F0u) | 0x64006400u, p.z16), p.s_hi);
+    a[2] = hmul2(hsub2((q8 & 0x000F000Fu) | 0x64006400u, p.z_lo), p.s_lo);
+    a[3] = hmul2(hsub2((q8 & 0x00F000F0u) | 0x64006400u, p.z16), p.s_hi);
+}
+
 // Writes output element c of lane l of row tile `tile` for batch row m
 // (the mma/wgmma accumulator layout: row tile·16 + l/4, +8 for c ≥ 2):
 // v (+ bias), or with EPI_SWIGLU silu(v)·v8, v8 being the up row's
@@ -263,27 +294,14 @@ __device__ __forceinline__ void w4_body(const u32 *__restrict__ qw, const u32 *_
             u32 w[4], s2[2];
             lds4(w, wring + ((st * RT + r) * 32 + lane) * 16);
             lds2(s2, sring + ((st * RT + r) * 32 + lane) * 8);
-            const u32 s_lo = __byte_perm(s2[0], 0, 0x1010);
-            const u32 s_hi = __byte_perm(s2[0], 0, 0x3232);
-            const u32 z_lo = __byte_perm(s2[1], 0, 0x1010);
-            // Rows g+8 (nibbles 1, 3, 5, 7) are read in place, without a
-            // shift: (q & 0x00F0) | 0x6400 is 1024 + 16·q, so their zero
-            // point is 1024 + 16·z = 16·(1024 + z) − 15360 (exact), and their
-            // products come out 16 times too large, which the f32 epilogue
-            // takes back exactly (SCALE16 below). Five integer ops a word
-            // instead of seven.
-            const u32 z16 = hfma2(__byte_perm(s2[1], 0, 0x3232), 0x4C004C00u, 0xF380F380u);
+            const SzPairs p = sz_pairs(s2);
 #pragma unroll
             for (int j = 0; j < 4; j++) {
-                const u32 q = w[j];
-                const u32 q8 = q >> 8;
-                const u32 a0 = hmul2(hsub2((q & 0x000F000Fu) | 0x64006400u, z_lo), s_lo);
-                const u32 a1 = hmul2(hsub2((q & 0x00F000F0u) | 0x64006400u, z16), s_hi);
-                const u32 a2 = hmul2(hsub2((q8 & 0x000F000Fu) | 0x64006400u, z_lo), s_lo);
-                const u32 a3 = hmul2(hsub2((q8 & 0x00F000F0u) | 0x64006400u, z16), s_hi);
+                u32 a[4];
+                dequant_word(w[j], p, a);
 #pragma unroll
                 for (int i = 0; i < MT; i++)
-                    mma16816(acc[r][i], a0, a1, a2, a3, xb[i][2 * j], xb[i][2 * j + 1]);
+                    mma16816(acc[r][i], a[0], a[1], a[2], a[3], xb[i][2 * j], xb[i][2 * j + 1]);
             }
         }
     };
@@ -662,19 +680,9 @@ __device__ __forceinline__ void wg_body(const u32 *__restrict__ qw, const u32 *_
             u32 w[4], s2[2];
             lds4(w, wbase + st * WSTAGE + r * 768 + lane * 16);
             lds2(s2, wbase + st * WSTAGE + r * 768 + 512 + lane * 8);
-            const u32 s_lo = __byte_perm(s2[0], 0, 0x1010);
-            const u32 s_hi = __byte_perm(s2[0], 0, 0x3232);
-            const u32 z_lo = __byte_perm(s2[1], 0, 0x1010);
-            const u32 z16 = hfma2(__byte_perm(s2[1], 0, 0x3232), 0x4C004C00u, 0xF380F380u);
+            const SzPairs p = sz_pairs(s2);
 #pragma unroll
-            for (int j = 0; j < 4; j++) {
-                const u32 q = w[j];
-                const u32 q8 = q >> 8;
-                a[r][j][0] = hmul2(hsub2((q & 0x000F000Fu) | 0x64006400u, z_lo), s_lo);
-                a[r][j][1] = hmul2(hsub2((q & 0x00F000F0u) | 0x64006400u, z16), s_hi);
-                a[r][j][2] = hmul2(hsub2((q8 & 0x000F000Fu) | 0x64006400u, z_lo), s_lo);
-                a[r][j][3] = hmul2(hsub2((q8 & 0x00F000F0u) | 0x64006400u, z16), s_hi);
-            }
+            for (int j = 0; j < 4; j++) dequant_word(w[j], p, a[r][j]);
         }
 #pragma unroll
         for (int r = 0; r < RT; r++)
