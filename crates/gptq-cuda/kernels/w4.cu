@@ -580,10 +580,10 @@ __device__ __forceinline__ void wg_body(const u32 *__restrict__ qw, const u32 *_
     static_assert(S >= 2, "ring");
 #if WG_OK
     // D: chunks loaded ahead; the stage refilled at local chunk i is the
-    // one of chunk i-1, whose wgmma was waited for. (Leaving one chunk's
-    // wgmma in flight while the next is dequantized, wait_group 1 and a
-    // distance of S-2, gave wrong results on an H200 with the A operand in
-    // registers: not used.)
+    // one of chunk i-1, whose wgmma was waited for. (A first try at leaving
+    // one chunk's wgmma in flight while the next is dequantized, wait_group
+    // 1 and a distance of S-2, gave wrong results on an H200; the cause, the
+    // A registers or the stage accounting, was not found: not used.)
     constexpr int D = S - 1;
     constexpr int NA = BM / 2;
     constexpr int BSTAGE = BM * 128;
