@@ -200,23 +200,20 @@ pub fn bench_shape(
         let auto_us = time_path(auto, &mut ws, &mut y)?;
         let mut best: Option<(String, f64)> = None;
         if sweep {
-            for &v in W4_VARIANTS {
-                if !sweep_candidate(v, m) || (v.fold && !layers[0].fold_ok()) {
-                    continue;
-                }
-                let t = time_path(Path::Fused(v), &mut ws, &mut y)?;
-                tracing::debug!("{k}x{n} M={m} {}: {t:.2} us", v.symbol());
+            let fused = W4_VARIANTS
+                .iter()
+                .filter(|&&v| sweep_candidate(v, m) && (!v.fold || layers[0].fold_ok()))
+                .map(|&v| Path::Fused(v));
+            let wg = WG_VARIANTS
+                .iter()
+                .filter(|_| dev.has_wgmma() && m > 8)
+                .map(|&v| Path::Wg(v));
+            for path in fused.chain(wg) {
+                let t = time_path(path, &mut ws, &mut y)?;
+                let name = path_name(path);
+                tracing::debug!("{k}x{n} M={m} {name}: {t:.2} us");
                 if best.as_ref().is_none_or(|b| t < b.1) {
-                    best = Some((v.symbol(), t));
-                }
-            }
-            if dev.has_wgmma() && m > 8 {
-                for &v in WG_VARIANTS {
-                    let t = time_path(Path::Wg(v), &mut ws, &mut y)?;
-                    tracing::debug!("{k}x{n} M={m} {}: {t:.2} us", v.symbol());
-                    if best.as_ref().is_none_or(|b| t < b.1) {
-                        best = Some((v.symbol(), t));
-                    }
+                    best = Some((name, t));
                 }
             }
         }
@@ -282,6 +279,27 @@ pub struct CheckRow {
     /// Outputs left unwritten (still the NaN poison) or not finite.
     pub bad: usize,
     pub pass: bool,
+}
+
+impl CheckRow {
+    /// Adds one batch of `(got, want, tolerance)` outputs: non-finite
+    /// outputs counted as bad, the largest error and error/tolerance kept,
+    /// and the batch's ‖err‖/‖want‖ if it is the largest so far.
+    fn add_batch(&mut self, outputs: impl Iterator<Item = (f64, f64, f64)>) {
+        let (mut num, mut den) = (0f64, 0f64);
+        for (got, want, tol) in outputs {
+            if !got.is_finite() {
+                self.bad += 1;
+                continue;
+            }
+            let err = (got - want).abs();
+            self.max_abs = self.max_abs.max(err);
+            self.worst_ratio = self.worst_ratio.max(err / tol);
+            num += err * err;
+            den += want * want;
+        }
+        self.rel_l2 = self.rel_l2.max((num / den.max(1e-300)).sqrt());
+    }
 }
 
 /// The cases `--check` runs (`quick`: a smaller set for the ignored test).
@@ -486,21 +504,10 @@ pub fn check(dev: &Cuda, cases: &[CheckCase], seed: u64) -> Result<Vec<CheckRow>
                 dev.fill_f16(&mut y, 0x7E00)?;
                 dev.matmul_path(&l, &x, m, &mut y, &mut ws, path)?;
                 let got = dev.download(&y)?;
-                let (mut num, mut den) = (0f64, 0f64);
-                for (i, g) in got[..m * c.n].iter().enumerate() {
+                row.add_batch(got[..m * c.n].iter().enumerate().map(|(i, g)| {
                     let (want, abs, xabs) = reference[i];
-                    let g = g.to_f32() as f64;
-                    if !g.is_finite() {
-                        row.bad += 1;
-                        continue;
-                    }
-                    let err = (g - want).abs();
-                    row.max_abs = row.max_abs.max(err);
-                    row.worst_ratio = row.worst_ratio.max(err / tolerance(c.k, want, abs, xabs));
-                    num += err * err;
-                    den += want * want;
-                }
-                row.rel_l2 = row.rel_l2.max((num / den.max(1e-300)).sqrt());
+                    (g.to_f32() as f64, want, tolerance(c.k, want, abs, xabs))
+                }));
             }
             row.pass = row.bad == 0 && row.worst_ratio <= 1.0;
             rows.push(row);
@@ -553,30 +560,18 @@ fn check_swiglu(
             )));
         }
         let got = dev.download(y)?;
-        let (mut num, mut den) = (0f64, 0f64);
-        for mi in 0..m {
-            for j in 0..half {
-                let (gate, up) = (16 * (j / 8) + j % 8, 16 * (j / 8) + 8 + j % 8);
-                let (gv, ga, gx) = reference[mi * c.n + gate];
-                let (uv, ua, ux) = reference[mi * c.n + up];
-                let want = silu(gv) * uv;
-                let g = got[mi * half + j].to_f32() as f64;
-                if !g.is_finite() {
-                    row.bad += 1;
-                    continue;
-                }
-                let tol = 1.1 * tolerance(c.k, gv, ga, gx) * uv.abs()
-                    + silu(gv).abs() * tolerance(c.k, uv, ua, ux)
-                    + 2f64.powi(-10) * want.abs()
-                    + 1e-7;
-                let err = (g - want).abs();
-                row.max_abs = row.max_abs.max(err);
-                row.worst_ratio = row.worst_ratio.max(err / tol);
-                num += err * err;
-                den += want * want;
-            }
-        }
-        row.rel_l2 = row.rel_l2.max((num / den.max(1e-300)).sqrt());
+        row.add_batch((0..m * half).map(|i| {
+            let (mi, j) = (i / half, i % half);
+            let (gate, up) = (16 * (j / 8) + j % 8, 16 * (j / 8) + 8 + j % 8);
+            let (gv, ga, gx) = reference[mi * c.n + gate];
+            let (uv, ua, ux) = reference[mi * c.n + up];
+            let want = silu(gv) * uv;
+            let tol = 1.1 * tolerance(c.k, gv, ga, gx) * uv.abs()
+                + silu(gv).abs() * tolerance(c.k, uv, ua, ux)
+                + 2f64.powi(-10) * want.abs()
+                + 1e-7;
+            (got[i].to_f32() as f64, want, tol)
+        }));
     }
     row.pass = row.bad == 0 && row.worst_ratio <= 1.0;
     Ok(row)

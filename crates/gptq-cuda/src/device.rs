@@ -230,29 +230,23 @@ impl Cuda {
             driver_version,
             kernels::ALL_FUNCTIONS,
         )?;
-        for v in W4_VARIANTS {
-            if v.shared_bytes() > 48 * 1024 {
-                let f = funcs
-                    .get(&v.symbol())
-                    .ok_or_else(|| Error::Driver(format!("kernel {} missing", v.symbol())))?;
-                f.set_attribute(
-                    cu::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                    v.shared_bytes() as i32,
-                )
-                .ctx("raising the shared-memory limit")?;
-            }
-        }
-        for v in WG_VARIANTS {
+        // Kernels over 48 KiB of dynamic shared memory must raise their limit
+        // (the wgmma ones are launched on sm_90a only).
+        let wg: &[WgVariant] = if arch == "sm_90a" { WG_VARIANTS } else { &[] };
+        let big = W4_VARIANTS
+            .iter()
+            .map(|v| (v.symbol(), v.shared_bytes()))
+            .chain(wg.iter().map(|v| (v.symbol(), v.shared_bytes())))
+            .filter(|&(_, bytes)| bytes > 48 * 1024);
+        for (symbol, bytes) in big {
             let f = funcs
-                .get(&v.symbol())
-                .ok_or_else(|| Error::Driver(format!("kernel {} missing", v.symbol())))?;
-            if v.shared_bytes() > 48 * 1024 && arch == "sm_90a" {
-                f.set_attribute(
-                    cu::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                    v.shared_bytes() as i32,
-                )
-                .ctx("raising the shared-memory limit")?;
-            }
+                .get(&symbol)
+                .ok_or_else(|| Error::Driver(format!("kernel {symbol} missing")))?;
+            f.set_attribute(
+                cu::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                bytes as i32,
+            )
+            .ctx("raising the shared-memory limit")?;
         }
         let blas = CudaBlas::new(stream.clone()).ctx("creating a cuBLAS handle")?;
         // A fixed workspace keeps cuBLAS from allocating (and lets its calls
