@@ -22,6 +22,21 @@ __device__ __forceinline__ float f16_to_f32(u16 h) {
     return f;
 }
 
+// bf16 <-> f32 (sm_80+): round to nearest even; widening is exact.
+__device__ __forceinline__ u16 f32_to_bf16(float f) {
+    u16 h;
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+}
+
+__device__ __forceinline__ float bf16_to_f32(u16 h) { return __uint_as_float((u32)h << 16); }
+
+// An activation value (f16, or bf16 with BF) to and from f32.
+template <bool BF>
+__device__ __forceinline__ u16 f32_to_act(float f) {
+    return BF ? f32_to_bf16(f) : f32_to_f16(f);
+}
+
 // Programmatic dependent launch (sm_90+; no-ops before, and when the
 // kernel was launched without the attribute). A kernel the host launches
 // with it (`Cuda::launch`, `pdl = true`) may start while the kernel before

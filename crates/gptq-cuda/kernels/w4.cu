@@ -23,6 +23,10 @@
 // Dequantization: (w >> 4s) & 0x000F000F | 0x64006400 is the f16 pair
 // {1024 + q_lo, 1024 + q_hi}; subtracting 1024 + z is exact, one rounding
 // comes from the multiplication by the scale.
+// bf16 activations (the kernels with the _bf suffix, template flag BF):
+// the same layout; the codes become bf16 through 0x4300 | q = 128 + q, the
+// f16 scales are rounded to bf16 per chunk, the mma/wgmma multiply bf16 and
+// the outputs are bf16 (bias still f16, added in f32).
 
 #include "common.cuh"
 
@@ -54,12 +58,27 @@ __device__ __forceinline__ u32 hmul2(u32 a, u32 b) {
     return r;
 }
 
+// bf16x2 a·b + c (sm_80+; the bf16 sub/mul forms need sm_90).
+__device__ __forceinline__ u32 bfma2(u32 a, u32 b, u32 c) {
+    u32 r;
+    asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(c));
+    return r;
+}
+
+// D += A·B, m16n8k16, f32 accumulators; f16 operands, or bf16 with BF.
+template <bool BF>
 __device__ __forceinline__ void mma16816(float (&c)[4], u32 a0, u32 a1, u32 a2, u32 a3,
                                          u32 b0, u32 b1) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
-        "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#define MMA16816(TY)                                                                           \
+    asm("mma.sync.aligned.m16n8k16.row.col.f32." TY "." TY ".f32 "                             \
+        "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"                                \
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])                                       \
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1))
+    if constexpr (BF)
+        MMA16816("bf16");
+    else
+        MMA16816("f16");
+#undef MMA16816
 }
 
 __device__ __forceinline__ u32 smem_u32(const void *p) {
@@ -125,31 +144,61 @@ __device__ __forceinline__ void lds2(u32 (&r)[2], u32 addr) {
 // 1024 + 16·z = 16·(1024 + z) − 15360 (exact), and they come out 16 times
 // too large, which the callers take back exactly in f32 (SCALE16). Five
 // integer ops a word instead of seven.
+// With BF (bf16): bit 7 of a bf16 is an exponent bit, so every nibble is
+// shifted down to bits 0-3 and 0x4300 | q = 128 + q; the zero point
+// 128 + z is 0x4300 | z, taken from the f16 word 1024 + z = 0x6400 + z
+// (z ≤ 15), and kept negated, so that (128 + q) − (128 + z) is one fma
+// (exact); the scales are rounded to bf16 here, and the product
+// (q − z)·s once more (fma with −0, which keeps every product, signed
+// zeros included). Nothing is scaled by 16.
 struct SzPairs {
-    u32 s_lo, s_hi, z_lo, z16;
+    u32 s_lo, s_hi, z_lo, z_hi;
 };
 
+template <bool BF>
 __device__ __forceinline__ SzPairs sz_pairs(const u32 (&s2)[2]) {
     SzPairs p;
-    p.s_lo = __byte_perm(s2[0], 0, 0x1010);
-    p.s_hi = __byte_perm(s2[0], 0, 0x3232);
-    p.z_lo = __byte_perm(s2[1], 0, 0x1010);
-    p.z16 = hfma2(__byte_perm(s2[1], 0, 0x3232), 0x4C004C00u, 0xF380F380u);
+    if constexpr (BF) {
+        u32 sb;
+        asm("cvt.rn.bf16x2.f32 %0, %1, %2;"
+            : "=r"(sb)
+            : "f"(f16_to_f32((u16)(s2[0] >> 16))), "f"(f16_to_f32((u16)(s2[0] & 0xFFFFu))));
+        const u32 nz = ((s2[1] & 0x03FF03FFu) | 0x43004300u) ^ 0x80008000u;
+        p.s_lo = __byte_perm(sb, 0, 0x1010);
+        p.s_hi = __byte_perm(sb, 0, 0x3232);
+        p.z_lo = __byte_perm(nz, 0, 0x1010);
+        p.z_hi = __byte_perm(nz, 0, 0x3232);
+    } else {
+        p.s_lo = __byte_perm(s2[0], 0, 0x1010);
+        p.s_hi = __byte_perm(s2[0], 0, 0x3232);
+        p.z_lo = __byte_perm(s2[1], 0, 0x1010);
+        p.z_hi = hfma2(__byte_perm(s2[1], 0, 0x3232), 0x4C004C00u, 0xF380F380u);
+    }
     return p;
 }
 
+template <bool BF>
 __device__ __forceinline__ void dequant_word(u32 q, const SzPairs &p, u32 (&a)[4]) {
     const u32 q8 = q >> 8;
-    a[0] = hmul2(hsub2((q & 0x000F000Fu) | 0x64006400u, p.z_lo), p.s_lo);
-    a[1] = hmul2(hsub2((q & 0x00F000F0u) | 0x64006400u, p.z16), p.s_hi);
-    a[2] = hmul2(hsub2((q8 & 0x000F000Fu) | 0x64006400u, p.z_lo), p.s_lo);
-    a[3] = hmul2(hsub2((q8 & 0x00F000F0u) | 0x64006400u, p.z16), p.s_hi);
+    if constexpr (BF) {
+        const u32 one = 0x3F803F80u, nzero = 0x80008000u, m = 0x43004300u;
+        a[0] = bfma2(bfma2((q & 0x000F000Fu) | m, one, p.z_lo), p.s_lo, nzero);
+        a[1] = bfma2(bfma2(((q >> 4) & 0x000F000Fu) | m, one, p.z_hi), p.s_hi, nzero);
+        a[2] = bfma2(bfma2((q8 & 0x000F000Fu) | m, one, p.z_lo), p.s_lo, nzero);
+        a[3] = bfma2(bfma2(((q >> 12) & 0x000F000Fu) | m, one, p.z_hi), p.s_hi, nzero);
+    } else {
+        a[0] = hmul2(hsub2((q & 0x000F000Fu) | 0x64006400u, p.z_lo), p.s_lo);
+        a[1] = hmul2(hsub2((q & 0x00F000F0u) | 0x64006400u, p.z_hi), p.s_hi);
+        a[2] = hmul2(hsub2((q8 & 0x000F000Fu) | 0x64006400u, p.z_lo), p.s_lo);
+        a[3] = hmul2(hsub2((q8 & 0x00F000F0u) | 0x64006400u, p.z_hi), p.s_hi);
+    }
 }
 
 // Writes output element c of lane l of row tile `tile` for batch row m
 // (the mma/wgmma accumulator layout: row tile·16 + l/4, +8 for c ≥ 2):
 // v (+ bias), or with EPI_SWIGLU silu(v)·v8, v8 being the up row's
-// partner (element c ^ 2); nothing past N or M.
+// partner (element c ^ 2); nothing past N or M. Y is f16, or bf16 with BF.
+template <bool BF>
 __device__ __forceinline__ void w4_store(u16 *__restrict__ y, const u16 *__restrict__ bias, int M,
                                          int N, int epi, int tile, int l, int c, int m, float v,
                                          float v8) {
@@ -158,18 +207,19 @@ __device__ __forceinline__ void w4_store(u16 *__restrict__ y, const u16 *__restr
     if (bias) v += f16_to_f32(bias[n]);
     if (epi == EPI_SWIGLU) {
         if (bias) v8 += f16_to_f32(bias[n + 8]);
-        y[(u64)m * (N / 2) + tile * 8 + (l >> 2)] = f32_to_f16(v / (1.f + expf(-v)) * v8);
+        y[(u64)m * (N / 2) + tile * 8 + (l >> 2)] = f32_to_act<BF>(v / (1.f + expf(-v)) * v8);
     } else {
-        y[(u64)m * N + n] = f32_to_f16(v);
+        y[(u64)m * N + n] = f32_to_act<BF>(v);
     }
 }
 
-template <int MT, int RT, int RW, int KW, int S, bool FOLD>
+template <int MT, int RT, int RW, int KW, int S, bool FOLD, bool BF>
 __device__ __forceinline__ void w4_body(const u32 *__restrict__ qw, const u32 *__restrict__ sz,
                                         const u16 *__restrict__ x, u16 *__restrict__ y,
                                         const u16 *__restrict__ bias, int M, int N, int K,
                                         int KC, int G, int gshift, int epi) {
     static_assert(KW % RW == 0, "KW must be a multiple of RW");
+    static_assert(!(FOLD && BF), "the folded variants are f16 only");
     constexpr int KS = KW / RW;
     extern __shared__ float red[];
     const int lane = threadIdx.x & 31;
@@ -252,7 +302,7 @@ __device__ __forceinline__ void w4_body(const u32 *__restrict__ qw, const u32 *_
                 for (int c = 0; c < 4; c++) xs[i][c] = 0.f;
 #pragma unroll
                 for (int j = 0; j < 4; j++)
-                    mma16816(xs[i], one, one, one, one, xb[i][2 * j], xb[i][2 * j + 1]);
+                    mma16816<false>(xs[i], one, one, one, one, xb[i][2 * j], xb[i][2 * j + 1]);
             }
 #pragma unroll
             for (int r = 0; r < RT; r++) {
@@ -273,7 +323,7 @@ __device__ __forceinline__ void w4_body(const u32 *__restrict__ qw, const u32 *_
                     const u32 a3 = ((q >> 12) & 0x000F000Fu) | 0x64006400u;
 #pragma unroll
                     for (int i = 0; i < MT; i++)
-                        mma16816(tmp[i], a0, a1, a2, a3, xb[i][2 * j], xb[i][2 * j + 1]);
+                        mma16816<false>(tmp[i], a0, a1, a2, a3, xb[i][2 * j], xb[i][2 * j + 1]);
                 }
                 const float sg = f16_to_f32((u16)(s2[0] & 0xFFFFu));
                 const float sg8 = f16_to_f32((u16)(s2[0] >> 16));
@@ -294,14 +344,15 @@ __device__ __forceinline__ void w4_body(const u32 *__restrict__ qw, const u32 *_
             u32 w[4], s2[2];
             lds4(w, wring + ((st * RT + r) * 32 + lane) * 16);
             lds2(s2, sring + ((st * RT + r) * 32 + lane) * 8);
-            const SzPairs p = sz_pairs(s2);
+            const SzPairs p = sz_pairs<BF>(s2);
 #pragma unroll
             for (int j = 0; j < 4; j++) {
                 u32 a[4];
-                dequant_word(w[j], p, a);
+                dequant_word<BF>(w[j], p, a);
 #pragma unroll
                 for (int i = 0; i < MT; i++)
-                    mma16816(acc[r][i], a[0], a[1], a[2], a[3], xb[i][2 * j], xb[i][2 * j + 1]);
+                    mma16816<BF>(acc[r][i], a[0], a[1], a[2], a[3], xb[i][2 * j],
+                                 xb[i][2 * j + 1]);
             }
         }
     };
@@ -323,9 +374,9 @@ __device__ __forceinline__ void w4_body(const u32 *__restrict__ qw, const u32 *_
             chunk(u, xbuf[cur]);
         }
     }
-    // SCALE16: the plain path's rows g+8 (c = 2, 3) were summed 16 times too
-    // large (a power of two: exact in f32).
-    if (!FOLD) {
+    // SCALE16: the plain f16 path's rows g+8 (c = 2, 3) were summed 16
+    // times too large (a power of two: exact in f32).
+    if (!FOLD && !BF) {
 #pragma unroll
         for (int r = 0; r < RT; r++)
 #pragma unroll
@@ -344,7 +395,7 @@ __device__ __forceinline__ void w4_body(const u32 *__restrict__ qw, const u32 *_
     // Y[m][8t + l/4] = silu(gate)·up, Y is N/2 wide (N a multiple of 16).
     constexpr int E = RT * MT * 4;
     auto store = [&](int tile, int l, int c, int m, float v, float v8) {
-        w4_store(y, bias, M, N, epi, tile, l, c, m, v, v8);
+        w4_store<BF>(y, bias, M, N, epi, tile, l, c, m, v, v8);
     };
     if (KS == 1) {
 #pragma unroll
@@ -358,7 +409,7 @@ __device__ __forceinline__ void w4_body(const u32 *__restrict__ qw, const u32 *_
                               acc[r][i][c], acc[r][i][c ^ 2]);
         return;
     }
-    // Sum the KS partial products of each row group and write Y (f16); the
+    // Sum the KS partial products of each row group and write Y; the
     // reduction reuses the rings, so every warp must be done with its own.
     __syncthreads();
 #pragma unroll
@@ -387,18 +438,20 @@ __device__ __forceinline__ void w4_body(const u32 *__restrict__ qw, const u32 *_
     }
 }
 
-#define W4_KERNEL_ONE(MT, RT, RW, KW, S, FOLD, SUFFIX)                                        \
+#define W4_KERNEL_ONE(MT, RT, RW, KW, S, FOLD, BF, SUFFIX)                                    \
     extern "C" __global__ void __launch_bounds__(KW * 32)                                     \
         w4_mma_m##MT##_r##RT##_w##RW##_k##KW##_s##S##SUFFIX(                                  \
             const u32 *__restrict__ qw, const u32 *__restrict__ sz, const u16 *__restrict__ x, \
             u16 *__restrict__ y, const u16 *__restrict__ bias, int M, int N, int K, int KC,    \
             int G, int gshift, int epi) {                                                      \
-        w4_body<MT, RT, RW, KW, S, FOLD>(qw, sz, x, y, bias, M, N, K, KC, G, gshift, epi);    \
+        w4_body<MT, RT, RW, KW, S, FOLD, BF>(qw, sz, x, y, bias, M, N, K, KC, G, gshift, epi); \
     }
 // Each variant twice: plain, and _f (FOLD, for groups of 64 or more).
 #define W4_KERNEL(MT, RT, RW, KW, S)                  \
-    W4_KERNEL_ONE(MT, RT, RW, KW, S, false, )         \
-    W4_KERNEL_ONE(MT, RT, RW, KW, S, true, _f)
+    W4_KERNEL_ONE(MT, RT, RW, KW, S, false, false, )  \
+    W4_KERNEL_ONE(MT, RT, RW, KW, S, true, false, _f)
+// bf16 activations (plain only): the variants the dispatcher picks.
+#define W4_KERNEL_BF(MT, RT, RW, KW, S) W4_KERNEL_ONE(MT, RT, RW, KW, S, false, true, _bf)
 
 // The variants the host may launch (src/kernels.rs lists the same ones).
 W4_KERNEL(1, 1, 1, 4, 8)
@@ -421,6 +474,15 @@ W4_KERNEL(8, 1, 4, 8, 4)
 W4_KERNEL(8, 2, 2, 8, 3)
 W4_KERNEL(8, 2, 4, 4, 4)
 W4_KERNEL(8, 2, 4, 8, 3)
+
+W4_KERNEL_BF(1, 1, 1, 16, 4)
+W4_KERNEL_BF(1, 2, 1, 8, 4)
+W4_KERNEL_BF(2, 1, 1, 8, 6)
+W4_KERNEL_BF(2, 2, 1, 8, 4)
+W4_KERNEL_BF(4, 1, 1, 8, 4)
+W4_KERNEL_BF(4, 2, 2, 8, 4)
+W4_KERNEL_BF(8, 2, 2, 8, 3)
+W4_KERNEL_BF(8, 2, 4, 8, 3)
 
 // ---------------------------------------------------------------------------
 // Tensor-core GEMM for larger batches (w4_wg_*; sm_90a only: wgmma).
@@ -515,53 +577,63 @@ __device__ __forceinline__ bool mbar_done(u32 bar, u32 parity) {
 // asynchronous wgmma that writes it.
 __device__ __forceinline__ void fence_operand(float &r) { asm volatile("" : "+f"(r)::"memory"); }
 
-__device__ __forceinline__ void wgmma_n64(float (&d)[32], u32 a0, u32 a1, u32 a2, u32 a3, u64 desc) {
-#if WG_OK
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
-        "{"
-        "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
-        "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31"
-        "}, {%32,%33,%34,%35}, %36, p, 1, 1, 0;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc));
-#endif
-}
+// wgmma.m64nNk16 with A from registers, B from shared memory (`desc`),
+// f32 accumulators d; TY the operand type ("f16" or "bf16").
+#define WGMMA_N64(TY)                                                                          \
+    asm volatile(                                                                              \
+        "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"                                             \
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32." TY "." TY " "                            \
+        "{"                                                                                    \
+        "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"                               \
+        "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31"                      \
+        "}, {%32,%33,%34,%35}, %36, p, 1, 1, 0;\n}\n"                                          \
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),  \
+          "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]),           \
+          "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]),        \
+          "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]),        \
+          "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]),        \
+          "+f"(d[31])                                                                          \
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc))
 
-__device__ __forceinline__ void wgmma_n128(float (&d)[64], u32 a0, u32 a1, u32 a2, u32 a3, u64 desc) {
-#if WG_OK
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 "
-        "{"
-        "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
-        "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,"
-        "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,"
-        "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63"
-        "}, {%64,%65,%66,%67}, %68, p, 1, 1, 0;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
-          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc));
-#endif
-}
+#define WGMMA_N128(TY)                                                                         \
+    asm volatile(                                                                              \
+        "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"                                             \
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32." TY "." TY " "                           \
+        "{"                                                                                    \
+        "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"                               \
+        "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,"                     \
+        "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,"                     \
+        "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63"                      \
+        "}, {%64,%65,%66,%67}, %68, p, 1, 1, 0;\n}\n"                                          \
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),  \
+          "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]),           \
+          "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]),        \
+          "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]),        \
+          "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]),        \
+          "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]),        \
+          "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]),        \
+          "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]),        \
+          "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]),        \
+          "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]),        \
+          "+f"(d[61]), "+f"(d[62]), "+f"(d[63])                                                \
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc))
 
-template <int BM>
+template <int BM, bool BF>
 __device__ __forceinline__ void wgmma_bm(float (&d)[BM / 2], u32 a0, u32 a1, u32 a2, u32 a3,
                                          u64 desc) {
-    if constexpr (BM == 64)
-        wgmma_n64(d, a0, a1, a2, a3, desc);
-    else
-        wgmma_n128(d, a0, a1, a2, a3, desc);
+#if WG_OK
+    if constexpr (BM == 64) {
+        if constexpr (BF)
+            WGMMA_N64("bf16");
+        else
+            WGMMA_N64("f16");
+    } else {
+        if constexpr (BF)
+            WGMMA_N128("bf16");
+        else
+            WGMMA_N128("f16");
+    }
+#endif
 }
 
 // Shared memory of one warpgroup's ring, bytes: per stage the activation
@@ -571,7 +643,7 @@ __device__ constexpr int wg_ring_bytes() {
     return S * (BM * 128 + 4 * RT * 768);
 }
 
-template <int BM, int KS, int RT, int S>
+template <int BM, int KS, int RT, int S, bool BF>
 __device__ __forceinline__ void wg_body(const u32 *__restrict__ qw, const u32 *__restrict__ sz,
                                         const u16 *__restrict__ xt, u16 *__restrict__ y,
                                         const u16 *__restrict__ bias, int M, int N, int NT, int KC,
@@ -680,9 +752,9 @@ __device__ __forceinline__ void wg_body(const u32 *__restrict__ qw, const u32 *_
             u32 w[4], s2[2];
             lds4(w, wbase + st * WSTAGE + r * 768 + lane * 16);
             lds2(s2, wbase + st * WSTAGE + r * 768 + 512 + lane * 8);
-            const SzPairs p = sz_pairs(s2);
+            const SzPairs p = sz_pairs<BF>(s2);
 #pragma unroll
-            for (int j = 0; j < 4; j++) dequant_word(w[j], p, a[r][j]);
+            for (int j = 0; j < 4; j++) dequant_word<BF>(w[j], p, a[r][j]);
         }
 #pragma unroll
         for (int r = 0; r < RT; r++)
@@ -695,7 +767,7 @@ __device__ __forceinline__ void wg_body(const u32 *__restrict__ qw, const u32 *_
             const u64 desc = (u64)(((sb + j * 32) & 0x3FFFF) >> 4) | lbo_sbo;
 #pragma unroll
             for (int r = 0; r < RT; r++)
-                wgmma_bm<BM>(acc[r], a[r][j][0], a[r][j][1], a[r][j][2], a[r][j][3], desc);
+                wgmma_bm<BM, BF>(acc[r], a[r][j][0], a[r][j][1], a[r][j][2], a[r][j][3], desc);
         }
         wgmma_commit();
         wgmma_wait0();
@@ -727,14 +799,17 @@ __device__ __forceinline__ void wg_body(const u32 *__restrict__ qw, const u32 *_
                     acc[r][v] += red[(((s - 1) * RT + r) * NA + v) * 128 + tid];
     }
     // acc[r][4i + c]: weight row nt[r]·16 + g (+8 for c ≥ 2), batch row
-    // m0 + 8i + 2t + (c & 1); rows g+8 were summed 16 times too large.
+    // m0 + 8i + 2t + (c & 1); with f16, rows g+8 were summed 16 times too
+    // large.
+    if (!BF) {
 #pragma unroll
-    for (int r = 0; r < RT; r++)
+        for (int r = 0; r < RT; r++)
 #pragma unroll
-        for (int i = 0; i < BM / 8; i++) {
-            acc[r][4 * i + 2] *= 0.0625f;
-            acc[r][4 * i + 3] *= 0.0625f;
-        }
+            for (int i = 0; i < BM / 8; i++) {
+                acc[r][4 * i + 2] *= 0.0625f;
+                acc[r][4 * i + 3] *= 0.0625f;
+            }
+    }
 #pragma unroll
     for (int r = 0; r < RT; r++)
 #pragma unroll
@@ -742,19 +817,23 @@ __device__ __forceinline__ void wg_body(const u32 *__restrict__ qw, const u32 *_
 #pragma unroll
             for (int c = 0; c < 4; c++)
                 if (epi != EPI_SWIGLU || c < 2)
-                    w4_store(y, bias, M, N, epi, nt[r], lane, c, m0 + 8 * i + 2 * t + (c & 1),
-                             acc[r][4 * i + c], acc[r][4 * i + (c ^ 2)]);
+                    w4_store<BF>(y, bias, M, N, epi, nt[r], lane, c, m0 + 8 * i + 2 * t + (c & 1),
+                                 acc[r][4 * i + c], acc[r][4 * i + (c ^ 2)]);
 #endif
 }
 
-#define WG_KERNEL(BM, KS, RT, S)                                                               \
+#define WG_KERNEL_ONE(BM, KS, RT, S, BF, SUFFIX)                                               \
     extern "C" __global__ void __launch_bounds__(128 * KS)                                     \
-        w4_wg_b##BM##_k##KS##_r##RT##_s##S(                                                    \
+        w4_wg_b##BM##_k##KS##_r##RT##_s##S##SUFFIX(                                            \
             const u32 *__restrict__ qw, const u32 *__restrict__ sz, const u16 *__restrict__ xt, \
             u16 *__restrict__ y, const u16 *__restrict__ bias, int M, int N, int NT, int KC,    \
             int G, int gshift, int epi, u64 lbo_sbo) {                                          \
-        wg_body<BM, KS, RT, S>(qw, sz, xt, y, bias, M, N, NT, KC, G, gshift, epi, lbo_sbo);     \
+        wg_body<BM, KS, RT, S, BF>(qw, sz, xt, y, bias, M, N, NT, KC, G, gshift, epi, lbo_sbo); \
     }
+// Each variant for f16 and (_bf) bf16 activations.
+#define WG_KERNEL(BM, KS, RT, S)              \
+    WG_KERNEL_ONE(BM, KS, RT, S, false, )     \
+    WG_KERNEL_ONE(BM, KS, RT, S, true, _bf)
 
 // The variants the host may launch (src/kernels.rs lists the same ones).
 WG_KERNEL(64, 2, 2, 4)
@@ -805,10 +884,10 @@ extern "C" __global__ void gather_cols(const u16 *__restrict__ x, const int *__r
 }
 
 // Any bit width (2, 3, 4, 8; dequant_bBITS): dequantizes into W[n][k] (f16,
-// row stride ldw) for a GEMM. Codes: [KB·bits][N] words, where input block kb (32 columns)
+// or bf16 for dequant_bBITS_bf; row stride ldw) for a GEMM. Codes: [KB·bits][N] words, where input block kb (32 columns)
 // of output n is the little-endian bit stream of words kb·bits .. kb·bits+bits-1
 // (column n); zeros are true zero points (u8), scales f16, g_idx per column.
-template <int BITS>
+template <int BITS, bool BF>
 __device__ __forceinline__ void dequant_body(const u32 *__restrict__ qw,
                                              const u16 *__restrict__ scales,
                                              const unsigned char *__restrict__ zeros,
@@ -853,7 +932,7 @@ __device__ __forceinline__ void dequant_body(const u32 *__restrict__ qw,
                     val = s * ((float)q - z);
                 }
             }
-            const u32 h = f32_to_f16(val);
+            const u32 h = f32_to_act<BF>(val);
             if (v & 1)
                 out[v >> 1] |= h << 16;
             else
@@ -888,28 +967,44 @@ __device__ __forceinline__ void dequant_body(const u32 *__restrict__ qw,
     }
 }
 
-#define DEQUANT_KERNEL(BITS)                                                                   \
-    extern "C" __global__ void dequant_b##BITS(                                                \
+#define DEQUANT_KERNEL_ONE(BITS, BF, SUFFIX)                                                   \
+    extern "C" __global__ void dequant_b##BITS##SUFFIX(                                        \
         const u32 *__restrict__ qw, const u16 *__restrict__ scales,                            \
         const unsigned char *__restrict__ zeros, const int *__restrict__ gidx,                 \
         u16 *__restrict__ w, int N, int K, int ldw, int monotone) {                            \
-        dequant_body<BITS>(qw, scales, zeros, gidx, w, N, K, ldw, monotone);                   \
+        dequant_body<BITS, BF>(qw, scales, zeros, gidx, w, N, K, ldw, monotone);               \
     }
+#define DEQUANT_KERNEL(BITS)                \
+    DEQUANT_KERNEL_ONE(BITS, false, )       \
+    DEQUANT_KERNEL_ONE(BITS, true, _bf)
 
 DEQUANT_KERNEL(2)
 DEQUANT_KERNEL(3)
 DEQUANT_KERNEL(4)
 DEQUANT_KERNEL(8)
 
-// y[m][n] += bias[n] (the dequantize-then-GEMM path).
-extern "C" __global__ void add_bias(u16 *__restrict__ y, const u16 *__restrict__ bias, int M,
-                                    int N) {
+// y[m][n] += bias[n] (the dequantize-then-GEMM path): y f16 (add_bias) or
+// bf16 (add_bias_bf), the bias f16.
+template <bool BF>
+__device__ __forceinline__ void add_bias_body(u16 *__restrict__ y, const u16 *__restrict__ bias,
+                                              int M, int N) {
     pdl_wait();
     pdl_launch();
     const u64 idx = (u64)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (u64)M * N) return;
     const int n = (int)(idx % N);
-    y[idx] = f32_to_f16(f16_to_f32(y[idx]) + f16_to_f32(bias[n]));
+    const float v = BF ? bf16_to_f32(y[idx]) : f16_to_f32(y[idx]);
+    y[idx] = f32_to_act<BF>(v + f16_to_f32(bias[n]));
+}
+
+extern "C" __global__ void add_bias(u16 *__restrict__ y, const u16 *__restrict__ bias, int M,
+                                    int N) {
+    add_bias_body<false>(y, bias, M, N);
+}
+
+extern "C" __global__ void add_bias_bf(u16 *__restrict__ y, const u16 *__restrict__ bias, int M,
+                                       int N) {
+    add_bias_body<true>(y, bias, M, N);
 }
 
 // Fills a buffer of f16 with a bit pattern (poisoning outputs before a check).

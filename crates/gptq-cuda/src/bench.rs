@@ -1,8 +1,8 @@
 //! Correctness checks against an f64 reference and timings (CUDA events,
 //! graph replays, median), used by `gptq bench kernels --device cuda`.
 
-use crate::device::{Ctx, Cuda, GpuLinear, Path, Workspace};
-use crate::kernels::{W4Variant, W4_VARIANTS, WG_VARIANTS};
+use crate::device::{Act, Ctx, Cuda, GpuLinear, Path, Workspace};
+use crate::kernels::{Dtype, W4Variant, WG_VARIANTS};
 use crate::layout::{random_qlinear, Rng};
 use crate::{Error, Result};
 use cudarc::driver::{sys as cu, CudaSlice};
@@ -113,8 +113,8 @@ pub fn packed_bytes(n: usize, k: usize, group_size: Option<usize>) -> usize {
     k * n / 2 + groups * n * 2 + groups * n / 2
 }
 
-fn random_f16(rng: &mut Rng, n: usize) -> Vec<f16> {
-    (0..n).map(|_| f16::from_f32(rng.sym())).collect()
+fn random_act<T: Act>(rng: &mut Rng, n: usize) -> Vec<T> {
+    (0..n).map(|_| T::from_f32(rng.sym())).collect()
 }
 
 /// One timed configuration.
@@ -139,9 +139,10 @@ fn copies_for(bytes: usize, target: usize) -> usize {
     target.div_ceil(bytes.max(1)).clamp(1, 64)
 }
 
-/// Times one K×N layer (4-bit, `group_size`) at each batch size.
+/// Times one K×N layer (4-bit, `group_size`) at each batch size, with
+/// activations of type `T` (cuBLAS in the same type).
 #[allow(clippy::too_many_arguments)]
-pub fn bench_shape(
+pub fn bench_shape<T: Act>(
     dev: &Cuda,
     k: usize,
     n: usize,
@@ -165,13 +166,13 @@ pub fn bench_shape(
         layers.push(dev.clone_linear(&layers[0])?);
     }
     let mmax = ms.iter().copied().max().unwrap_or(1);
-    let x = dev.upload(&random_f16(&mut rng, mmax * k))?;
-    let mut y: CudaSlice<f16> = dev.zeros(mmax * n)?;
+    let x = dev.upload(&random_act::<T>(&mut rng, mmax * k))?;
+    let mut y: CudaSlice<T> = dev.zeros(mmax * n)?;
     let mut ws = Workspace::default();
-    // fp16 weights for cuBLAS, dequantized on the device.
+    // f16 (bf16) weights for cuBLAS, dequantized on the device.
     let rf = copies_for(n * k * 2, target);
-    let ldw = dev.dequantize_into(&layers[0], &mut ws)?;
-    let mut wf: Vec<CudaSlice<f16>> = Vec::new();
+    let ldw = dev.dequantize_as(&layers[0], &mut ws, T::DTYPE)?;
+    let mut wf: Vec<CudaSlice<T>> = Vec::new();
     {
         let w0 = ws
             .dequantized()
@@ -179,11 +180,13 @@ pub fn bench_shape(
         if ldw != k {
             return Err(Error::Shape("benchmark shapes need K % 8 == 0".into()));
         }
+        // SAFETY: the buffer holds n·k 16-bit values of type T (written by
+        // `dequantize_as` for T's type); f16 and T are both 2 bytes.
+        let w0 = unsafe { w0.transmute::<T>(n * k) }
+            .ok_or_else(|| Error::Driver("dequantized weight too small".into()))?;
         for _ in 0..rf {
-            let mut c: CudaSlice<f16> = dev.zeros(n * k)?;
-            dev.stream()
-                .memcpy_dtod(&w0.slice(0..n * k), &mut c)
-                .ctx("copy")?;
+            let mut c: CudaSlice<T> = dev.zeros(n * k)?;
+            dev.stream().memcpy_dtod(&w0, &mut c).ctx("copy")?;
             wf.push(c);
         }
     }
@@ -191,7 +194,7 @@ pub fn bench_shape(
     let mut rows = Vec::new();
     for &m in ms {
         let auto = dev.auto_path(&layers[0], m);
-        let time_path = |path: Path, ws: &mut Workspace, y: &mut CudaSlice<f16>| -> Result<f64> {
+        let time_path = |path: Path, ws: &mut Workspace, y: &mut CudaSlice<T>| -> Result<f64> {
             let calls = r * (8 / r).max(1);
             time_us(dev, calls, samples, |i| {
                 dev.matmul_path(&layers[i % r], &x, m, y, ws, path)
@@ -200,7 +203,8 @@ pub fn bench_shape(
         let auto_us = time_path(auto, &mut ws, &mut y)?;
         let mut best: Option<(String, f64)> = None;
         if sweep {
-            let fused = W4_VARIANTS
+            let fused = T::DTYPE
+                .w4_variants()
                 .iter()
                 .filter(|&&v| sweep_candidate(v, m) && (!v.fold || layers[0].fold_ok()))
                 .map(|&v| Path::Fused(v));
@@ -220,7 +224,7 @@ pub fn bench_shape(
         let dequant_gemm_us = time_path(Path::DequantGemm, &mut ws, &mut y)?;
         let calls = rf * (8 / rf).max(1);
         let cublas_us = time_us(dev, calls, samples, |i| {
-            dev.gemm_f16(&wf[i % rf], &x, &mut y, m, n, k)
+            dev.gemm_act(&wf[i % rf], &x, &mut y, m, n, k)
         })?;
         rows.push(BenchRow {
             k,
@@ -439,21 +443,42 @@ fn reference(q: &QLinear, x: &[f32], m: usize) -> Vec<(f64, f64, f64)> {
     out
 }
 
-/// The tolerance of one output: one f16 rounding of every dequantized
-/// weight (2^-11 relative, plus 2^-25 absolute for f16 subnormals, bounded
-/// by 2^-24·Σ|x|), f32 accumulation over K terms (K·2^-23 relative to
-/// Σ|x·Ŵ|, allowing for tensor-core adders that truncate), and the final f16
-/// rounding of the output (2^-11 of |y|, the bias add included).
-pub fn tolerance(k: usize, y: f64, abs: f64, xabs: f64) -> f64 {
-    (2f64.powi(-11) + k as f64 * 2f64.powi(-23)) * abs
-        + 2f64.powi(-24) * xabs
-        + 2f64.powi(-10) * y.abs()
-        + 1e-7
+/// The tolerance of one output with f16 activations: one f16 rounding of
+/// every dequantized weight (2^-11 relative, plus 2^-25 absolute for f16
+/// subnormals, bounded by 2^-24·Σ|x|), f32 accumulation over K terms
+/// (K·2^-23 relative to Σ|x·Ŵ|, allowing for tensor-core adders that
+/// truncate), and the final f16 rounding of the output (2^-11 of |y|, the
+/// bias add included). With bf16 (unit roundoff u = 2^-8): the f16 scale
+/// rounded to bf16 and the product (q − z)·s rounded again, at most
+/// (2u + u²) = 2^-7 + 2^-16 of every |Ŵ| (bf16 has no subnormals in this
+/// range), and the bf16 output rounding (2^-8 of |y|, allowed twice).
+pub fn tolerance(dt: Dtype, k: usize, y: f64, abs: f64, xabs: f64) -> f64 {
+    let acc = k as f64 * 2f64.powi(-23);
+    match dt {
+        Dtype::F16 => {
+            (2f64.powi(-11) + acc) * abs + 2f64.powi(-24) * xabs + 2f64.powi(-10) * y.abs() + 1e-7
+        }
+        Dtype::Bf16 => {
+            (2f64.powi(-7) + 2f64.powi(-16) + acc) * abs + 2f64.powi(-7) * y.abs() + 1e-7
+        }
+    }
 }
 
 /// Runs every case along every path the layer has (each fused variant and
-/// dequantize-then-GEMM), poisoning outputs with NaN before each call.
+/// dequantize-then-GEMM), poisoning outputs with NaN before each call; f16
+/// activations, then bf16 (rows of bf16 paths end in " bf16").
 pub fn check(dev: &Cuda, cases: &[CheckCase], seed: u64) -> Result<Vec<CheckRow>> {
+    let mut rows = check_as::<f16>(dev, cases, seed)?;
+    rows.extend(check_as::<half::bf16>(dev, cases, seed)?);
+    Ok(rows)
+}
+
+fn check_as<T: Act>(dev: &Cuda, cases: &[CheckCase], seed: u64) -> Result<Vec<CheckRow>> {
+    let dt = T::DTYPE;
+    let label = |p: Path| match dt {
+        Dtype::F16 => path_name(p),
+        Dtype::Bf16 => format!("{} bf16", path_name(p)),
+    };
     let mut rng = Rng::new(seed);
     let mut rows = Vec::new();
     for c in cases {
@@ -462,17 +487,17 @@ pub fn check(dev: &Cuda, cases: &[CheckCase], seed: u64) -> Result<Vec<CheckRow>
             q.bias = Some((0..c.n).map(|_| rng.sym()).collect());
         }
         let mmax = c.ms.iter().copied().max().unwrap_or(1);
-        let xh = random_f16(&mut rng, mmax * c.k);
+        let xh = random_act::<T>(&mut rng, mmax * c.k);
         let xf: Vec<f32> = xh.iter().map(|v| v.to_f32()).collect();
         let reference = reference(&q, &xf, mmax);
         let l = dev.load_qlinear(&q, true)?;
         let x = dev.upload(&xh)?;
-        let mut y: CudaSlice<f16> = dev.zeros(mmax * c.n)?;
+        let mut y: CudaSlice<T> = dev.zeros(mmax * c.n)?;
         let mut ws = Workspace::default();
         let mut paths = vec![Path::Auto, Path::DequantGemm];
         if l.has_fused() {
             paths.extend(
-                W4_VARIANTS
+                dt.w4_variants()
                     .iter()
                     .filter(|v| !v.fold || l.fold_ok())
                     .map(|&v| Path::Fused(v)),
@@ -493,7 +518,7 @@ pub fn check(dev: &Cuda, cases: &[CheckCase], seed: u64) -> Result<Vec<CheckRow>
         for path in paths {
             let mut row = CheckRow {
                 case: name.clone(),
-                path: path_name(path),
+                path: label(path),
                 max_abs: 0.0,
                 worst_ratio: 0.0,
                 rel_l2: 0.0,
@@ -501,20 +526,21 @@ pub fn check(dev: &Cuda, cases: &[CheckCase], seed: u64) -> Result<Vec<CheckRow>
                 pass: true,
             };
             for &m in &c.ms {
-                dev.fill_f16(&mut y, 0x7E00)?;
+                dev.fill_bits(&mut y, T::NAN_BITS)?;
                 dev.matmul_path(&l, &x, m, &mut y, &mut ws, path)?;
                 let got = dev.download(&y)?;
                 row.add_batch(got[..m * c.n].iter().enumerate().map(|(i, g)| {
                     let (want, abs, xabs) = reference[i];
-                    (g.to_f32() as f64, want, tolerance(c.k, want, abs, xabs))
+                    (g.to_f32() as f64, want, tolerance(dt, c.k, want, abs, xabs))
                 }));
             }
             row.pass = row.bad == 0 && row.worst_ratio <= 1.0;
             rows.push(row);
             if c.n.is_multiple_of(16) && l.has_fused() && !matches!(path, Path::DequantGemm) {
-                rows.push(check_swiglu(
-                    dev, &l, &x, &mut y, &mut ws, c, &reference, &name, path,
-                )?);
+                let mut row = check_swiglu(dev, &l, &x, &mut y, &mut ws, c, &reference, path)?;
+                row.case = name.clone();
+                row.path = format!("{} swiglu", label(path));
+                rows.push(row);
             }
         }
         dev.synchronize()?;
@@ -527,23 +553,27 @@ pub fn check(dev: &Cuda, cases: &[CheckCase], seed: u64) -> Result<Vec<CheckRow>
 /// are gates and 16t+8..16t+15 their up rows): output (m, 8t + i) against
 /// silu(ref gate)·ref up. Tolerance: the gate's tolerance times
 /// max |silu'| ≤ 1.1 times |up|, plus |silu(gate)| times the up row's, plus
-/// the f16 rounding of the output (2^-10 of it).
+/// the rounding of the output (2^-10 of it with f16, 2^-7 with bf16).
 #[allow(clippy::too_many_arguments)]
-fn check_swiglu(
+fn check_swiglu<T: Act>(
     dev: &Cuda,
     l: &GpuLinear,
-    x: &CudaSlice<f16>,
-    y: &mut CudaSlice<f16>,
+    x: &CudaSlice<T>,
+    y: &mut CudaSlice<T>,
     ws: &mut Workspace,
     c: &CheckCase,
     reference: &[(f64, f64, f64)],
-    name: &str,
     path: Path,
 ) -> Result<CheckRow> {
+    let dt = T::DTYPE;
+    let out_round = match dt {
+        Dtype::F16 => 2f64.powi(-10),
+        Dtype::Bf16 => 2f64.powi(-7),
+    };
     let silu = |v: f64| v / (1.0 + (-v).exp());
     let mut row = CheckRow {
-        case: name.to_string(),
-        path: format!("{} swiglu", path_name(path)),
+        case: String::new(),
+        path: String::new(),
         max_abs: 0.0,
         worst_ratio: 0.0,
         rel_l2: 0.0,
@@ -552,7 +582,7 @@ fn check_swiglu(
     };
     let half = c.n / 2;
     for &m in &c.ms {
-        dev.fill_f16(y, 0x7E00)?;
+        dev.fill_bits(y, T::NAN_BITS)?;
         if !dev.matmul_swiglu_path(l, x, m, y, ws, path)? {
             return Err(Error::Unsupported(format!(
                 "{}: no SwiGLU epilogue at M = {m}",
@@ -566,9 +596,9 @@ fn check_swiglu(
             let (gv, ga, gx) = reference[mi * c.n + gate];
             let (uv, ua, ux) = reference[mi * c.n + up];
             let want = silu(gv) * uv;
-            let tol = 1.1 * tolerance(c.k, gv, ga, gx) * uv.abs()
-                + silu(gv).abs() * tolerance(c.k, uv, ua, ux)
-                + 2f64.powi(-10) * want.abs()
+            let tol = 1.1 * tolerance(dt, c.k, gv, ga, gx) * uv.abs()
+                + silu(gv).abs() * tolerance(dt, c.k, uv, ua, ux)
+                + out_round * want.abs()
                 + 1e-7;
             (got[i].to_f32() as f64, want, tol)
         }));

@@ -5,12 +5,20 @@
 //! So the row-major product `C = op(A)·op(B)` is the column-major
 //! `Cᵀ = op(B)ᵀ·op(A)ᵀ`: [`gemm`] swaps the operands and passes each one's
 //! transpose flag through unchanged. Accumulation is f32
-//! (`CUBLAS_COMPUTE_32F`: f16 operands run on tensor cores with f32 sums,
+//! (`CUBLAS_COMPUTE_32F`: f16 and bf16 operands run on tensor cores with f32 sums,
 //! f32 operands never use TF32).
 
 use crate::device::Cuda;
 use crate::{Error, Result};
 use cudarc::cublas::sys as cb;
+
+/// Element types of GEMM operands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Elem {
+    F32,
+    F16,
+    Bf16,
+}
 
 /// A row-major matrix operand: device address, leading dimension (elements
 /// between rows), element type, whether it enters transposed, and the
@@ -19,7 +27,7 @@ use cudarc::cublas::sys as cb;
 pub(crate) struct Mat {
     pub ptr: u64,
     pub ld: usize,
-    pub f16: bool,
+    pub elem: Elem,
     pub t: bool,
     pub stride: usize,
 }
@@ -30,7 +38,7 @@ impl Mat {
         Mat {
             ptr,
             ld,
-            f16: false,
+            elem: Elem::F32,
             t: false,
             stride: 0,
         }
@@ -39,7 +47,19 @@ impl Mat {
     /// An f16 matrix.
     pub fn f16(ptr: u64, ld: usize) -> Self {
         Mat {
-            f16: true,
+            elem: Elem::F16,
+            ..Mat::f32(ptr, ld)
+        }
+    }
+
+    /// An f16 or bf16 matrix of int4-product activations.
+    pub fn act(ptr: u64, ld: usize, dt: crate::kernels::Dtype) -> Self {
+        let elem = match dt {
+            crate::kernels::Dtype::F16 => Elem::F16,
+            crate::kernels::Dtype::Bf16 => Elem::Bf16,
+        };
+        Mat {
+            elem,
             ..Mat::f32(ptr, ld)
         }
     }
@@ -55,10 +75,10 @@ impl Mat {
     }
 
     fn ty(&self) -> cb::cudaDataType {
-        if self.f16 {
-            cb::cudaDataType::CUDA_R_16F
-        } else {
-            cb::cudaDataType::CUDA_R_32F
+        match self.elem {
+            Elem::F32 => cb::cudaDataType::CUDA_R_32F,
+            Elem::F16 => cb::cudaDataType::CUDA_R_16F,
+            Elem::Bf16 => cb::cudaDataType::CUDA_R_16BF,
         }
     }
 

@@ -2,7 +2,7 @@
 //! the GPU and the matmul dispatcher.
 
 use crate::compile::{self, CubinSource};
-use crate::kernels::{self, W4Variant, WgVariant, W4_VARIANTS, WG_VARIANTS};
+use crate::kernels::{self, Dtype, W4Variant, WgVariant, WG_VARIANTS};
 use crate::layout::{AnyLayout, W4Layout};
 use crate::{Error, Result};
 use cudarc::cublas::{sys as cb, CudaBlas};
@@ -11,9 +11,40 @@ use cudarc::driver::{
     LaunchConfig, PushKernelArg,
 };
 use gptq_core::QLinear;
-use half::f16;
+use half::{bf16, f16};
 use std::collections::HashMap;
 use std::sync::Arc;
+
+/// An activation element type of the int4 products: [`f16`] or [`bf16`].
+pub trait Act: DeviceRepr + cudarc::driver::ValidAsZeroBits + Copy + 'static {
+    const DTYPE: Dtype;
+    /// A quiet NaN's bits (poisoning outputs in checks).
+    const NAN_BITS: u16;
+    fn to_f32(self) -> f32;
+    fn from_f32(v: f32) -> Self;
+}
+
+impl Act for f16 {
+    const DTYPE: Dtype = Dtype::F16;
+    const NAN_BITS: u16 = 0x7E00;
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+    fn from_f32(v: f32) -> Self {
+        f16::from_f32(v)
+    }
+}
+
+impl Act for bf16 {
+    const DTYPE: Dtype = Dtype::Bf16;
+    const NAN_BITS: u16 = 0x7FC0;
+    fn to_f32(self) -> f32 {
+        bf16::to_f32(self)
+    }
+    fn from_f32(v: f32) -> Self {
+        bf16::from_f32(v)
+    }
+}
 
 pub(crate) trait Ctx<T> {
     fn ctx(self, what: &str) -> Result<T>;
@@ -90,11 +121,11 @@ pub struct Cuda {
 /// Checks a batch of `m` rows through `l` into `n_out` columns: the
 /// sizes fit the kernels' 32-bit indices, `x` holds `m·k` values and `y`
 /// `m·n_out`.
-fn check_batch(
+fn check_batch<T: Act>(
     l: &GpuLinear,
-    x: &CudaSlice<f16>,
+    x: &CudaSlice<T>,
     m: usize,
-    y: &CudaSlice<f16>,
+    y: &CudaSlice<T>,
     n_out: usize,
 ) -> Result<()> {
     if m == 0 || m > i32::MAX as usize / l.k.max(1) || m > i32::MAX as usize / l.n.max(1) {
@@ -158,7 +189,7 @@ pub(crate) fn load_kernels(
     name: &str,
     arch: &str,
     driver_version: i32,
-    names: &[&str],
+    names: &[impl AsRef<str>],
 ) -> Result<(Arc<CudaModule>, HashMap<String, CudaFunction>, CubinSource)> {
     let (image, cubin) = compile::cubin_cached(src, name, arch, driver_version)?;
     let module = match ctx.load_module(cudarc::nvrtc::Ptx::from_binary(image)) {
@@ -173,7 +204,7 @@ pub(crate) fn load_kernels(
         Err(e) => return Err(Error::Driver(format!("loading the kernels of {name}: {e}"))),
     };
     let mut funcs = HashMap::new();
-    for &f in names {
+    for f in names.iter().map(|f| f.as_ref()) {
         funcs.insert(
             f.to_string(),
             module.load_function(f).ctx(&format!("kernel {f}"))?,
@@ -228,15 +259,20 @@ impl Cuda {
             "w4.cu",
             &arch,
             driver_version,
-            kernels::ALL_FUNCTIONS,
+            &kernels::all_functions(),
         )?;
         // Kernels over 48 KiB of dynamic shared memory must raise their limit
         // (the wgmma ones are launched on sm_90a only).
         let wg: &[WgVariant] = if arch == "sm_90a" { WG_VARIANTS } else { &[] };
-        let big = W4_VARIANTS
-            .iter()
-            .map(|v| (v.symbol(), v.shared_bytes()))
-            .chain(wg.iter().map(|v| (v.symbol(), v.shared_bytes())))
+        let big = [Dtype::F16, Dtype::Bf16]
+            .into_iter()
+            .flat_map(|dt| {
+                let fused = dt
+                    .w4_variants()
+                    .iter()
+                    .map(move |v| (v.symbol_as(dt), v.shared_bytes()));
+                fused.chain(wg.iter().map(move |v| (v.symbol_as(dt), v.shared_bytes())))
+            })
             .filter(|&(_, bytes)| bytes > 48 * 1024);
         for (symbol, bytes) in big {
             let f = funcs
@@ -374,8 +410,9 @@ impl Cuda {
         self.stream.alloc_zeros::<T>(n.max(1)).ctx("allocating")
     }
 
-    /// Fills an f16 buffer with a bit pattern (NaN poisoning in checks).
-    pub fn fill_f16(&self, s: &mut CudaSlice<f16>, bits: u16) -> Result<()> {
+    /// Fills an f16 or bf16 buffer with a bit pattern (NaN poisoning in
+    /// checks).
+    pub fn fill_bits<T: Act>(&self, s: &mut CudaSlice<T>, bits: u16) -> Result<()> {
         let n = s.len() as u64;
         let p = dptr(s, &self.stream);
         let f = self.func(kernels::FILL_U16)?;
@@ -459,26 +496,27 @@ impl Cuda {
         }
     }
 
-    /// `y[m][n] = Σ_k x[m][k]·Ŵ[n][k] (+ bias)`, f16 in and out, on the
-    /// stream (asynchronous). `x` holds at least `m·k` values, `y` `m·n`.
-    pub fn matmul(
+    /// `y[m][n] = Σ_k x[m][k]·Ŵ[n][k] (+ bias)`, f16 or bf16 in and out
+    /// (the same type), on the stream (asynchronous). `x` holds at least
+    /// `m·k` values, `y` `m·n`.
+    pub fn matmul<T: Act>(
         &self,
         l: &GpuLinear,
-        x: &CudaSlice<f16>,
+        x: &CudaSlice<T>,
         m: usize,
-        y: &mut CudaSlice<f16>,
+        y: &mut CudaSlice<T>,
         ws: &mut Workspace,
     ) -> Result<()> {
         self.matmul_path(l, x, m, y, ws, Path::Auto)
     }
 
     /// [`Cuda::matmul`] along a chosen path.
-    pub fn matmul_path(
+    pub fn matmul_path<T: Act>(
         &self,
         l: &GpuLinear,
-        x: &CudaSlice<f16>,
+        x: &CudaSlice<T>,
         m: usize,
-        y: &mut CudaSlice<f16>,
+        y: &mut CudaSlice<T>,
         ws: &mut Workspace,
         path: Path,
     ) -> Result<()> {
@@ -500,12 +538,12 @@ impl Cuda {
     /// `Ok(false)`, with nothing launched, when the layer does not run the
     /// fused kernel at this batch size (its output is then the plain
     /// interleaved rows, from [`Cuda::matmul`]).
-    pub fn matmul_swiglu(
+    pub fn matmul_swiglu<T: Act>(
         &self,
         l: &GpuLinear,
-        x: &CudaSlice<f16>,
+        x: &CudaSlice<T>,
         m: usize,
-        y: &mut CudaSlice<f16>,
+        y: &mut CudaSlice<T>,
         ws: &mut Workspace,
     ) -> Result<bool> {
         self.matmul_swiglu_path(l, x, m, y, ws, Path::Auto)
@@ -513,12 +551,12 @@ impl Cuda {
 
     /// [`Cuda::matmul_swiglu`] along a chosen path (`Ok(false)` for
     /// dequantize-then-GEMM, which has no SwiGLU epilogue).
-    pub fn matmul_swiglu_path(
+    pub fn matmul_swiglu_path<T: Act>(
         &self,
         l: &GpuLinear,
-        x: &CudaSlice<f16>,
+        x: &CudaSlice<T>,
         m: usize,
-        y: &mut CudaSlice<f16>,
+        y: &mut CudaSlice<T>,
         ws: &mut Workspace,
         path: Path,
     ) -> Result<bool> {
@@ -542,19 +580,20 @@ impl Cuda {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn fused(
+    fn fused<T: Act>(
         &self,
         l: &GpuLinear,
         v: W4Variant,
-        x: &CudaSlice<f16>,
+        x: &CudaSlice<T>,
         m: usize,
-        y: &mut CudaSlice<f16>,
+        y: &mut CudaSlice<T>,
         ws: &mut Workspace,
         epi: i32,
     ) -> Result<()> {
         let w4 = l.w4_layout()?;
-        if !W4_VARIANTS.contains(&v) {
-            return Err(Error::Unsupported(format!("no kernel {}", v.symbol())));
+        let symbol = v.symbol_as(T::DTYPE);
+        if !T::DTYPE.w4_variants().contains(&v) {
+            return Err(Error::Unsupported(format!("no kernel {symbol}")));
         }
         if v.fold && !l.fold_ok() {
             return Err(Error::Unsupported(format!(
@@ -582,7 +621,7 @@ impl Cuda {
             }
             None => dptr(x, st),
         };
-        let f = self.func(&v.symbol())?;
+        let f = self.func(&symbol)?;
         let (pq, ps, py) = (dptr(&w4.qw, st), dptr(&w4.sz, st), dptr(y, st));
         let pbias = l.bias.as_ref().map(|b| dptr(b, st)).unwrap_or(0u64);
         let (mi, ni, ki) = (m as i32, l.n as i32, l.k as i32);
@@ -593,7 +632,7 @@ impl Cuda {
             shared_mem_bytes: v.shared_bytes(),
         };
         let args = &mut kargs![&pq, &ps, &xp, &py, &pbias, &mi, &ni, &ki, &kci, &gi, &gs, &epi];
-        unsafe { self.launch(f, cfg, args, true, &v.symbol()) }
+        unsafe { self.launch(f, cfg, args, true, &symbol) }
     }
 
     /// The wgmma GEMM: the activations rearranged by `wg_prep_x` into the
@@ -601,24 +640,24 @@ impl Cuda {
     /// of the layout, act-order's, the swizzle, zero padding), then the
     /// kernel.
     #[allow(clippy::too_many_arguments)]
-    fn wg(
+    fn wg<T: Act>(
         &self,
         l: &GpuLinear,
         v: WgVariant,
-        x: &CudaSlice<f16>,
+        x: &CudaSlice<T>,
         m: usize,
-        y: &mut CudaSlice<f16>,
+        y: &mut CudaSlice<T>,
         ws: &mut Workspace,
         epi: i32,
     ) -> Result<()> {
         let w4 = l.w4_layout()?;
+        let symbol = v.symbol_as(T::DTYPE);
         if !WG_VARIANTS.contains(&v) {
-            return Err(Error::Unsupported(format!("no kernel {}", v.symbol())));
+            return Err(Error::Unsupported(format!("no kernel {symbol}")));
         }
         if !self.has_wgmma() {
             return Err(Error::Unsupported(format!(
-                "{} needs sm_90a (this device is {})",
-                v.symbol(),
+                "{symbol} needs sm_90a (this device is {})",
                 self.info.arch
             )));
         }
@@ -644,7 +683,7 @@ impl Cuda {
         };
         let args = &mut kargs![&px, &pp, &pb, &mi, &ki, &kci, &bmi, &mbi];
         unsafe { self.launch(f, cfg, args, true, kernels::WG_PREP) }?;
-        let f = self.func(&v.symbol())?;
+        let f = self.func(&symbol)?;
         let (pq, ps, py) = (dptr(&w4.qw, st), dptr(&w4.sz, st), dptr(y, st));
         let pbias = l.bias.as_ref().map(|b| dptr(b, st)).unwrap_or(0u64);
         let (ni, nti) = (l.n as i32, w4.nt as i32);
@@ -657,18 +696,24 @@ impl Cuda {
         };
         let args =
             &mut kargs![&pq, &ps, &pb, &py, &pbias, &mi, &ni, &nti, &kci, &gi, &gs, &epi, &lbo_sbo];
-        unsafe { self.launch(f, cfg, args, true, &v.symbol()) }
+        unsafe { self.launch(f, cfg, args, true, &symbol) }
     }
 
     /// Dequantizes the layer into `ws` (f16 `[n][ldw]`) and returns `ldw`.
     pub fn dequantize_into(&self, l: &GpuLinear, ws: &mut Workspace) -> Result<usize> {
+        self.dequantize_as(l, ws, Dtype::F16)
+    }
+
+    /// Dequantizes the layer into `ws` (`[n][ldw]` of `dt`, in the f16
+    /// buffer of [`Workspace::dequantized`]) and returns `ldw`.
+    pub fn dequantize_as(&self, l: &GpuLinear, ws: &mut Workspace, dt: Dtype) -> Result<usize> {
         let any = l.any.as_ref().ok_or_else(|| {
             Error::Unsupported("the layer was loaded without its dequantization layout".into())
         })?;
         let ldw = l.k.next_multiple_of(8);
         let st = &self.stream;
         let buf = ws.wdeq(self, l.n * ldw)?;
-        let f = self.func(&kernels::dequant_symbol(l.bits))?;
+        let f = self.func(&kernels::dequant_symbol(l.bits, dt))?;
         let (pq, ps, pz, pg, pw) = (
             dptr(&any.qw, st),
             dptr(&any.scales, st),
@@ -701,31 +746,41 @@ impl Cuda {
         Ok(ldw)
     }
 
-    fn dequant_gemm(
+    fn dequant_gemm<T: Act>(
         &self,
         l: &GpuLinear,
-        x: &CudaSlice<f16>,
+        x: &CudaSlice<T>,
         m: usize,
-        y: &mut CudaSlice<f16>,
+        y: &mut CudaSlice<T>,
         ws: &mut Workspace,
     ) -> Result<()> {
-        let ldw = self.dequantize_into(l, ws)?;
+        let ldw = self.dequantize_as(l, ws, T::DTYPE)?;
         let w = ws
             .wdeq
             .as_ref()
             .ok_or_else(|| Error::Driver("no dequantization buffer".into()))?;
         let st = &self.stream;
-        self.gemm_f16_raw(dptr(w, st), ldw, dptr(x, st), dptr(y, st), m, l.n, l.k)?;
+        self.gemm_raw(
+            T::DTYPE,
+            dptr(w, st),
+            ldw,
+            dptr(x, st),
+            dptr(y, st),
+            m,
+            l.n,
+            l.k,
+        )?;
         if let Some(bias) = &l.bias {
             self.add_bias(y, bias, m, l.n)?;
         }
         Ok(())
     }
 
-    /// `y[r][c] += bias[c]` for `m` rows of `n` (f16).
-    pub(crate) fn add_bias(
+    /// `y[r][c] += bias[c]` for `m` rows of `n` (f16 or bf16 `y`, f16
+    /// bias).
+    pub(crate) fn add_bias<T: Act>(
         &self,
-        y: &mut CudaSlice<f16>,
+        y: &mut CudaSlice<T>,
         bias: &CudaSlice<f16>,
         m: usize,
         n: usize,
@@ -737,7 +792,7 @@ impl Cuda {
         let total = (m * n) as u64;
         let (py, pb) = (dptr(y, st), dptr(bias, st));
         let (mi, ni) = (m as i32, n as i32);
-        let f = self.func(kernels::ADD_BIAS)?;
+        let f = self.func(&kernels::add_bias_symbol(T::DTYPE))?;
         let cfg = LaunchConfig {
             grid_dim: (total.div_ceil(256) as u32, 1, 1),
             block_dim: (256, 1, 1),
@@ -757,18 +812,33 @@ impl Cuda {
         n: usize,
         k: usize,
     ) -> Result<()> {
+        self.gemm_act(w, x, y, m, n, k)
+    }
+
+    /// `y[m][n] = x[m][k] · w[n][k]ᵀ` with cuBLAS (f16 or bf16 in/out, f32
+    /// compute).
+    pub fn gemm_act<T: Act>(
+        &self,
+        w: &CudaSlice<T>,
+        x: &CudaSlice<T>,
+        y: &mut CudaSlice<T>,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<()> {
         if w.len() < n * k || x.len() < m * k || y.len() < m * n {
             return Err(Error::Shape(format!(
                 "gemm buffers too small for {m}x{n}x{k}"
             )));
         }
         let st = &self.stream;
-        self.gemm_f16_raw(dptr(w, st), k, dptr(x, st), dptr(y, st), m, n, k)
+        self.gemm_raw(T::DTYPE, dptr(w, st), k, dptr(x, st), dptr(y, st), m, n, k)
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn gemm_f16_raw(
+    fn gemm_raw(
         &self,
+        dt: Dtype,
         w: u64,
         ldw: usize,
         x: u64,
@@ -781,10 +851,10 @@ impl Cuda {
             self,
             (m, n, k),
             1.0,
-            crate::blas::Mat::f16(x, k),
-            crate::blas::Mat::f16(w, ldw).t(),
+            crate::blas::Mat::act(x, k, dt),
+            crate::blas::Mat::act(w, ldw, dt).t(),
             0.0,
-            crate::blas::Mat::f16(y, n),
+            crate::blas::Mat::act(y, n, dt),
             1,
         )
     }
@@ -1059,7 +1129,8 @@ mod tests {
         for n in [64, 4096, 8192, 14336, 28672] {
             for m in [1, 2, 8, 9, 16, 17, 32, 33, 64, 65, 256, 1000] {
                 let v = pick_variant(n, 4096, m, true);
-                assert!(W4_VARIANTS.contains(&v), "{n} {m}: {v:?}");
+                assert!(kernels::W4_VARIANTS.contains(&v), "{n} {m}: {v:?}");
+                assert!(kernels::W4_BF16_VARIANTS.contains(&v), "{n} {m}: {v:?}");
                 assert!(!v.fold);
                 assert!(m <= 64 || v.rows() == 64, "{n} {m}: {v:?}");
                 if let Some(w) = pick_wg(n, m) {

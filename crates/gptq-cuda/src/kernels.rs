@@ -1,6 +1,41 @@
 //! The kernels in `kernels/w4.cu` and the fused int4 variants the
 //! dispatcher chooses from.
 
+/// The activation (and output) type of an int4 product: f16, or bf16 (the
+/// kernels with the `_bf` suffix). Weights, scales and biases are stored
+/// the same for both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Dtype {
+    #[default]
+    F16,
+    Bf16,
+}
+
+impl Dtype {
+    /// The suffix of this type's kernel symbols.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Dtype::F16 => "",
+            Dtype::Bf16 => "_bf",
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Dtype::F16 => "f16",
+            Dtype::Bf16 => "bf16",
+        }
+    }
+
+    /// The fused variants compiled for this type.
+    pub fn w4_variants(self) -> &'static [W4Variant] {
+        match self {
+            Dtype::F16 => W4_VARIANTS,
+            Dtype::Bf16 => W4_BF16_VARIANTS,
+        }
+    }
+}
+
 /// One instantiation of the fused int4 kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct W4Variant {
@@ -36,7 +71,7 @@ impl W4Variant {
         W4Variant { fold: true, ..self }
     }
 
-    /// The kernel's symbol.
+    /// The kernel's symbol (f16).
     pub fn symbol(&self) -> String {
         format!(
             "w4_mma_m{}_r{}_w{}_k{}_s{}{}",
@@ -47,6 +82,11 @@ impl W4Variant {
             self.st,
             if self.fold { "_f" } else { "" }
         )
+    }
+
+    /// The kernel's symbol for activations of type `dt`.
+    pub fn symbol_as(&self, dt: Dtype) -> String {
+        self.symbol() + dt.suffix()
     }
 
     /// 16-row tiles one block covers.
@@ -116,6 +156,19 @@ pub const W4_VARIANTS: &[W4Variant] = &[
     W4Variant::new(8, 2, 4, 8, 3).folded(),
 ];
 
+/// The fused variants compiled for bf16 activations (`W4_KERNEL_BF` in
+/// `w4.cu`): the ones [`crate::device::pick_variant`] picks.
+pub const W4_BF16_VARIANTS: &[W4Variant] = &[
+    W4Variant::new(1, 1, 1, 16, 4),
+    W4Variant::new(1, 2, 1, 8, 4),
+    W4Variant::new(2, 1, 1, 8, 6),
+    W4Variant::new(2, 2, 1, 8, 4),
+    W4Variant::new(4, 1, 1, 8, 4),
+    W4Variant::new(4, 2, 2, 8, 4),
+    W4Variant::new(8, 2, 2, 8, 3),
+    W4Variant::new(8, 2, 4, 8, 3),
+];
+
 /// One instantiation of the tensor-core (wgmma, sm_90a) int4 GEMM for
 /// larger batches (`w4_wg_*` in `w4.cu`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -135,9 +188,15 @@ impl WgVariant {
         WgVariant { bm, ks, rt, st }
     }
 
-    /// The kernel's symbol.
+    /// The kernel's symbol (f16).
     pub fn symbol(&self) -> String {
         format!("w4_wg_b{}_k{}_r{}_s{}", self.bm, self.ks, self.rt, self.st)
+    }
+
+    /// The kernel's symbol for activations of type `dt` (every wgmma
+    /// variant is compiled for both).
+    pub fn symbol_as(&self, dt: Dtype) -> String {
+        self.symbol() + dt.suffix()
     }
 
     /// 16-row tiles one block covers.
@@ -187,70 +246,32 @@ pub const WG_VARIANTS: &[WgVariant] = &[
 
 /// The other kernels of the module.
 pub const GATHER: &str = "gather_cols";
-pub const ADD_BIAS: &str = "add_bias";
 pub const FILL_U16: &str = "fill_u16";
 pub const WG_PREP: &str = "wg_prep_x";
 
-/// `dequant_b{bits}`.
-pub fn dequant_symbol(bits: u32) -> String {
-    format!("dequant_b{bits}")
+/// `add_bias` (f16 outputs) or `add_bias_bf`.
+pub fn add_bias_symbol(dt: Dtype) -> String {
+    format!("add_bias{}", dt.suffix())
+}
+
+/// `dequant_b{bits}` (f16 weights) or `dequant_b{bits}_bf`.
+pub fn dequant_symbol(bits: u32, dt: Dtype) -> String {
+    format!("dequant_b{bits}{}", dt.suffix())
 }
 
 /// Every `extern "C"` kernel in `w4.cu` (checked by the NVRTC test).
-pub const ALL_FUNCTIONS: &[&str] = &[
-    "w4_mma_m1_r1_w1_k4_s8",
-    "w4_mma_m1_r1_w1_k4_s8_f",
-    "w4_mma_m1_r1_w1_k8_s6",
-    "w4_mma_m1_r1_w1_k8_s6_f",
-    "w4_mma_m1_r1_w1_k8_s8",
-    "w4_mma_m1_r1_w1_k8_s8_f",
-    "w4_mma_m1_r1_w1_k16_s4",
-    "w4_mma_m1_r1_w1_k16_s4_f",
-    "w4_mma_m1_r2_w1_k8_s4",
-    "w4_mma_m1_r2_w1_k8_s4_f",
-    "w4_mma_m1_r1_w2_k8_s6",
-    "w4_mma_m1_r1_w2_k8_s6_f",
-    "w4_mma_m1_r1_w4_k8_s6",
-    "w4_mma_m1_r1_w4_k8_s6_f",
-    "w4_mma_m2_r1_w1_k8_s6",
-    "w4_mma_m2_r1_w1_k8_s6_f",
-    "w4_mma_m2_r1_w2_k8_s6",
-    "w4_mma_m2_r1_w2_k8_s6_f",
-    "w4_mma_m2_r2_w1_k8_s4",
-    "w4_mma_m2_r2_w1_k8_s4_f",
-    "w4_mma_m2_r2_w2_k8_s4",
-    "w4_mma_m2_r2_w2_k8_s4_f",
-    "w4_mma_m4_r1_w1_k8_s4",
-    "w4_mma_m4_r1_w1_k8_s4_f",
-    "w4_mma_m4_r1_w2_k8_s4",
-    "w4_mma_m4_r1_w2_k8_s4_f",
-    "w4_mma_m4_r2_w2_k8_s4",
-    "w4_mma_m4_r2_w2_k8_s4_f",
-    "w4_mma_m4_r2_w4_k8_s4",
-    "w4_mma_m4_r2_w4_k8_s4_f",
-    "w4_mma_m8_r1_w2_k8_s4",
-    "w4_mma_m8_r1_w2_k8_s4_f",
-    "w4_mma_m8_r1_w4_k8_s4",
-    "w4_mma_m8_r1_w4_k8_s4_f",
-    "w4_mma_m8_r2_w2_k8_s3",
-    "w4_mma_m8_r2_w2_k8_s3_f",
-    "w4_mma_m8_r2_w4_k4_s4",
-    "w4_mma_m8_r2_w4_k4_s4_f",
-    "w4_mma_m8_r2_w4_k8_s3",
-    "w4_mma_m8_r2_w4_k8_s3_f",
-    "w4_wg_b64_k2_r2_s4",
-    "w4_wg_b64_k4_r2_s3",
-    "w4_wg_b64_k2_r4_s4",
-    "w4_wg_b128_k2_r2_s4",
-    "wg_prep_x",
-    "gather_cols",
-    "add_bias",
-    "fill_u16",
-    "dequant_b2",
-    "dequant_b3",
-    "dequant_b4",
-    "dequant_b8",
-];
+pub fn all_functions() -> Vec<String> {
+    let dts = [Dtype::F16, Dtype::Bf16];
+    let mut v: Vec<String> = Vec::new();
+    for dt in dts {
+        v.extend(dt.w4_variants().iter().map(|w| w.symbol_as(dt)));
+        v.extend(WG_VARIANTS.iter().map(|w| w.symbol_as(dt)));
+        v.extend([2, 3, 4, 8].map(|b| dequant_symbol(b, dt)));
+        v.push(add_bias_symbol(dt));
+    }
+    v.extend([GATHER, FILL_U16, WG_PREP].map(String::from));
+    v
+}
 
 #[cfg(test)]
 mod tests {
@@ -259,46 +280,48 @@ mod tests {
     #[test]
     fn variant_list_matches_function_list() {
         for v in W4_VARIANTS {
-            assert!(ALL_FUNCTIONS.contains(&v.symbol().as_str()), "{v:?}");
+            assert!(all_functions().contains(&v.symbol()), "{v:?}");
             assert!(v.shared_bytes() <= 100 * 1024, "{v:?}");
             assert!(v.kw.is_multiple_of(v.rw), "{v:?}");
             assert!(crate::layout::TILE_PAD.is_multiple_of(v.tiles()), "{v:?}");
         }
         for v in WG_VARIANTS {
-            assert!(ALL_FUNCTIONS.contains(&v.symbol().as_str()), "{v:?}");
+            assert!(all_functions().contains(&v.symbol()), "{v:?}");
             // The most a block may have on sm_90 (227 KiB).
             assert!(v.shared_bytes() <= 227 * 1024, "{v:?}");
             assert!([64, 128].contains(&v.bm), "{v:?}");
         }
+        let all = all_functions();
         for b in [2, 3, 4, 8] {
-            assert!(ALL_FUNCTIONS.contains(&dequant_symbol(b).as_str()));
+            assert!(all.contains(&dequant_symbol(b, Dtype::Bf16)));
         }
+        let mut unique = all.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), all.len());
+        // Every variant is instantiated in w4.cu by the macro of its kind.
         let src = crate::compile::W4_SOURCE;
-        for f in ALL_FUNCTIONS {
-            let found = src.contains(&format!("void {f}("))
-                || f.strip_prefix("w4_mma_").is_some_and(|rest| {
-                    let p: Vec<&str> = rest.split('_').collect();
-                    src.contains(&format!(
-                        "W4_KERNEL({}, {}, {}, {}, {})",
-                        &p[0][1..],
-                        &p[1][1..],
-                        &p[2][1..],
-                        &p[3][1..],
-                        &p[4][1..]
-                    ))
-                })
-                || f.strip_prefix("w4_wg_").is_some_and(|rest| {
-                    let p: Vec<&str> = rest.split('_').collect();
-                    src.contains(&format!(
-                        "WG_KERNEL({}, {}, {}, {})",
-                        &p[0][1..],
-                        &p[1][1..],
-                        &p[2][1..],
-                        &p[3][1..]
-                    ))
-                })
-                || f.strip_prefix("dequant_b")
-                    .is_some_and(|b| src.contains(&format!("DEQUANT_KERNEL({b})")));
+        let w4_args = |v: &W4Variant| format!("({}, {}, {}, {}, {})", v.mt, v.rt, v.rw, v.kw, v.st);
+        for v in W4_VARIANTS.iter().filter(|v| !v.fold) {
+            assert!(src.contains(&format!("W4_KERNEL{}", w4_args(v))), "{v:?}");
+            assert!(W4_VARIANTS.contains(&v.folded()), "{v:?}");
+        }
+        for v in W4_BF16_VARIANTS {
+            assert!(!v.fold, "{v:?}");
+            assert!(
+                src.contains(&format!("W4_KERNEL_BF{}", w4_args(v))),
+                "{v:?}"
+            );
+        }
+        for v in WG_VARIANTS {
+            let args = format!("({}, {}, {}, {})", v.bm, v.ks, v.rt, v.st);
+            assert!(src.contains(&format!("WG_KERNEL{args}")), "{v:?}");
+        }
+        for b in [2, 3, 4, 8] {
+            assert!(src.contains(&format!("DEQUANT_KERNEL({b})")));
+        }
+        for f in [GATHER, FILL_U16, WG_PREP, "add_bias", "add_bias_bf"] {
+            let found = src.contains(&format!("void {f}("));
             assert!(found, "{f} is not defined in w4.cu");
         }
     }

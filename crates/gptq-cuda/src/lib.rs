@@ -29,10 +29,12 @@ pub mod solve;
 
 pub use decode::GpuDecoder;
 pub use device::{
-    probe_libraries, swiglu_row_order, Cuda, DeviceInfo, GpuLinear, HostLinear, Path, Workspace,
+    probe_libraries, swiglu_row_order, Act, Cuda, DeviceInfo, GpuLinear, HostLinear, Path,
+    Workspace,
 };
 pub use forward::GpuCalibration;
-pub use kernels::{W4Variant, WgVariant};
+pub use half::{bf16, f16};
+pub use kernels::{Dtype, W4Variant, WgVariant};
 pub use solve::{GpuLayerSolver, Solver};
 
 /// Errors of the CUDA backend.

@@ -51,6 +51,9 @@ pub struct CudaArgs {
     /// CUDA device ordinal.
     #[arg(long, default_value_t = 0)]
     pub gpu: usize,
+    /// Activation type of the timed products (cuBLAS runs in the same).
+    #[arg(long, value_enum, default_value_t = ActType::F16)]
+    pub act: ActType,
     /// With MODEL = `solve`: timed solves per shape and setting (after a
     /// warm-up); the mean is reported.
     #[arg(long, default_value_t = 2)]
@@ -59,6 +62,14 @@ pub struct CudaArgs {
     /// --bench-solve` run on the same GPU, for the ratio column.
     #[arg(long, value_name = "PATH")]
     pub torch_solve: Option<PathBuf>,
+}
+
+/// Activation types of `--act`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ActType {
+    #[default]
+    F16,
+    Bf16,
 }
 
 /// Whether `gptq bench MODEL ...` is this command (`kernels` or `solve`
@@ -143,11 +154,17 @@ fn check_report(rows: &[CheckRow], out: &mut String) -> bool {
     let mut worst: HashMap<String, (f64, f64, f64)> = HashMap::new();
     for r in rows {
         let fam = if r.path.starts_with("w4_mma") {
-            if r.path.ends_with("swiglu") {
-                "fused int4 swiglu (all variants)".to_string()
+            let bf = if r.path.contains(" bf16") {
+                " bf16"
             } else {
-                "fused int4 (all variants)".to_string()
-            }
+                ""
+            };
+            let swiglu = if r.path.ends_with("swiglu") {
+                " swiglu"
+            } else {
+                ""
+            };
+            format!("fused int4{bf}{swiglu} (all variants)")
         } else {
             r.path.clone()
         };
@@ -159,7 +176,9 @@ fn check_report(rows: &[CheckRow], out: &mut String) -> bool {
     let _ = writeln!(
         out,
         "Check: {} case×path rows, {} failed. Tolerance per output: (2^-11 + K·2^-23)·Σ|x·Ŵ| + 2^-24·Σ|x| + 2^-10·|y| \
-         (one f16 rounding per dequantized weight, f32 accumulation over K, f16 output).\n",
+         (one f16 rounding per dequantized weight, f32 accumulation over K, f16 output); rows marked bf16 \
+         (bf16 activations and outputs): (2^-7 + 2^-16 + K·2^-23)·Σ|x·Ŵ| + 2^-7·|y| (the f16 scale and the \
+         product rounded to bf16, bf16 output).\n",
         rows.len(),
         failed.len()
     );
@@ -338,14 +357,18 @@ pub fn run(a: &CudaArgs, command_line: &str, model: &str) -> anyhow::Result<()> 
             None => (HashMap::new(), None),
         };
         let gbps = bench::copy_bandwidth(&dev, 2 << 30, 20)?;
+        let act = match a.act {
+            ActType::F16 => "f16",
+            ActType::Bf16 => "bf16",
+        };
         let mut s = String::new();
         let _ = writeln!(
             s,
             "Device copy bandwidth (2 GiB device-to-device, bytes read + written): {:.0} GB/s. \
              int4 floor = checkpoint bytes (qweight + f16 scales + qzeros, group size {}) ÷ that bandwidth. \
              Times: median over {} CUDA-graph replays of one call (CUDA events), weights rotated over copies \
-             ≥ 384 MiB so every call reads HBM, not L2. cuBLAS: cublasGemmEx f16 in/out, f32 compute, \
-             on the same (dequantized) weights.{}\n",
+             ≥ 384 MiB so every call reads HBM, not L2. Activations and outputs {act}. cuBLAS: cublasGemmEx \
+             {act} in/out, f32 compute, on the same (dequantized) weights.{}\n",
             gbps,
             a.bench_group_size,
             a.samples,
@@ -358,12 +381,19 @@ pub fn run(a: &CudaArgs, command_line: &str, model: &str) -> anyhow::Result<()> 
         out.push_str(&s);
         let mut all: Vec<BenchRow> = Vec::new();
         for &(k, n) in &shapes {
-            let rows = bench::bench_shape(&dev, k, n, &a.batches, gs, gbps, a.samples, a.sweep)?;
+            let rows = match a.act {
+                ActType::F16 => bench::bench_shape::<gptq_cuda::f16>(
+                    &dev, k, n, &a.batches, gs, gbps, a.samples, a.sweep,
+                ),
+                ActType::Bf16 => bench::bench_shape::<gptq_cuda::bf16>(
+                    &dev, k, n, &a.batches, gs, gbps, a.samples, a.sweep,
+                ),
+            }?;
             let mut t = String::new();
             let _ = writeln!(t, "### K×N = {k}×{n}\n");
             let _ = writeln!(
                 t,
-                "| M | ours µs | path | best fused µs (variant) | dequant+cuBLAS µs | cuBLAS fp16 µs | tinygemm µs | int4 floor µs | floor/ours | cuBLAS/ours |"
+                "| M | ours µs | path | best fused µs (variant) | dequant+cuBLAS µs | cuBLAS {act} µs | tinygemm µs | int4 floor µs | floor/ours | cuBLAS/ours |"
             );
             let _ = writeln!(
                 t,
