@@ -58,6 +58,16 @@ __device__ __forceinline__ u32 hmul2(u32 a, u32 b) {
     return r;
 }
 
+// (a & B) | C as one LOP3 (written as C, `(a & B) | C` takes two: LOP3 has
+// one immediate operand, and the compiler does not put the other constant
+// in a register by itself).
+template <u32 B, u32 C>
+__device__ __forceinline__ u32 and_or(u32 a) {
+    u32 r;
+    asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(r) : "r"(a), "n"(B), "n"(C));
+    return r;
+}
+
 // bf16x2 a·b + c (sm_80+; the bf16 sub/mul forms need sm_90).
 __device__ __forceinline__ u32 bfma2(u32 a, u32 b, u32 c) {
     u32 r;
@@ -95,6 +105,22 @@ __device__ __forceinline__ void cp_async8(u32 dst, const void *src) {
     asm volatile("cp.async.ca.shared.global [%0], [%1], 8;" ::"r"(dst), "l"(src) : "memory");
 }
 
+// cp.async of 16 (8) bytes when p holds; nothing, and no read of src, when
+// it does not (a predicated instruction, not a branch).
+__device__ __forceinline__ void cp_async16_if(u32 dst, const void *src, bool p) {
+    asm volatile("{\n.reg .pred q;\nsetp.ne.b32 q, %2, 0;\n"
+                 "@q cp.async.cg.shared.global [%0], [%1], 16;\n}\n" ::"r"(dst),
+                 "l"(src), "r"((int)p)
+                 : "memory");
+}
+
+__device__ __forceinline__ void cp_async8_if(u32 dst, const void *src, bool p) {
+    asm volatile("{\n.reg .pred q;\nsetp.ne.b32 q, %2, 0;\n"
+                 "@q cp.async.ca.shared.global [%0], [%1], 8;\n}\n" ::"r"(dst),
+                 "l"(src), "r"((int)p)
+                 : "memory");
+}
+
 __device__ __forceinline__ void cp_async_commit() {
     asm volatile("cp.async.commit_group;" ::: "memory");
 }
@@ -126,9 +152,10 @@ __device__ __forceinline__ void lds2(u32 (&r)[2], u32 addr) {
 // the mma multiplies the raw codes 1024 + q (exact in f16) and the
 // zero point and scale are applied per chunk in f32,
 //   Σ_k s·(q_k − z)·x_k = s·(Σ_k (1024 + q_k)·x_k − (1024 + z)·Σ_k x_k),
-// with Σ_k x_k from one more mma against a fragment of ones. This takes the
-// f16 subtract and multiply (8 of ~15 instructions per code word) out of
-// the inner loop; the cancellation costs about 2^-13 of Σ|x| in f32.
+// with Σ_k x_k from one more mma against a fragment of ones (rows g+8
+// shift-free, as 1024 + 16·q, see dequant_word). This takes the f16
+// subtract and multiply (8 of 13 instructions per code word) out of the
+// inner loop; the cancellation costs about 2^-13 of Σ|x| in f32.
 // Epilogues (the kernels' `epi` argument): Y = X·Ŵᵀ (+ bias), or SwiGLU
 // over interleaved gate/up rows (see the end of w4_body).
 #define EPI_PLAIN 0
@@ -139,7 +166,8 @@ __device__ __forceinline__ void lds2(u32 (&r)[2], u32 addr) {
 // code word (k tile j of a chunk) into a = {row g, row g+8, row g, row g+8}
 // at k-indices {2t, 2t, 2t+8, 2t+8} (+0, +1). Rows g (nibbles 0, 2, 4, 6)
 // become (q & 0x000F) | 0x6400 = 1024 + q, minus 1024 + z, times s. Rows
-// g+8 (nibbles 1, 3, 5, 7) are read in place, without a shift:
+// g+8 (nibbles 1, 3, 5, 7) are read in place, without a shift
+// (and_or: one LOP3 each):
 // (q & 0x00F0) | 0x6400 is 1024 + 16·q, so their zero point is
 // 1024 + 16·z = 16·(1024 + z) − 15360 (exact), and they come out 16 times
 // too large, which the callers take back exactly in f32 (SCALE16). Five
@@ -181,16 +209,18 @@ template <bool BF>
 __device__ __forceinline__ void dequant_word(u32 q, const SzPairs &p, u32 (&a)[4]) {
     const u32 q8 = q >> 8;
     if constexpr (BF) {
-        const u32 one = 0x3F803F80u, nzero = 0x80008000u, m = 0x43004300u;
-        a[0] = bfma2(bfma2((q & 0x000F000Fu) | m, one, p.z_lo), p.s_lo, nzero);
-        a[1] = bfma2(bfma2(((q >> 4) & 0x000F000Fu) | m, one, p.z_hi), p.s_hi, nzero);
-        a[2] = bfma2(bfma2((q8 & 0x000F000Fu) | m, one, p.z_lo), p.s_lo, nzero);
-        a[3] = bfma2(bfma2(((q >> 12) & 0x000F000Fu) | m, one, p.z_hi), p.s_hi, nzero);
+        const u32 one = 0x3F803F80u, nzero = 0x80008000u;
+        constexpr u32 M = 0x000F000Fu, B = 0x43004300u;
+        a[0] = bfma2(bfma2(and_or<M, B>(q), one, p.z_lo), p.s_lo, nzero);
+        a[1] = bfma2(bfma2(and_or<M, B>(q >> 4), one, p.z_hi), p.s_hi, nzero);
+        a[2] = bfma2(bfma2(and_or<M, B>(q8), one, p.z_lo), p.s_lo, nzero);
+        a[3] = bfma2(bfma2(and_or<M, B>(q >> 12), one, p.z_hi), p.s_hi, nzero);
     } else {
-        a[0] = hmul2(hsub2((q & 0x000F000Fu) | 0x64006400u, p.z_lo), p.s_lo);
-        a[1] = hmul2(hsub2((q & 0x00F000F0u) | 0x64006400u, p.z_hi), p.s_hi);
-        a[2] = hmul2(hsub2((q8 & 0x000F000Fu) | 0x64006400u, p.z_lo), p.s_lo);
-        a[3] = hmul2(hsub2((q8 & 0x00F000F0u) | 0x64006400u, p.z_hi), p.s_hi);
+        constexpr u32 LO = 0x000F000Fu, HI = 0x00F000F0u, B = 0x64006400u;
+        a[0] = hmul2(hsub2(and_or<LO, B>(q), p.z_lo), p.s_lo);
+        a[1] = hmul2(hsub2(and_or<HI, B>(q), p.z_hi), p.s_hi);
+        a[2] = hmul2(hsub2(and_or<LO, B>(q8), p.z_lo), p.s_lo);
+        a[3] = hmul2(hsub2(and_or<HI, B>(q8), p.z_hi), p.s_hi);
     }
 }
 
@@ -245,6 +275,9 @@ __device__ __forceinline__ void w4_body(const u32 *__restrict__ qw, const u32 *_
     // address, and which activation buffer is current, is a constant.
     const u32 wring = smem_u32(red) + warp * (S * RT * 768);
     const u32 sring = wring + S * RT * 512;
+    // Codes of chunk kc of row tile r at qp[r] + kc·128 words, scales of
+    // group grp at sp[r] + grp·16 (u32 offsets: one wide multiply-add per
+    // address). Chunks past KC are not read (predicated copies).
     const u32 *qp[RT];
     const u32 *sp[RT];
 #pragma unroll
@@ -253,13 +286,12 @@ __device__ __forceinline__ void w4_body(const u32 *__restrict__ qw, const u32 *_
         sp[r] = sz + ((u64)(nt0 + r) * G * 8 + g) * 2;
     }
     auto issue = [&](int st, int kc) {
-        if (kc < KC) {
-            const int grp = (kc * 64 + 16 * t) >> gshift;
+        const bool ok = kc < KC;
+        const u32 grp = (u32)(kc * 64 + 16 * t) >> gshift;
 #pragma unroll
-            for (int r = 0; r < RT; r++) {
-                cp_async16(wring + ((st * RT + r) * 32 + lane) * 16, qp[r] + kc * 128);
-                cp_async8(sring + ((st * RT + r) * 32 + lane) * 8, sp[r] + grp * 16);
-            }
+        for (int r = 0; r < RT; r++) {
+            cp_async16_if(wring + ((st * RT + r) * 32 + lane) * 16, qp[r] + (u32)kc * 128u, ok);
+            cp_async8_if(sring + ((st * RT + r) * 32 + lane) * 8, sp[r] + grp * 16u, ok);
         }
         cp_async_commit();
     };
@@ -274,14 +306,17 @@ __device__ __forceinline__ void w4_body(const u32 *__restrict__ qw, const u32 *_
     // chunk's math (8·MT more registers; larger MT would lose warps). Rows
     // past M repeat row M-1: they only feed output columns that are never
     // written. Columns past K (the padded chunk) and chunks past KC are 0.
+    // (k < K implies kc < KC: K ≤ 64·KC.)
+    const u16 *xrow[MT];
+#pragma unroll
+    for (int i = 0; i < MT; i++) xrow[i] = x + (u64)min(m0 + 8 * i + g, M - 1) * K + 16 * t;
+    const int klim = K - 16 * t;
     auto load_x = [&](int kc, u32 (&xb)[MT][8]) {
-        const int k = kc * 64 + 16 * t;
-        const bool ok = kc < KC && k < K;
+        const bool ok = kc * 64 < klim;
 #pragma unroll
         for (int i = 0; i < MT; i++) {
-            const int m = min(m0 + 8 * i + g, M - 1);
             if (ok) {
-                const u16 *p = x + (u64)m * K + k;
+                const u16 *p = xrow[i] + (u32)kc * 64u;
                 ld_cached4(&xb[i][0], p);
                 ld_cached4(&xb[i][4], p + 8);
             } else {
@@ -309,32 +344,41 @@ __device__ __forceinline__ void w4_body(const u32 *__restrict__ qw, const u32 *_
                 u32 w[4], s2[2];
                 lds4(w, wring + ((st * RT + r) * 32 + lane) * 16);
                 lds2(s2, sring + ((st * RT + r) * 32 + lane) * 8);
+                // Rows g: codes 1024 + q, zero point 1024 + z. Rows g+8
+                // shift-free as in dequant_word: 1024 + 16·q, zero point
+                // 1024 + 16·z (exact in f32), scale s/16. The products
+                // start from −zero·Σx, so the mma does the subtraction.
+                const float sg = f16_to_f32((u16)(s2[0] & 0xFFFFu));
+                const float sg8 = f16_to_f32((u16)(s2[0] >> 16)) * 0.0625f;
+                const float zg = f16_to_f32((u16)(s2[1] & 0xFFFFu));
+                const float zg8 = fmaf(16.f, f16_to_f32((u16)(s2[1] >> 16)), -15360.f);
                 float tmp[MT][4];
 #pragma unroll
-                for (int i = 0; i < MT; i++)
-#pragma unroll
-                    for (int c = 0; c < 4; c++) tmp[i][c] = 0.f;
+                for (int i = 0; i < MT; i++) {
+                    tmp[i][0] = -zg * xs[i][0];
+                    tmp[i][1] = -zg * xs[i][1];
+                    tmp[i][2] = -zg8 * xs[i][2];
+                    tmp[i][3] = -zg8 * xs[i][3];
+                }
 #pragma unroll
                 for (int j = 0; j < 4; j++) {
                     const u32 q = w[j];
-                    const u32 a0 = (q & 0x000F000Fu) | 0x64006400u;
-                    const u32 a1 = ((q >> 4) & 0x000F000Fu) | 0x64006400u;
-                    const u32 a2 = ((q >> 8) & 0x000F000Fu) | 0x64006400u;
-                    const u32 a3 = ((q >> 12) & 0x000F000Fu) | 0x64006400u;
+                    const u32 q8 = q >> 8;
+                    constexpr u32 LO = 0x000F000Fu, HI = 0x00F000F0u, B = 0x64006400u;
+                    const u32 a0 = and_or<LO, B>(q);
+                    const u32 a1 = and_or<HI, B>(q);
+                    const u32 a2 = and_or<LO, B>(q8);
+                    const u32 a3 = and_or<HI, B>(q8);
 #pragma unroll
                     for (int i = 0; i < MT; i++)
                         mma16816<false>(tmp[i], a0, a1, a2, a3, xb[i][2 * j], xb[i][2 * j + 1]);
                 }
-                const float sg = f16_to_f32((u16)(s2[0] & 0xFFFFu));
-                const float sg8 = f16_to_f32((u16)(s2[0] >> 16));
-                const float zg = f16_to_f32((u16)(s2[1] & 0xFFFFu));
-                const float zg8 = f16_to_f32((u16)(s2[1] >> 16));
 #pragma unroll
                 for (int i = 0; i < MT; i++) {
-                    acc[r][i][0] += sg * (tmp[i][0] - zg * xs[i][0]);
-                    acc[r][i][1] += sg * (tmp[i][1] - zg * xs[i][1]);
-                    acc[r][i][2] += sg8 * (tmp[i][2] - zg8 * xs[i][2]);
-                    acc[r][i][3] += sg8 * (tmp[i][3] - zg8 * xs[i][3]);
+                    acc[r][i][0] = fmaf(sg, tmp[i][0], acc[r][i][0]);
+                    acc[r][i][1] = fmaf(sg, tmp[i][1], acc[r][i][1]);
+                    acc[r][i][2] = fmaf(sg8, tmp[i][2], acc[r][i][2]);
+                    acc[r][i][3] = fmaf(sg8, tmp[i][3], acc[r][i][3]);
                 }
             }
             return;

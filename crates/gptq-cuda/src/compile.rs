@@ -307,6 +307,11 @@ mod tests {
             let (image, log) = compile_cubin(W4_SOURCE, "w4.cu", arch, &["-Xptxas=-v"])
                 .unwrap_or_else(|e| panic!("{arch}: {e}"));
             assert!(image.len() > 1000, "{arch}: CUBIN of {} bytes", image.len());
+            // GPTQ_DUMP_CUBIN=DIR keeps the image (for `cuobjdump -sass`).
+            if let Some(d) = std::env::var_os("GPTQ_DUMP_CUBIN") {
+                let f = std::path::Path::new(&d).join(format!("w4-{arch}.cubin"));
+                std::fs::write(&f, &image).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+            }
             for name in crate::kernels::all_functions() {
                 assert!(
                     log.contains(name.as_str()),

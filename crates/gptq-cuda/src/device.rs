@@ -473,7 +473,8 @@ impl Cuda {
         })
     }
 
-    /// The fused variant the dispatcher picks for `m` batch rows of `l`.
+    /// The fused variant the dispatcher picks for `m` batch rows of `l`
+    /// (the same for f16 and bf16 activations).
     pub fn pick_variant(&self, l: &GpuLinear, m: usize) -> W4Variant {
         pick_variant(l.n, l.k, m, l.fold_ok())
     }
@@ -484,7 +485,8 @@ impl Cuda {
         self.info.arch == "sm_90a"
     }
 
-    /// The path [`Path::Auto`] takes.
+    /// The path [`Path::Auto`] takes (the same for f16 and bf16
+    /// activations: every variant it picks exists for both).
     pub fn auto_path(&self, l: &GpuLinear, m: usize) -> Path {
         if l.w4.is_some() && (m <= FUSED_MAX_M || l.any.is_none()) {
             match pick_wg(l.n, m) {
@@ -872,11 +874,13 @@ pub const FUSED_MAX_M: usize = 1 << 30;
 /// beyond (32 rows × 64 outputs on narrow layers; past 64 rows the wgmma
 /// GEMM, [`pick_wg`], takes most shapes on sm_90a). The folded variants
 /// (`fold`) were correct but not faster, so the dispatcher does not use
-/// them.
+/// them (2026-12-04, with one-LOP3 nibble extraction: 2-28 % slower than
+/// the plain variants at M = 1, `2026-12-04-gemv-lop3.md`). Up to 8 rows,
+/// layers of 8192 rows or more take two row tiles per warp (8-11 % faster
+/// than 16 warps splitting K there, same file).
 pub fn pick_variant(n: usize, _k: usize, m: usize, _fold: bool) -> W4Variant {
-    let wide = n >= 12288;
     match m {
-        0..=8 if wide => W4Variant::new(1, 2, 1, 8, 4),
+        0..=8 if n >= 8192 => W4Variant::new(1, 2, 1, 8, 4),
         0..=8 => W4Variant::new(1, 1, 1, 16, 4),
         9..=16 if n >= 8192 => W4Variant::new(2, 2, 1, 8, 4),
         9..=16 => W4Variant::new(2, 1, 1, 8, 6),
