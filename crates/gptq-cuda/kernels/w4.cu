@@ -275,23 +275,26 @@ __device__ __forceinline__ void w4_body(const u32 *__restrict__ qw, const u32 *_
     // address, and which activation buffer is current, is a constant.
     const u32 wring = smem_u32(red) + warp * (S * RT * 768);
     const u32 sring = wring + S * RT * 512;
-    // Codes of chunk kc of row tile r at qp[r] + kc·128 words, scales of
-    // group grp at sp[r] + grp·16 (u32 offsets: one wide multiply-add per
-    // address). Chunks past KC are not read (predicated copies).
-    const u32 *qp[RT];
-    const u32 *sp[RT];
+    // The chunks of this warp are issued in order, kc = ks, ks + KS, ...:
+    // the codes through running addresses (qn[r], bytes, KS·512 further
+    // each time), the scales of group grp at sp[r] + 64·grp bytes. Chunks
+    // past KC are not read (predicated copies).
+    u64 qn[RT];
+    u64 sp[RT];
 #pragma unroll
     for (int r = 0; r < RT; r++) {
-        qp[r] = qw + (u64)(nt0 + r) * KC * 128 + lane * 4;
-        sp[r] = sz + ((u64)(nt0 + r) * G * 8 + g) * 2;
+        qn[r] = (u64)(qw + ((u64)(nt0 + r) * KC + ks) * 128 + lane * 4);
+        sp[r] = (u64)(sz + ((u64)(nt0 + r) * G * 8 + g) * 2);
     }
     auto issue = [&](int st, int kc) {
         const bool ok = kc < KC;
-        const u32 grp = (u32)(kc * 64 + 16 * t) >> gshift;
+        const u32 sbyte = ((u32)(kc * 64 + 16 * t) >> gshift) * 64u;
 #pragma unroll
         for (int r = 0; r < RT; r++) {
-            cp_async16_if(wring + ((st * RT + r) * 32 + lane) * 16, qp[r] + (u32)kc * 128u, ok);
-            cp_async8_if(sring + ((st * RT + r) * 32 + lane) * 8, sp[r] + grp * 16u, ok);
+            cp_async16_if(wring + ((st * RT + r) * 32 + lane) * 16, (const void *)qn[r], ok);
+            cp_async8_if(sring + ((st * RT + r) * 32 + lane) * 8, (const void *)(sp[r] + sbyte),
+                         ok);
+            qn[r] += KS * 512;
         }
         cp_async_commit();
     };
@@ -306,17 +309,20 @@ __device__ __forceinline__ void w4_body(const u32 *__restrict__ qw, const u32 *_
     // chunk's math (8·MT more registers; larger MT would lose warps). Rows
     // past M repeat row M-1: they only feed output columns that are never
     // written. Columns past K (the padded chunk) and chunks past KC are 0.
-    // (k < K implies kc < KC: K ≤ 64·KC.)
-    const u16 *xrow[MT];
+    // Called for kc = ks, ks + KS, ... in order: running addresses xn[i]
+    // (k < K implies kc < KC: K ≤ 64·KC).
+    u64 xn[MT];
 #pragma unroll
-    for (int i = 0; i < MT; i++) xrow[i] = x + (u64)min(m0 + 8 * i + g, M - 1) * K + 16 * t;
+    for (int i = 0; i < MT; i++)
+        xn[i] = (u64)(x + (u64)min(m0 + 8 * i + g, M - 1) * K + 16 * t + ks * 64);
     const int klim = K - 16 * t;
     auto load_x = [&](int kc, u32 (&xb)[MT][8]) {
         const bool ok = kc * 64 < klim;
 #pragma unroll
         for (int i = 0; i < MT; i++) {
+            const u16 *p = (const u16 *)xn[i];
+            xn[i] += KS * 128;
             if (ok) {
-                const u16 *p = xrow[i] + (u32)kc * 64u;
                 ld_cached4(&xb[i][0], p);
                 ld_cached4(&xb[i][4], p + 8);
             } else {
