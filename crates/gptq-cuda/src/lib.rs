@@ -10,7 +10,8 @@
 //! * [`Cuda::matmul`] dispatches per shape and batch: the fused int4 kernel
 //!   ([`device::pick_variant`]) for small batches, its wgmma GEMM on sm_90a
 //!   ([`device::pick_wg`]) for larger ones, dequantize-then-cuBLAS for
-//!   layers without the int4 layout.
+//!   layers without the int4 layout; activations and outputs f16 or bf16
+//!   ([`Act`]), the same weights for both.
 //!
 //! Everything links dynamically (cudarc `dynamic-loading`): the crate builds
 //! and its tests pass on machines without CUDA, and [`Cuda::new`] returns
