@@ -15,7 +15,8 @@ use half::{bf16, f16};
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// An activation element type of the int4 products: [`f16`] or [`bf16`].
+/// An activation element type of the int4 products: `half::f16` or
+/// `half::bf16`.
 pub trait Act: DeviceRepr + cudarc::driver::ValidAsZeroBits + Copy + 'static {
     const DTYPE: Dtype;
     /// A quiet NaN's bits (poisoning outputs in checks).
