@@ -890,6 +890,8 @@ WG_KERNEL(64, 2, 2, 4)
 WG_KERNEL(64, 4, 2, 3)
 WG_KERNEL(64, 2, 4, 4)
 WG_KERNEL(128, 2, 2, 4)
+WG_KERNEL(128, 3, 1, 3)
+WG_KERNEL(64, 4, 1, 4)
 
 // The activations of the wgmma kernels, tiled as their shared-memory
 // stages: xt[((mb·KC + kc)·BM + r)·64 + q] is row m = mb·BM + r (0 past M),

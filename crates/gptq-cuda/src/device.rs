@@ -898,21 +898,24 @@ pub fn pick_variant(n: usize, _k: usize, m: usize, _fold: bool) -> W4Variant {
 /// The wgmma variant for `m` batch rows of an `n`-row layer, or `None`
 /// where the fused kernel is faster. From the `--sweep` of
 /// `gptq bench kernels --device cuda` on an H200
-/// (`bench/results/2026-12-03-wgmma.md`): on wide layers (n ≥ 12288; enough
-/// 64-row blocks to fill the GPU) from 33 rows on, 64-row blocks with four
-/// warpgroups splitting K up to 64 rows and 128-row blocks beyond; on
-/// narrower layers only from 129 rows on (below that the fused kernel's
-/// finer K split wins).
+/// (`bench/results/2026-12-03-wgmma.md`, `2026-12-04-wgmma-rt1.md`): on
+/// wide layers (n ≥ 12288; enough 64-row blocks to fill the GPU) from 33
+/// rows on, 64-row blocks with four warpgroups splitting K up to 64 rows and
+/// 128-row blocks beyond. On 8192-row layers the same from 33 rows, but with
+/// one group of 64 weight rows per warpgroup up to 64 batch rows (twice the
+/// blocks: 1.36–1.42× faster than the fused kernel at 64 rows; 65–128 rows
+/// were not measured and take the 128-row blocks of 256 rows). On narrower
+/// layers only from 129 rows on (below that the fused kernel's finer K split
+/// wins), with 128-row blocks of one row group per warpgroup, three
+/// splitting K (1.08× faster than four-way 64-row blocks at 256 rows).
 pub fn pick_wg(n: usize, m: usize) -> Option<WgVariant> {
-    let wide = n >= 12288;
-    if wide {
-        match m {
-            0..=32 => None,
-            33..=64 => Some(WgVariant::new(64, 4, 2, 3)),
-            _ => Some(WgVariant::new(128, 2, 2, 4)),
-        }
-    } else {
-        (m > 128).then_some(WgVariant::new(64, 4, 2, 3))
+    match (n, m) {
+        (_, 0..=32) => None,
+        (12288.., 33..=64) => Some(WgVariant::new(64, 4, 2, 3)),
+        (8192.., 33..=64) => Some(WgVariant::new(64, 4, 1, 4)),
+        (8192.., _) => Some(WgVariant::new(128, 2, 2, 4)),
+        (_, 129..) => Some(WgVariant::new(128, 3, 1, 3)),
+        _ => None,
     }
 }
 

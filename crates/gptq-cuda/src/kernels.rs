@@ -242,6 +242,8 @@ pub const WG_VARIANTS: &[WgVariant] = &[
     WgVariant::new(64, 4, 2, 3),
     WgVariant::new(64, 2, 4, 4),
     WgVariant::new(128, 2, 2, 4),
+    WgVariant::new(128, 3, 1, 3),
+    WgVariant::new(64, 4, 1, 4),
 ];
 
 /// The other kernels of the module.

@@ -1,0 +1,13 @@
+#!/bin/bash
+# Nsight Compute of the wgmma kernel (issue 6) at M = 256 (128-row blocks) and M = 64 (64-row blocks) on 4096 x 14336,
+# real clocks: tensor-pipe share, issue activity, stall reasons per issued instruction, occupancy.
+#   bash bench/cuda_wgmma_ncu.sh   (GPU machine, repo root, .device-bin/gptq.gz); writes $OUT/ncu-*.txt
+set -u; B=/tmp/bin; mkdir -p $B; gunzip -c .device-bin/gptq.gz > $B/gptq; chmod +x $B/gptq
+source bench/cuda_env.sh /tmp > /dev/null
+for spec in "4096x14336 256 w4_wg_b128" "4096x14336 64 w4_wg_b64"; do set -- $spec
+/usr/local/cuda/bin/ncu --clock-control none -k "regex:$3" --launch-skip 2 --launch-count 1 \
+  --section SpeedOfLight --section WarpStateStats --section Occupancy --section ComputeWorkloadAnalysis \
+  --metrics sm__pipe_tensor_op_gmma_cycles_active.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_alu.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_fma.avg.pct_of_peak_sustained_active,smsp__issue_active.avg.pct_of_peak_sustained_active,smsp__average_warps_issue_stalled_barrier_per_issue_active.ratio,smsp__average_warps_issue_stalled_long_scoreboard_per_issue_active.ratio,smsp__average_warps_issue_stalled_wait_per_issue_active.ratio,smsp__average_warps_issue_stalled_math_pipe_throttle_per_issue_active.ratio,smsp__average_warps_issue_stalled_not_selected_per_issue_active.ratio,smsp__average_warps_issue_stalled_membar_per_issue_active.ratio,smsp__average_warps_issue_stalled_short_scoreboard_per_issue_active.ratio,smsp__average_warps_issue_stalled_sleeping_per_issue_active.ratio,smsp__average_warps_issue_stalled_misc_per_issue_active.ratio,smsp__average_warps_issue_stalled_dispatch_stall_per_issue_active.ratio,smsp__average_warps_issue_stalled_branch_resolving_per_issue_active.ratio,smsp__average_warps_issue_stalled_mio_throttle_per_issue_active.ratio,smsp__average_warps_issue_stalled_lg_throttle_per_issue_active.ratio,smsp__average_warps_issue_stalled_selected_per_issue_active.ratio,smsp__average_warps_issue_stalled_no_instruction_per_issue_active.ratio,smsp__average_warps_issue_stalled_imc_miss_per_issue_active.ratio,smsp__average_warps_issue_stalled_drain_per_issue_active.ratio,smsp__average_warps_issue_stalled_tex_throttle_per_issue_active.ratio,smsp__average_warps_issue_stalled_math_per_issue_active.ratio \
+  $B/gptq bench kernels --device cuda --shapes $1 --batches $2 --samples 3 > $OUT/ncu-$3-$2.txt 2>&1
+echo "== $*"; grep -E "Duration|DRAM Throughput|Compute \(SM\)|gmma|pipe_alu|pipe_fma|issue_active|stalled|Achieved Occupancy|Registers Per|Grid Size|Block Size" $OUT/ncu-$3-$2.txt | awk '{$1=$1; print}' | head -40
+done
