@@ -307,7 +307,8 @@ mod tests {
             let (image, log) = compile_cubin(W4_SOURCE, "w4.cu", arch, &["-Xptxas=-v"])
                 .unwrap_or_else(|e| panic!("{arch}: {e}"));
             assert!(image.len() > 1000, "{arch}: CUBIN of {} bytes", image.len());
-            // GPTQ_DUMP_CUBIN=DIR keeps the image (for `cuobjdump -sass`).
+            // GPTQ_DUMP_CUBIN=DIR keeps the image (for `cuobjdump -sass`; the
+            // tools: scripts/fetch-sass-tools.sh).
             if let Some(d) = std::env::var_os("GPTQ_DUMP_CUBIN") {
                 let f = std::path::Path::new(&d).join(format!("w4-{arch}.cubin"));
                 std::fs::write(&f, &image).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
