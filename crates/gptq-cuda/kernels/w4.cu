@@ -148,14 +148,10 @@ __device__ __forceinline__ void lds2(u32 (&r)[2], u32 addr) {
 // goes to split kc mod KS); S: stages of each warp's cp.async ring (codes
 // and scales of S chunks in flight without holding registers).
 // Dynamic shared memory: max(KW·S·RT·768, KW·RT·MT·512) bytes.
-// FOLD (groups of 64 columns or more, so one group per chunk and row):
-// the mma multiplies the raw codes 1024 + q (exact in f16) and the
-// zero point and scale are applied per chunk in f32,
-//   Σ_k s·(q_k − z)·x_k = s·(Σ_k (1024 + q_k)·x_k − (1024 + z)·Σ_k x_k),
-// with Σ_k x_k from one more mma against a fragment of ones (rows g+8
-// shift-free, as 1024 + 16·q, see dequant_word). This takes the f16
-// subtract and multiply (8 of 13 instructions per code word) out of the
-// inner loop; the cancellation costs about 2^-13 of Σ|x| in f32.
+// (A variant that multiplied the raw codes 1024 + q and applied zero point
+// and scale per chunk in f32, with Σx from an mma against ones, took 5
+// instructions a code word instead of 13 but ran 2-28 % slower on an H200:
+// removed, see bench/results/2026-12-04-gemv-lop3.md.)
 // Epilogues (the kernels' `epi` argument): Y = X·Ŵᵀ (+ bias), or SwiGLU
 // over interleaved gate/up rows (see the end of w4_body).
 #define EPI_PLAIN 0
@@ -243,13 +239,12 @@ __device__ __forceinline__ void w4_store(u16 *__restrict__ y, const u16 *__restr
     }
 }
 
-template <int MT, int RT, int RW, int KW, int S, bool FOLD, bool BF>
+template <int MT, int RT, int RW, int KW, int S, bool BF>
 __device__ __forceinline__ void w4_body(const u32 *__restrict__ qw, const u32 *__restrict__ sz,
                                         const u16 *__restrict__ x, u16 *__restrict__ y,
                                         const u16 *__restrict__ bias, int M, int N, int K,
                                         int KC, int G, int gshift, int epi) {
     static_assert(KW % RW == 0, "KW must be a multiple of RW");
-    static_assert(!(FOLD && BF), "the folded variants are f16 only");
     constexpr int KS = KW / RW;
     extern __shared__ float red[];
     const int lane = threadIdx.x & 31;
@@ -334,61 +329,6 @@ __device__ __forceinline__ void w4_body(const u32 *__restrict__ qw, const u32 *_
     // The products of ring stage st (one chunk of RT row tiles) with the
     // activations xb, into acc.
     auto chunk = [&](int st, const u32 (&xb)[MT][8]) {
-        if (FOLD) {
-            float xs[MT][4];
-            const u32 one = 0x3C003C00u;
-#pragma unroll
-            for (int i = 0; i < MT; i++) {
-#pragma unroll
-                for (int c = 0; c < 4; c++) xs[i][c] = 0.f;
-#pragma unroll
-                for (int j = 0; j < 4; j++)
-                    mma16816<false>(xs[i], one, one, one, one, xb[i][2 * j], xb[i][2 * j + 1]);
-            }
-#pragma unroll
-            for (int r = 0; r < RT; r++) {
-                u32 w[4], s2[2];
-                lds4(w, wring + ((st * RT + r) * 32 + lane) * 16);
-                lds2(s2, sring + ((st * RT + r) * 32 + lane) * 8);
-                // Rows g: codes 1024 + q, zero point 1024 + z. Rows g+8
-                // shift-free as in dequant_word: 1024 + 16·q, zero point
-                // 1024 + 16·z (exact in f32), scale s/16. The products
-                // start from −zero·Σx, so the mma does the subtraction.
-                const float sg = f16_to_f32((u16)(s2[0] & 0xFFFFu));
-                const float sg8 = f16_to_f32((u16)(s2[0] >> 16)) * 0.0625f;
-                const float zg = f16_to_f32((u16)(s2[1] & 0xFFFFu));
-                const float zg8 = fmaf(16.f, f16_to_f32((u16)(s2[1] >> 16)), -15360.f);
-                float tmp[MT][4];
-#pragma unroll
-                for (int i = 0; i < MT; i++) {
-                    tmp[i][0] = -zg * xs[i][0];
-                    tmp[i][1] = -zg * xs[i][1];
-                    tmp[i][2] = -zg8 * xs[i][2];
-                    tmp[i][3] = -zg8 * xs[i][3];
-                }
-#pragma unroll
-                for (int j = 0; j < 4; j++) {
-                    const u32 q = w[j];
-                    const u32 q8 = q >> 8;
-                    constexpr u32 LO = 0x000F000Fu, HI = 0x00F000F0u, B = 0x64006400u;
-                    const u32 a0 = and_or<LO, B>(q);
-                    const u32 a1 = and_or<HI, B>(q);
-                    const u32 a2 = and_or<LO, B>(q8);
-                    const u32 a3 = and_or<HI, B>(q8);
-#pragma unroll
-                    for (int i = 0; i < MT; i++)
-                        mma16816<false>(tmp[i], a0, a1, a2, a3, xb[i][2 * j], xb[i][2 * j + 1]);
-                }
-#pragma unroll
-                for (int i = 0; i < MT; i++) {
-                    acc[r][i][0] = fmaf(sg, tmp[i][0], acc[r][i][0]);
-                    acc[r][i][1] = fmaf(sg, tmp[i][1], acc[r][i][1]);
-                    acc[r][i][2] = fmaf(sg8, tmp[i][2], acc[r][i][2]);
-                    acc[r][i][3] = fmaf(sg8, tmp[i][3], acc[r][i][3]);
-                }
-            }
-            return;
-        }
 #pragma unroll
         for (int r = 0; r < RT; r++) {
             u32 w[4], s2[2];
@@ -426,7 +366,7 @@ __device__ __forceinline__ void w4_body(const u32 *__restrict__ qw, const u32 *_
     }
     // SCALE16: the plain f16 path's rows g+8 (c = 2, 3) were summed 16
     // times too large (a power of two: exact in f32).
-    if (!FOLD && !BF) {
+    if (!BF) {
 #pragma unroll
         for (int r = 0; r < RT; r++)
 #pragma unroll
@@ -488,20 +428,18 @@ __device__ __forceinline__ void w4_body(const u32 *__restrict__ qw, const u32 *_
     }
 }
 
-#define W4_KERNEL_ONE(MT, RT, RW, KW, S, FOLD, BF, SUFFIX)                                    \
+#define W4_KERNEL_ONE(MT, RT, RW, KW, S, BF, SUFFIX)                                          \
     extern "C" __global__ void __launch_bounds__(KW * 32)                                     \
         w4_mma_m##MT##_r##RT##_w##RW##_k##KW##_s##S##SUFFIX(                                  \
             const u32 *__restrict__ qw, const u32 *__restrict__ sz, const u16 *__restrict__ x, \
             u16 *__restrict__ y, const u16 *__restrict__ bias, int M, int N, int K, int KC,    \
             int G, int gshift, int epi) {                                                      \
-        w4_body<MT, RT, RW, KW, S, FOLD, BF>(qw, sz, x, y, bias, M, N, K, KC, G, gshift, epi); \
+        w4_body<MT, RT, RW, KW, S, BF>(qw, sz, x, y, bias, M, N, K, KC, G, gshift, epi);       \
     }
-// Each variant twice: plain, and _f (FOLD, for groups of 64 or more).
-#define W4_KERNEL(MT, RT, RW, KW, S)                  \
-    W4_KERNEL_ONE(MT, RT, RW, KW, S, false, false, )  \
-    W4_KERNEL_ONE(MT, RT, RW, KW, S, true, false, _f)
-// bf16 activations (plain only): the variants the dispatcher picks.
-#define W4_KERNEL_BF(MT, RT, RW, KW, S) W4_KERNEL_ONE(MT, RT, RW, KW, S, false, true, _bf)
+// f16 activations: every variant (the sweep's candidates).
+#define W4_KERNEL(MT, RT, RW, KW, S) W4_KERNEL_ONE(MT, RT, RW, KW, S, false, )
+// bf16 activations: the variants the dispatcher picks.
+#define W4_KERNEL_BF(MT, RT, RW, KW, S) W4_KERNEL_ONE(MT, RT, RW, KW, S, true, _bf)
 
 // The variants the host may launch (src/kernels.rs lists the same ones).
 W4_KERNEL(1, 1, 1, 4, 8)

@@ -206,7 +206,7 @@ pub fn bench_shape<T: Act>(
             let fused = T::DTYPE
                 .w4_variants()
                 .iter()
-                .filter(|&&v| sweep_candidate(v, m) && (!v.fold || layers[0].fold_ok()))
+                .filter(|&&v| sweep_candidate(v, m))
                 .map(|&v| Path::Fused(v));
             let wg = WG_VARIANTS
                 .iter()
@@ -496,12 +496,7 @@ fn check_as<T: Act>(dev: &Cuda, cases: &[CheckCase], seed: u64) -> Result<Vec<Ch
         let mut ws = Workspace::default();
         let mut paths = vec![Path::Auto, Path::DequantGemm];
         if l.has_fused() {
-            paths.extend(
-                dt.w4_variants()
-                    .iter()
-                    .filter(|v| !v.fold || l.fold_ok())
-                    .map(|&v| Path::Fused(v)),
-            );
+            paths.extend(dt.w4_variants().iter().map(|&v| Path::Fused(v)));
             if dev.has_wgmma() {
                 paths.extend(WG_VARIANTS.iter().map(|&v| Path::Wg(v)));
             }

@@ -477,7 +477,7 @@ impl Cuda {
     /// The fused variant the dispatcher picks for `m` batch rows of `l`
     /// (the same for f16 and bf16 activations).
     pub fn pick_variant(&self, l: &GpuLinear, m: usize) -> W4Variant {
-        pick_variant(l.n, l.k, m, l.fold_ok())
+        pick_variant(l.n, m)
     }
 
     /// Whether the wgmma kernels run here (they are compiled for sm_90a
@@ -597,12 +597,6 @@ impl Cuda {
         let symbol = v.symbol_as(T::DTYPE);
         if !T::DTYPE.w4_variants().contains(&v) {
             return Err(Error::Unsupported(format!("no kernel {symbol}")));
-        }
-        if v.fold && !l.fold_ok() {
-            return Err(Error::Unsupported(format!(
-                "{} needs groups of 64 columns or more",
-                v.symbol()
-            )));
         }
         let st = &self.stream;
         let xp = match &w4.perm {
@@ -873,13 +867,10 @@ pub const FUSED_MAX_M: usize = 1 << 30;
 /// row tiles per warp once there are enough rows to fill the GPU, else 16
 /// warps splitting K), two for up to 16, four for up to 32, 64-row blocks
 /// beyond (32 rows × 64 outputs on narrow layers; past 64 rows the wgmma
-/// GEMM, [`pick_wg`], takes most shapes on sm_90a). The folded variants
-/// (`fold`) were correct but not faster, so the dispatcher does not use
-/// them (2026-12-04, with one-LOP3 nibble extraction: 2-28 % slower than
-/// the plain variants at M = 1, `2026-12-04-gemv-lop3.md`). Up to 8 rows,
-/// layers of 8192 rows or more take two row tiles per warp (8-11 % faster
-/// than 16 warps splitting K there, same file).
-pub fn pick_variant(n: usize, _k: usize, m: usize, _fold: bool) -> W4Variant {
+/// GEMM, [`pick_wg`], takes most shapes on sm_90a). Up to 8 rows, layers of
+/// 8192 rows or more take two row tiles per warp (8-11 % faster than 16
+/// warps splitting K there, `2026-12-04-gemv-lop3.md`).
+pub fn pick_variant(n: usize, m: usize) -> W4Variant {
     match m {
         0..=8 if n >= 8192 => W4Variant::new(1, 2, 1, 8, 4),
         0..=8 => W4Variant::new(1, 1, 1, 16, 4),
@@ -1078,11 +1069,6 @@ impl GpuLinear {
         })
     }
 
-    /// Whether the folded fused variants apply (groups of 64 or more).
-    pub fn fold_ok(&self) -> bool {
-        self.w4.as_ref().is_some_and(|w| w.gshift >= 6)
-    }
-
     /// Whether act-order columns are gathered before the fused kernel.
     pub fn act_order(&self) -> bool {
         self.w4.as_ref().is_some_and(|w| w.perm.is_some())
@@ -1136,10 +1122,9 @@ mod tests {
     fn dispatcher_picks_compiled_variants_covering_the_batch() {
         for n in [64, 4096, 8192, 14336, 28672] {
             for m in [1, 2, 8, 9, 16, 17, 32, 33, 64, 65, 256, 1000] {
-                let v = pick_variant(n, 4096, m, true);
+                let v = pick_variant(n, m);
                 assert!(kernels::W4_VARIANTS.contains(&v), "{n} {m}: {v:?}");
                 assert!(kernels::W4_BF16_VARIANTS.contains(&v), "{n} {m}: {v:?}");
-                assert!(!v.fold);
                 assert!(m <= 64 || v.rows() == 64, "{n} {m}: {v:?}");
                 if let Some(w) = pick_wg(n, m) {
                     assert!(WG_VARIANTS.contains(&w), "{n} {m}: {w:?}");

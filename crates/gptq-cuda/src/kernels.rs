@@ -49,38 +49,18 @@ pub struct W4Variant {
     pub kw: u32,
     /// Stages of each warp's cp.async ring.
     pub st: u32,
-    /// Zero point and scale applied per 64-column chunk in f32 (groups of
-    /// 64 or more only; see `w4.cu`).
-    pub fold: bool,
 }
 
 impl W4Variant {
     pub const fn new(mt: u32, rt: u32, rw: u32, kw: u32, st: u32) -> Self {
-        W4Variant {
-            mt,
-            rt,
-            rw,
-            kw,
-            st,
-            fold: false,
-        }
-    }
-
-    /// The same variant with the zero point folded out of the inner loop.
-    pub const fn folded(self) -> Self {
-        W4Variant { fold: true, ..self }
+        W4Variant { mt, rt, rw, kw, st }
     }
 
     /// The kernel's symbol (f16).
     pub fn symbol(&self) -> String {
         format!(
-            "w4_mma_m{}_r{}_w{}_k{}_s{}{}",
-            self.mt,
-            self.rt,
-            self.rw,
-            self.kw,
-            self.st,
-            if self.fold { "_f" } else { "" }
+            "w4_mma_m{}_r{}_w{}_k{}_s{}",
+            self.mt, self.rt, self.rw, self.kw, self.st
         )
     }
 
@@ -115,45 +95,25 @@ impl W4Variant {
 /// Every fused variant compiled into the module (same list as `w4.cu`).
 pub const W4_VARIANTS: &[W4Variant] = &[
     W4Variant::new(1, 1, 1, 4, 8),
-    W4Variant::new(1, 1, 1, 4, 8).folded(),
     W4Variant::new(1, 1, 1, 8, 6),
-    W4Variant::new(1, 1, 1, 8, 6).folded(),
     W4Variant::new(1, 1, 1, 8, 8),
-    W4Variant::new(1, 1, 1, 8, 8).folded(),
     W4Variant::new(1, 1, 1, 16, 4),
-    W4Variant::new(1, 1, 1, 16, 4).folded(),
     W4Variant::new(1, 2, 1, 8, 4),
-    W4Variant::new(1, 2, 1, 8, 4).folded(),
     W4Variant::new(1, 1, 2, 8, 6),
-    W4Variant::new(1, 1, 2, 8, 6).folded(),
     W4Variant::new(1, 1, 4, 8, 6),
-    W4Variant::new(1, 1, 4, 8, 6).folded(),
     W4Variant::new(2, 1, 1, 8, 6),
-    W4Variant::new(2, 1, 1, 8, 6).folded(),
     W4Variant::new(2, 1, 2, 8, 6),
-    W4Variant::new(2, 1, 2, 8, 6).folded(),
     W4Variant::new(2, 2, 1, 8, 4),
-    W4Variant::new(2, 2, 1, 8, 4).folded(),
     W4Variant::new(2, 2, 2, 8, 4),
-    W4Variant::new(2, 2, 2, 8, 4).folded(),
     W4Variant::new(4, 1, 1, 8, 4),
-    W4Variant::new(4, 1, 1, 8, 4).folded(),
     W4Variant::new(4, 1, 2, 8, 4),
-    W4Variant::new(4, 1, 2, 8, 4).folded(),
     W4Variant::new(4, 2, 2, 8, 4),
-    W4Variant::new(4, 2, 2, 8, 4).folded(),
     W4Variant::new(4, 2, 4, 8, 4),
-    W4Variant::new(4, 2, 4, 8, 4).folded(),
     W4Variant::new(8, 1, 2, 8, 4),
-    W4Variant::new(8, 1, 2, 8, 4).folded(),
     W4Variant::new(8, 1, 4, 8, 4),
-    W4Variant::new(8, 1, 4, 8, 4).folded(),
     W4Variant::new(8, 2, 2, 8, 3),
-    W4Variant::new(8, 2, 2, 8, 3).folded(),
     W4Variant::new(8, 2, 4, 4, 4),
-    W4Variant::new(8, 2, 4, 4, 4).folded(),
     W4Variant::new(8, 2, 4, 8, 3),
-    W4Variant::new(8, 2, 4, 8, 3).folded(),
 ];
 
 /// The fused variants compiled for bf16 activations (`W4_KERNEL_BF` in
@@ -304,12 +264,10 @@ mod tests {
         // Every variant is instantiated in w4.cu by the macro of its kind.
         let src = crate::compile::W4_SOURCE;
         let w4_args = |v: &W4Variant| format!("({}, {}, {}, {}, {})", v.mt, v.rt, v.rw, v.kw, v.st);
-        for v in W4_VARIANTS.iter().filter(|v| !v.fold) {
+        for v in W4_VARIANTS {
             assert!(src.contains(&format!("W4_KERNEL{}", w4_args(v))), "{v:?}");
-            assert!(W4_VARIANTS.contains(&v.folded()), "{v:?}");
         }
         for v in W4_BF16_VARIANTS {
-            assert!(!v.fold, "{v:?}");
             assert!(
                 src.contains(&format!("W4_KERNEL_BF{}", w4_args(v))),
                 "{v:?}"
