@@ -12,8 +12,9 @@
 //!   little-endian bit streams of 32 values per word group, scales f16, true
 //!   zero points as bytes, `g_idx` as is.
 
+use crate::kernels::Dtype;
 use gptq_core::QLinear;
-use half::f16;
+use half::{bf16, f16};
 
 /// Columns of one chunk of the fused int4 layout.
 pub const CHUNK_K: usize = 64;
@@ -213,6 +214,15 @@ impl W4Layout {
     /// with `Ŵ` decoded from this layout exactly as the kernel does
     /// (f16 dequantization, f64 sums).
     pub fn emulate(&self, x: &[f32], m: usize) -> Vec<f64> {
+        self.emulate_as(x, m, Dtype::F16)
+    }
+
+    /// [`W4Layout::emulate`] for activations of type `dt`: with bf16 the
+    /// kernels' bf16 dequantization, from the same words — the code as
+    /// `0x4300 | q` (128 + q), the zero point's bf16 `0x4300 | z` cut from
+    /// the f16 word of 1024 + z, the difference exact, the f16 scale
+    /// rounded to bf16 and the product rounded to bf16.
+    pub fn emulate_as(&self, x: &[f32], m: usize, dt: Dtype) -> Vec<f64> {
         let (n, k) = (self.n, self.k);
         let xp = |row: usize, p: usize| -> f64 {
             let c = match &self.perm {
@@ -248,11 +258,22 @@ impl W4Layout {
                             if row >= n {
                                 continue;
                             }
-                            let q = ((word >> (4 * pos)) & 15) as f32;
+                            let q4 = (word >> (4 * pos)) & 15;
                             let sh = if hi_row { 16 } else { 0 };
-                            let s = half((sw >> sh) & 0xFFFF);
-                            let z = half((zw >> sh) & 0xFFFF) - 1024.0;
-                            let w = f16::from_f32((q - z) * s).to_f32() as f64;
+                            let w = match dt {
+                                Dtype::F16 => {
+                                    let s = half((sw >> sh) & 0xFFFF);
+                                    let z = half((zw >> sh) & 0xFFFF) - 1024.0;
+                                    f16::from_f32((q4 as f32 - z) * s).to_f32()
+                                }
+                                Dtype::Bf16 => {
+                                    let bf = |bits: u32| bf16::from_bits(bits as u16).to_f32();
+                                    let code = bf(0x4300 | q4);
+                                    let zero = bf((((zw >> sh) & 0xFFFF) & 0x03FF) | 0x4300);
+                                    let s = bf16::from_f32(half((sw >> sh) & 0xFFFF)).to_f32();
+                                    bf16::from_f32((code - zero) * s).to_f32()
+                                }
+                            } as f64;
                             for mi in 0..m {
                                 y[mi * n + row] += w * xp(mi, k0 + dk);
                             }
@@ -453,6 +474,39 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The bf16 dequantization the kernels do, modelled on the same words,
+    /// against the f64 reference within the per-weight bound the GPU check
+    /// uses for bf16 (`bench::tolerance`): the f16 scale rounded to bf16 and
+    /// the product rounded again, (2u + u²)·|Ŵ| with u = 2^-8. The
+    /// activations are bf16 values, as the kernels get them.
+    #[test]
+    fn w4_layout_bf16_dequantization_within_its_bound() {
+        let mut rng = Rng::new(11);
+        let mut worst = 0f64;
+        for &(n, k) in &[(16usize, 64usize), (40, 208), (33, 128)] {
+            for gs in [None, Some(32), Some(128)] {
+                for act in [false, true] {
+                    let q = random_qlinear(&mut rng, 4, gs, n, k, act);
+                    let l = W4Layout::new(&q).unwrap();
+                    let m = 2;
+                    let x: Vec<f32> = (0..m * k)
+                        .map(|_| bf16::from_f32(rng.sym()).to_f32())
+                        .collect();
+                    let got = l.emulate_as(&x, m, Dtype::Bf16);
+                    let want = reference(&q, &x, m);
+                    for (a, &(b, abs)) in got.iter().zip(&want) {
+                        let tol = abs * (2f64.powi(-7) + 2f64.powi(-16)) + 1e-12;
+                        assert!((a - b).abs() <= tol, "{n}x{k} {gs:?} {act}: {a} vs {b}");
+                        worst = worst.max((a - b).abs() / tol);
+                    }
+                }
+            }
+        }
+        // bf16 error of the same order as the bound (an f16 model stays
+        // under 2^-11 / 2^-7 = 1/16 of it).
+        assert!(worst > 0.1, "worst error/bound {worst}");
     }
 
     #[test]
