@@ -454,13 +454,19 @@ fn reference(q: &QLinear, x: &[f32], m: usize) -> Vec<(f64, f64, f64)> {
 /// range), and the bf16 output rounding (2^-8 of |y|, allowed twice).
 pub fn tolerance(dt: Dtype, k: usize, y: f64, abs: f64, xabs: f64) -> f64 {
     let acc = k as f64 * 2f64.powi(-23);
+    let out = output_rounding(dt) * y.abs() + 1e-7;
     match dt {
-        Dtype::F16 => {
-            (2f64.powi(-11) + acc) * abs + 2f64.powi(-24) * xabs + 2f64.powi(-10) * y.abs() + 1e-7
-        }
-        Dtype::Bf16 => {
-            (2f64.powi(-7) + 2f64.powi(-16) + acc) * abs + 2f64.powi(-7) * y.abs() + 1e-7
-        }
+        Dtype::F16 => (2f64.powi(-11) + acc) * abs + 2f64.powi(-24) * xabs + out,
+        Dtype::Bf16 => (2f64.powi(-7) + 2f64.powi(-16) + acc) * abs + out,
+    }
+}
+
+/// The output's rounding allowance, relative to it: twice the unit
+/// roundoff of the output type (2^-11 for f16, 2^-8 for bf16).
+fn output_rounding(dt: Dtype) -> f64 {
+    match dt {
+        Dtype::F16 => 2f64.powi(-10),
+        Dtype::Bf16 => 2f64.powi(-7),
     }
 }
 
@@ -477,7 +483,7 @@ fn check_as<T: Act>(dev: &Cuda, cases: &[CheckCase], seed: u64) -> Result<Vec<Ch
     let dt = T::DTYPE;
     let label = |p: Path| match dt {
         Dtype::F16 => path_name(p),
-        Dtype::Bf16 => format!("{} bf16", path_name(p)),
+        Dtype::Bf16 => format!("{} {}", path_name(p), dt.name()),
     };
     let mut rng = Rng::new(seed);
     let mut rows = Vec::new();
@@ -532,10 +538,10 @@ fn check_as<T: Act>(dev: &Cuda, cases: &[CheckCase], seed: u64) -> Result<Vec<Ch
             row.pass = row.bad == 0 && row.worst_ratio <= 1.0;
             rows.push(row);
             if c.n.is_multiple_of(16) && l.has_fused() && !matches!(path, Path::DequantGemm) {
-                let mut row = check_swiglu(dev, &l, &x, &mut y, &mut ws, c, &reference, path)?;
-                row.case = name.clone();
-                row.path = format!("{} swiglu", label(path));
-                rows.push(row);
+                let swiglu = format!("{} swiglu", label(path));
+                rows.push(check_swiglu(
+                    dev, &l, &x, &mut y, &mut ws, c, &reference, path, &name, swiglu,
+                )?);
             }
         }
         dev.synchronize()?;
@@ -559,16 +565,14 @@ fn check_swiglu<T: Act>(
     c: &CheckCase,
     reference: &[(f64, f64, f64)],
     path: Path,
+    case: &str,
+    label: String,
 ) -> Result<CheckRow> {
     let dt = T::DTYPE;
-    let out_round = match dt {
-        Dtype::F16 => 2f64.powi(-10),
-        Dtype::Bf16 => 2f64.powi(-7),
-    };
     let silu = |v: f64| v / (1.0 + (-v).exp());
     let mut row = CheckRow {
-        case: String::new(),
-        path: String::new(),
+        case: case.to_string(),
+        path: label,
         max_abs: 0.0,
         worst_ratio: 0.0,
         rel_l2: 0.0,
@@ -593,7 +597,7 @@ fn check_swiglu<T: Act>(
             let want = silu(gv) * uv;
             let tol = 1.1 * tolerance(dt, c.k, gv, ga, gx) * uv.abs()
                 + silu(gv).abs() * tolerance(dt, c.k, uv, ua, ux)
-                + out_round * want.abs()
+                + output_rounding(dt) * want.abs()
                 + 1e-7;
             (got[i].to_f32() as f64, want, tol)
         }));

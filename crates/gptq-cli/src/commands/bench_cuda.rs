@@ -72,6 +72,15 @@ pub enum ActType {
     Bf16,
 }
 
+impl ActType {
+    fn dtype(self) -> gptq_cuda::Dtype {
+        match self {
+            ActType::F16 => gptq_cuda::Dtype::F16,
+            ActType::Bf16 => gptq_cuda::Dtype::Bf16,
+        }
+    }
+}
+
 /// Whether `gptq bench MODEL ...` is this command (`kernels` or `solve`
 /// with `--device cuda`).
 pub fn wants(model: &str, a: &CudaArgs) -> bool {
@@ -357,10 +366,8 @@ pub fn run(a: &CudaArgs, command_line: &str, model: &str) -> anyhow::Result<()> 
             None => (HashMap::new(), None),
         };
         let gbps = bench::copy_bandwidth(&dev, 2 << 30, 20)?;
-        let act = match a.act {
-            ActType::F16 => "f16",
-            ActType::Bf16 => "bf16",
-        };
+        let dt = a.act.dtype();
+        let act = dt.name();
         let mut s = String::new();
         let _ = writeln!(
             s,
@@ -381,11 +388,11 @@ pub fn run(a: &CudaArgs, command_line: &str, model: &str) -> anyhow::Result<()> 
         out.push_str(&s);
         let mut all: Vec<BenchRow> = Vec::new();
         for &(k, n) in &shapes {
-            let rows = match a.act {
-                ActType::F16 => bench::bench_shape::<gptq_cuda::f16>(
+            let rows = match dt {
+                gptq_cuda::Dtype::F16 => bench::bench_shape::<gptq_cuda::f16>(
                     &dev, k, n, &a.batches, gs, gbps, a.samples, a.sweep,
                 ),
-                ActType::Bf16 => bench::bench_shape::<gptq_cuda::bf16>(
+                gptq_cuda::Dtype::Bf16 => bench::bench_shape::<gptq_cuda::bf16>(
                     &dev, k, n, &a.batches, gs, gbps, a.samples, a.sweep,
                 ),
             }?;
