@@ -1,5 +1,5 @@
 #!/bin/bash
-# wgmma variants, incl. the warp-specialised ones (`w4_wgp_*`, issue 6): on the GPU machine from the
+# wgmma variants (issue 6; the warp-specialised `w4_wgp_*` it was written for are in commit c96a80e only): on the GPU machine from the
 # repo root with .device-bin/gptq.gz: the kernel check (both activation types), then
 # `gptq -v bench kernels --batches 64,128,256 --samples 20 --sweep` and every wgmma variant's time per shape and batch,
 # fastest first, with cuBLAS f16 beside it. Writes $OUT/{check.txt,sw.md,sw.log,wg.txt}.

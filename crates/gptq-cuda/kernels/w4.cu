@@ -513,6 +513,11 @@ __device__ __forceinline__ void wgmma_commit() {
 #endif
 }
 
+__device__ __forceinline__ void wgmma_wait0() {
+#if WG_OK
+    asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
+#endif
+}
 
 __device__ __forceinline__ void mbar_init(u32 bar, u32 count) {
 #if WG_OK
@@ -530,27 +535,16 @@ __device__ __forceinline__ void mbar_init_fence() {
 // Bulk copy of `bytes` (a multiple of 16) from global to shared memory by
 // the copy engine, completing on the mbarrier `bar` (this thread arrives
 // on it, expecting those bytes).
-__device__ __forceinline__ void mbar_arrive_tx(u32 bar, u32 bytes) {
+__device__ __forceinline__ void bulk_load(u32 dst, const void *src, u32 bytes, u32 bar) {
 #if WG_OK
     asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes)
                  : "memory");
-#endif
-}
-
-// The copy alone (some thread announces its bytes on `bar`).
-__device__ __forceinline__ void bulk_copy(u32 dst, const void *src, u32 bytes, u32 bar) {
-#if WG_OK
     asm volatile(
         "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::
             "r"(dst),
         "l"(src), "r"(bytes), "r"(bar)
         : "memory");
 #endif
-}
-
-__device__ __forceinline__ void bulk_load(u32 dst, const void *src, u32 bytes, u32 bar) {
-    mbar_arrive_tx(bar, bytes);
-    bulk_copy(dst, src, bytes, bar);
 }
 
 // Whether phase `parity` of the mbarrier has completed.
@@ -571,46 +565,46 @@ __device__ __forceinline__ bool mbar_done(u32 bar, u32 parity) {
 // asynchronous wgmma that writes it.
 __device__ __forceinline__ void fence_operand(float &r) { asm volatile("" : "+f"(r)::"memory"); }
 
-// wgmma.m64nNk16, f32 accumulators d, TY the operand type ("f16" or
-// "bf16"), B from shared memory (a descriptor). A from registers (_RS:
-// four f16x2 words a0..a3, the mma.m16n8k16 A fragment of each warp) or
-// from shared memory (_SS: a descriptor, K-major like B).
-#define WG_OUT32                                                                               \
-    "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),        \
-        "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]),             \
-        "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]),          \
-        "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]),          \
-        "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]),          \
-        "+f"(d[31])
-#define WG_OUT64                                                                               \
-    WG_OUT32, "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]),    \
-        "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]),          \
-        "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]),          \
-        "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),          \
-        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]),          \
-        "+f"(d[62]), "+f"(d[63])
-#define WG_REGS32                                                                              \
-    "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"                                   \
-    "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31"
-#define WG_REGS64                                                                              \
-    WG_REGS32 ",%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,"              \
-              "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63"
-#define WG_ASM(N, TY, REGS, AOPS, OUTS, ...)                                                   \
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"                                    \
-                 "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." TY "." TY " "               \
-                 "{" REGS "}, " AOPS ";\n}\n"                                                  \
-                 : OUTS                                                                        \
-                 : __VA_ARGS__)
-#define WGMMA_N64_RS(TY)                                                                       \
-    WG_ASM(64, TY, WG_REGS32, "{%32,%33,%34,%35}, %36, p, 1, 1, 0", WG_OUT32, "r"(a0),         \
-           "r"(a1), "r"(a2), "r"(a3), "l"(desc))
-#define WGMMA_N128_RS(TY)                                                                      \
-    WG_ASM(128, TY, WG_REGS64, "{%64,%65,%66,%67}, %68, p, 1, 1, 0", WG_OUT64, "r"(a0),        \
-           "r"(a1), "r"(a2), "r"(a3), "l"(desc))
-#define WGMMA_N64_SS(TY)                                                                       \
-    WG_ASM(64, TY, WG_REGS32, "%32, %33, p, 1, 1, 0, 0", WG_OUT32, "l"(da), "l"(desc))
-#define WGMMA_N128_SS(TY)                                                                      \
-    WG_ASM(128, TY, WG_REGS64, "%64, %65, p, 1, 1, 0, 0", WG_OUT64, "l"(da), "l"(desc))
+// wgmma.m64nNk16 with A from registers, B from shared memory (`desc`),
+// f32 accumulators d; TY the operand type ("f16" or "bf16").
+#define WGMMA_N64(TY)                                                                          \
+    asm volatile(                                                                              \
+        "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"                                             \
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32." TY "." TY " "                            \
+        "{"                                                                                    \
+        "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"                               \
+        "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31"                      \
+        "}, {%32,%33,%34,%35}, %36, p, 1, 1, 0;\n}\n"                                          \
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),  \
+          "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]),           \
+          "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]),        \
+          "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]),        \
+          "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]),        \
+          "+f"(d[31])                                                                          \
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc))
+
+#define WGMMA_N128(TY)                                                                         \
+    asm volatile(                                                                              \
+        "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"                                             \
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32." TY "." TY " "                           \
+        "{"                                                                                    \
+        "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"                               \
+        "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,"                     \
+        "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,"                     \
+        "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63"                      \
+        "}, {%64,%65,%66,%67}, %68, p, 1, 1, 0;\n}\n"                                          \
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),  \
+          "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]),           \
+          "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]),        \
+          "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]),        \
+          "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]),        \
+          "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]),        \
+          "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]),        \
+          "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]),        \
+          "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]),        \
+          "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]),        \
+          "+f"(d[61]), "+f"(d[62]), "+f"(d[63])                                                \
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc))
 
 template <int BM, bool BF>
 __device__ __forceinline__ void wgmma_bm(float (&d)[BM / 2], u32 a0, u32 a1, u32 a2, u32 a3,
@@ -618,61 +612,15 @@ __device__ __forceinline__ void wgmma_bm(float (&d)[BM / 2], u32 a0, u32 a1, u32
 #if WG_OK
     if constexpr (BM == 64) {
         if constexpr (BF)
-            WGMMA_N64_RS("bf16");
+            WGMMA_N64("bf16");
         else
-            WGMMA_N64_RS("f16");
+            WGMMA_N64("f16");
     } else {
         if constexpr (BF)
-            WGMMA_N128_RS("bf16");
+            WGMMA_N128("bf16");
         else
-            WGMMA_N128_RS("f16");
+            WGMMA_N128("f16");
     }
-#endif
-}
-
-// The same with A from shared memory (descriptor da).
-template <int BM, bool BF>
-__device__ __forceinline__ void wgmma_bm_ss(float (&d)[BM / 2], u64 da, u64 desc) {
-#if WG_OK
-    if constexpr (BM == 64) {
-        if constexpr (BF)
-            WGMMA_N64_SS("bf16");
-        else
-            WGMMA_N64_SS("f16");
-    } else {
-        if constexpr (BF)
-            WGMMA_N128_SS("bf16");
-        else
-            WGMMA_N128_SS("f16");
-    }
-#endif
-}
-
-// Waits until at most N of this warpgroup's committed wgmma groups are
-// still running.
-template <int N>
-__device__ __forceinline__ void wgmma_wait() {
-#if WG_OK
-    asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory");
-#endif
-}
-
-// Four 8x8 f16 matrices from mma-fragment registers (lane g·4 + t holds
-// row g, columns 2t, 2t+1 of each) to shared memory, lane i giving the
-// address of row i mod 8 of matrix i / 8.
-__device__ __forceinline__ void stmatrix4(u32 addr, u32 r0, u32 r1, u32 r2, u32 r3) {
-#if WG_OK
-    asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};" ::"r"(addr),
-                 "r"(r0), "r"(r1), "r"(r2), "r"(r3)
-                 : "memory");
-#endif
-}
-
-// Makes this thread's ordinary shared-memory writes visible to the async
-// proxy (wgmma's operand reads).
-__device__ __forceinline__ void fence_proxy_async() {
-#if WG_OK
-    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
 #endif
 }
 
@@ -692,12 +640,10 @@ __device__ __forceinline__ void wg_body(const u32 *__restrict__ qw, const u32 *_
     static_assert(S >= 2, "ring");
 #if WG_OK
     // D: chunks loaded ahead; the stage refilled at local chunk i is the
-    // one of chunk i-1, whose wgmma was waited for. (Leaving one chunk's
-    // wgmma in flight while the next is dequantized into registers makes
-    // ptxas serialise every wgmma, C7513; w4_wgp_* below keeps the tensor
-    // cores busy with the weights in shared memory instead. The same
-    // pipelining within one warpgroup, A through shared memory, was slower
-    // than this kernel: bench/results/2026-12-04-wgmma-ws.md.)
+    // one of chunk i-1, whose wgmma was waited for. (A first try at leaving
+    // one chunk's wgmma in flight while the next is dequantized, wait_group
+    // 1 and a distance of S-2, gave wrong results on an H200; the cause, the
+    // A registers or the stage accounting, was not found: not used.)
     constexpr int D = S - 1;
     constexpr int NA = BM / 2;
     constexpr int BSTAGE = BM * 128;
@@ -812,7 +758,7 @@ __device__ __forceinline__ void wg_body(const u32 *__restrict__ qw, const u32 *_
                 wgmma_bm<BM, BF>(acc[r], a[r][j][0], a[r][j][1], a[r][j][2], a[r][j][3], desc);
         }
         wgmma_commit();
-        wgmma_wait<0>();
+        wgmma_wait0();
 #pragma unroll
         for (int r = 0; r < RT; r++)
 #pragma unroll
@@ -884,233 +830,6 @@ WG_KERNEL(64, 2, 4, 4)
 WG_KERNEL(128, 2, 2, 4)
 WG_KERNEL(128, 3, 1, 3)
 WG_KERNEL(64, 4, 1, 4)
-
-// Warp-specialised variant (w4_wgp_b{BM}_c{NC}_r{RC}_s{S}), no split of
-// K. Per block: a loader warp, four dequantizing warps and NC consumer
-// warpgroups, coupled through S stages in shared memory.
-// - The loader (the last warp) copies each chunk's codes and scales of the
-//   block's 4·NC·RC row tiles into the stage's raw slot (cp.async,
-//   completing on `rfull`) and starts the bulk copy of the chunk's
-//   activations into the stage's B (completing on `full`).
-// - The dequantizing warps (warpgroup 0; warp w takes row tiles 4·tt + w)
-//   turn the raw slot into the stage's NC·RC A tiles (64 rows × 64 columns
-//   f16, swizzled K-major like B, written with stmatrix), release the raw
-//   slot (`rempty`) and arrive on `full`. They never have a global load
-//   pending: the proxy fence before that arrival waits for all of a
-//   thread's outstanding memory operations (with their own cp.async it cost
-//   a memory latency per chunk).
-// - Consumer c (warpgroups 1..NC) multiplies its RC tiles (rows
-//   64·(c·RC + r) of the block) by B with wgmma, both operands from shared
-//   memory, one chunk in flight, and releases each stage (`empty`).
-template <int BM, int NC, int RC, int S>
-__device__ constexpr int wgp_smem_bytes() {
-    // Per stage B (BM × 128 bytes), A (NC·RC × 8192) and the codes and
-    // scales of the block's 4·NC·RC row tiles (768 bytes each: 512 of
-    // codes, the scales of up to 4 groups), then 4·S mbarriers.
-    return S * (BM * 128 + NC * RC * 8192 + 4 * NC * RC * 768) + 4 * S * 8;
-}
-
-__device__ __forceinline__ void mbar_arrive(u32 bar) {
-#if WG_OK
-    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory");
-#endif
-}
-
-// Arrives on `bar` once this thread's earlier cp.async copies are done
-// (the barrier's expected count includes this arrival).
-__device__ __forceinline__ void cp_async_arrive(u32 bar) {
-#if WG_OK
-    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];" ::"r"(bar) : "memory");
-#endif
-}
-
-__device__ __forceinline__ void mbar_wait(u32 bar, u32 parity) {
-    while (!mbar_done(bar, parity)) {
-    }
-}
-
-template <int BM, int NC, int RC, int S, bool BF>
-__device__ __forceinline__ void wgp_body(const u32 *__restrict__ qw, const u32 *__restrict__ sz,
-                                         const u16 *__restrict__ xt, u16 *__restrict__ y,
-                                         const u16 *__restrict__ bias, int M, int N, int NT,
-                                         int KC, int G, int gshift, int epi, u64 lbo_sbo) {
-    static_assert(BM == 64 || BM == 128, "wgmma N: the wrappers above");
-    static_assert(S >= 2, "ring");
-#if WG_OK
-    constexpr int T = NC * RC;  // 64-row A tiles per stage
-    constexpr int NA = BM / 2;
-    constexpr int BSTAGE = BM * 128;
-    constexpr int ASTAGE = T * 8192;
-    constexpr int WSTAGE = 4 * T * 768;
-    extern __shared__ __align__(1024) unsigned char wg_smem[];
-    const int lane = threadIdx.x & 31;
-    const int warp = threadIdx.x >> 5;
-    const int wgi = warp >> 2;  // 0: dequantizing, 1..NC: consumers, NC+1: loader
-    const int g = lane >> 2;
-    const int t = lane & 3;
-    const int m0 = blockIdx.x * BM;
-    const u32 smem0 = (u32)__cvta_generic_to_shared(wg_smem);
-    const u32 bbase = smem0;
-    const u32 abase = smem0 + S * BSTAGE;
-    const u32 rbase = abase + S * ASTAGE;
-    const u32 full = rbase + S * WSTAGE;
-    const u32 empty = full + S * 8;
-    const u32 rfull = empty + S * 8;
-    const u32 rempty = rfull + S * 8;
-    if (threadIdx.x == 0)
-        for (int st = 0; st < S; st++) {
-            mbar_init(full + st * 8, 129);
-            mbar_init(empty + st * 8, NC * 128);
-            mbar_init(rfull + st * 8, 32);
-            mbar_init(rempty + st * 8, 128);
-        }
-    mbar_init_fence();
-    __syncthreads();
-    // Chunk kc uses stage kc mod S; phase kc / S of its barriers.
-    if (wgi == NC + 1) {
-        // Loader. Lane l copies 16 bytes of each row tile's codes, lanes
-        // below 4·ng 16 bytes of its scales (ng groups from grp).
-        const int tile0 = blockIdx.y * (4 * T);
-        pdl_wait();
-        pdl_launch();
-        for (int kc = 0; kc < KC; kc++) {
-            const int st = kc % S;
-            const u32 par = ((kc / S) + 1) & 1;  // the release of chunk kc - S
-            if (kc >= S) mbar_wait(rempty + st * 8, par);
-            const int grp = (kc * 64) >> gshift;
-            const int ng = min(gshift < 6 ? 64 >> gshift : 1, G - grp);
-#pragma unroll
-            for (int q = 0; q < 4 * T; q++) {
-                const int tl = min(tile0 + q, NT - 1);
-                const u32 dst = rbase + st * WSTAGE + q * 768;
-                cp_async16(dst + lane * 16, qw + ((u64)tl * KC + kc) * 128 + lane * 4);
-                if (lane < 4 * ng)
-                    cp_async16(dst + 512 + lane * 16, sz + ((u64)tl * G + grp) * 16 + lane * 4);
-            }
-            cp_async_arrive(rfull + st * 8);
-            if (kc >= S) mbar_wait(empty + st * 8, par);
-            if (lane == 0)
-                bulk_load(bbase + st * BSTAGE, xt + ((u64)blockIdx.x * KC + kc) * (BM * 64),
-                          BSTAGE, full + st * 8);
-        }
-        return;
-    }
-    if (wgi == 0) {
-        const int lgrp = gshift < 6 ? (16 * t) >> gshift : 0;
-        const int mi = lane >> 3;
-        const int arow = 16 * warp + (lane & 7) + 8 * (mi & 1);
-        for (int kc = 0; kc < KC; kc++) {
-            const int st = kc % S;
-            // The stage's A is free (chunk kc - S consumed), the raw slot
-            // filled.
-            if (kc >= S) mbar_wait(empty + st * 8, ((kc / S) + 1) & 1);
-            mbar_wait(rfull + st * 8, (kc / S) & 1);
-            const u32 ab = abase + st * ASTAGE;
-#pragma unroll
-            for (int tt = 0; tt < T; tt++) {
-                const u32 src = rbase + st * WSTAGE + (4 * tt + warp) * 768;
-                u32 w[4], s2[2];
-                lds4(w, src + lane * 16);
-                lds2(s2, src + 512 + lgrp * 64 + g * 8);
-                const SzPairs p = sz_pairs<BF>(s2);
-#pragma unroll
-                for (int j = 0; j < 4; j++) {
-                    u32 a[4];
-                    dequant_word<BF>(w[j], p, a);
-                    const u32 piece = (u32)((2 * j + (mi >> 1)) ^ (lane & 7));
-                    stmatrix4(ab + tt * 8192 + arow * 128 + piece * 16, a[0], a[1], a[2], a[3]);
-                }
-            }
-            mbar_arrive(rempty + st * 8);
-            fence_proxy_async();
-            mbar_arrive(full + st * 8);
-        }
-        return;
-    }
-    pdl_wait();
-    pdl_launch();
-    // Consumer c = wgi - 1: A tiles c·RC + r.
-    const int c = wgi - 1;
-    float acc[RC][NA];
-#pragma unroll
-    for (int r = 0; r < RC; r++)
-#pragma unroll
-        for (int v = 0; v < NA; v++) acc[r][v] = 0.f;
-    for (int kc = 0; kc < KC; kc++) {
-        const int st = kc % S;
-        mbar_wait(full + st * 8, (kc / S) & 1);
-#pragma unroll
-        for (int r = 0; r < RC; r++)
-#pragma unroll
-            for (int v = 0; v < NA; v++) fence_operand(acc[r][v]);
-        wgmma_fence();
-        const u32 sb = bbase + st * BSTAGE;
-        const u32 ab = abase + st * ASTAGE + c * RC * 8192;
-#pragma unroll
-        for (int j = 0; j < 4; j++) {
-            const u64 desc = (u64)(((sb + j * 32) & 0x3FFFF) >> 4) | lbo_sbo;
-#pragma unroll
-            for (int r = 0; r < RC; r++) {
-                const u64 da = (u64)(((ab + r * 8192 + j * 32) & 0x3FFFF) >> 4) | lbo_sbo;
-                wgmma_bm_ss<BM, BF>(acc[r], da, desc);
-            }
-        }
-        wgmma_commit();
-        wgmma_wait<1>();
-#pragma unroll
-        for (int r = 0; r < RC; r++)
-#pragma unroll
-            for (int v = 0; v < NA; v++) fence_operand(acc[r][v]);
-        // Chunk kc - 1's wgmma is done: its stage may be refilled.
-        if (kc > 0) mbar_arrive(empty + ((kc - 1) % S) * 8);
-    }
-    wgmma_wait<0>();
-#pragma unroll
-    for (int r = 0; r < RC; r++)
-#pragma unroll
-        for (int v = 0; v < NA; v++) fence_operand(acc[r][v]);
-    // acc[r][4i + c]: weight row of tile nt·16 + g (+8 for c ≥ 2), batch
-    // row m0 + 8i + 2t + (c & 1); with f16, rows g+8 were summed 16 times
-    // too large.
-    if (!BF) {
-#pragma unroll
-        for (int r = 0; r < RC; r++)
-#pragma unroll
-            for (int i = 0; i < BM / 8; i++) {
-                acc[r][4 * i + 2] *= 0.0625f;
-                acc[r][4 * i + 3] *= 0.0625f;
-            }
-    }
-#pragma unroll
-    for (int r = 0; r < RC; r++) {
-        const int nt = blockIdx.y * (4 * T) + 4 * (c * RC + r) + (warp & 3);
-#pragma unroll
-        for (int i = 0; i < BM / 8; i++)
-#pragma unroll
-            for (int e = 0; e < 4; e++)
-                if (epi != EPI_SWIGLU || e < 2)
-                    w4_store<BF>(y, bias, M, N, epi, nt, lane, e, m0 + 8 * i + 2 * t + (e & 1),
-                                 acc[r][4 * i + e], acc[r][4 * i + (e ^ 2)]);
-    }
-#endif
-}
-
-#define WGP_KERNEL_ONE(BM, NC, RC, S, BF, SUFFIX)                                              \
-    extern "C" __global__ void __launch_bounds__(128 * (NC + 1) + 32, 1)                       \
-        w4_wgp_b##BM##_c##NC##_r##RC##_s##S##SUFFIX(                                           \
-            const u32 *__restrict__ qw, const u32 *__restrict__ sz, const u16 *__restrict__ xt, \
-            u16 *__restrict__ y, const u16 *__restrict__ bias, int M, int N, int NT, int KC,    \
-            int G, int gshift, int epi, u64 lbo_sbo) {                                          \
-        wgp_body<BM, NC, RC, S, BF>(qw, sz, xt, y, bias, M, N, NT, KC, G, gshift, epi,          \
-                                    lbo_sbo);                                                   \
-    }
-#define WGP_KERNEL(BM, NC, RC, S)             \
-    WGP_KERNEL_ONE(BM, NC, RC, S, false, )    \
-    WGP_KERNEL_ONE(BM, NC, RC, S, true, _bf)
-
-WGP_KERNEL(128, 2, 1, 4)
-WGP_KERNEL(64, 2, 1, 6)
-WGP_KERNEL(64, 2, 2, 4)
 
 // The activations of the wgmma kernels, tiled as their shared-memory
 // stages: xt[((mb·KC + kc)·BM + r)·64 + q] is row m = mb·BM + r (0 past M),

@@ -141,44 +141,16 @@ pub struct WgVariant {
     pub rt: u32,
     /// Stages of the cp.async ring (activations and codes).
     pub st: u32,
-    /// Warp-specialised (`w4_wgp_*`): one producer warpgroup dequantizes
-    /// into shared memory for `ks` consumer warpgroups (each `rt` groups of
-    /// 64 rows, no split of K), which take both wgmma operands from there.
-    /// Otherwise (`w4_wg_*`) each of the `ks` warpgroups splitting K
-    /// dequantizes its own A fragments into registers.
-    pub ws: bool,
 }
 
 impl WgVariant {
     pub const fn new(bm: u32, ks: u32, rt: u32, st: u32) -> Self {
-        WgVariant {
-            bm,
-            ks,
-            rt,
-            st,
-            ws: false,
-        }
-    }
-
-    /// A warp-specialised variant: `consumers` warpgroups of `rt` row
-    /// groups each, one producer.
-    pub const fn producer(bm: u32, consumers: u32, rt: u32, st: u32) -> Self {
-        WgVariant {
-            bm,
-            ks: consumers,
-            rt,
-            st,
-            ws: true,
-        }
+        WgVariant { bm, ks, rt, st }
     }
 
     /// The kernel's symbol (f16).
     pub fn symbol(&self) -> String {
-        if self.ws {
-            format!("w4_wgp_b{}_c{}_r{}_s{}", self.bm, self.ks, self.rt, self.st)
-        } else {
-            format!("w4_wg_b{}_k{}_r{}_s{}", self.bm, self.ks, self.rt, self.st)
-        }
+        format!("w4_wg_b{}_k{}_r{}_s{}", self.bm, self.ks, self.rt, self.st)
     }
 
     /// The kernel's symbol for activations of type `dt` (every wgmma
@@ -189,7 +161,7 @@ impl WgVariant {
 
     /// 16-row tiles one block covers.
     pub fn tiles(&self) -> usize {
-        (4 * self.rt * if self.ws { self.ks } else { 1 }) as usize
+        (4 * self.rt) as usize
     }
 
     /// Batch rows one block covers.
@@ -199,26 +171,14 @@ impl WgVariant {
 
     /// Threads per block.
     pub fn threads(&self) -> u32 {
-        if self.ws {
-            // The consumers, the dequantizing warpgroup, the loader warp.
-            128 * (self.ks + 1) + 32
-        } else {
-            128 * self.ks
-        }
+        128 * self.ks
     }
 
     /// Dynamic shared memory, bytes: each warpgroup's ring (per stage the
     /// activation tile, `bm` rows × 64 columns f16, and 768 bytes of codes
     /// and scales per row tile) and its stages' mbarriers, reused for the
-    /// sums of warpgroups 1.. at the end. Warp-specialised: per stage the
-    /// activation tile, the dequantized weights (64 × 64 f16 per row
-    /// group) and the codes and scales of the block's row tiles (768 bytes
-    /// each), four mbarriers per stage (`wgp_smem_bytes` in `w4.cu`).
+    /// sums of warpgroups 1.. at the end.
     pub fn shared_bytes(&self) -> u32 {
-        if self.ws {
-            let t = self.ks * self.rt;
-            return self.st * (self.bm * 128 + t * 8192 + 4 * t * 768) + 4 * self.st * 8;
-        }
         let rings = self.ks * self.st * (self.bm * 128 + 4 * self.rt * 768);
         let barriers = self.ks * self.st * 8;
         let reduce = (self.ks - 1) * self.rt * (self.bm / 2) * 128 * 4;
@@ -244,9 +204,6 @@ pub const WG_VARIANTS: &[WgVariant] = &[
     WgVariant::new(128, 2, 2, 4),
     WgVariant::new(128, 3, 1, 3),
     WgVariant::new(64, 4, 1, 4),
-    WgVariant::producer(128, 2, 1, 4),
-    WgVariant::producer(64, 2, 1, 6),
-    WgVariant::producer(64, 2, 2, 4),
 ];
 
 /// The other kernels of the module.
@@ -318,8 +275,7 @@ mod tests {
         }
         for v in WG_VARIANTS {
             let args = format!("({}, {}, {}, {})", v.bm, v.ks, v.rt, v.st);
-            let mac = if v.ws { "WGP_KERNEL" } else { "WG_KERNEL" };
-            assert!(src.contains(&format!("{mac}{args}")), "{v:?}");
+            assert!(src.contains(&format!("WG_KERNEL{args}")), "{v:?}");
         }
         for b in [2, 3, 4, 8] {
             assert!(src.contains(&format!("DEQUANT_KERNEL({b})")));
