@@ -2,6 +2,7 @@
 # Where the wgmma GEMM's time goes at M = 256 on 4096 x 14336 (issue 6): Nsight Compute (real clocks) on the
 # dispatched variant, the shared-memory-A variant and cuBLAS's kernel: L2 and DRAM traffic, tensor-pipe share,
 # stall reasons. GPU machine, repo root, .device-bin/gptq.gz; writes $OUT/ncu2-*.txt
+# (The shared-memory-A `_sa` variant was never committed: at HEAD only the first and last profile run.)
 #   bash bench/cuda_wgmma_ncu2.sh
 set -u; B=/tmp/bin; mkdir -p $B; gunzip -c .device-bin/gptq.gz > $B/gptq; chmod +x $B/gptq
 source bench/cuda_env.sh /tmp > /dev/null
