@@ -121,6 +121,20 @@ __device__ __forceinline__ void cp_async8_if(u32 dst, const void *src, bool p) {
                  : "memory");
 }
 
+// cp.async of n (16 or 0) bytes, the rest of the 16 zero-filled, when p
+// holds; nothing when it does not.
+__device__ __forceinline__ void cp_async16_zfill_if(u32 dst, const void *src, u32 n, bool p) {
+    asm volatile("{\n.reg .pred q;\nsetp.ne.b32 q, %3, 0;\n"
+                 "@q cp.async.cg.shared.global [%0], [%1], 16, %2;\n}\n" ::"r"(dst),
+                 "l"(src), "r"(n), "r"((int)p)
+                 : "memory");
+}
+
+// Barrier `id` (1-15; 0 is __syncthreads) over `n` threads (whole warps).
+__device__ __forceinline__ void bar_sync(u32 id, u32 n) {
+    asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(n) : "memory");
+}
+
 __device__ __forceinline__ void cp_async_commit() {
     asm volatile("cp.async.commit_group;" ::: "memory");
 }
@@ -147,7 +161,13 @@ __device__ __forceinline__ void lds2(u32 (&r)[2], u32 addr) {
 // rows); KW: warps per block, KS = KW / RW of them splitting K (chunk kc
 // goes to split kc mod KS); S: stages of each warp's cp.async ring (codes
 // and scales of S chunks in flight without holding registers).
-// Dynamic shared memory: max(KW·S·RT·768, KW·RT·MT·512) bytes.
+// SX: the activations go through shared memory too: per chunk the RW warps
+// of a K split copy the block's 8·MT rows × 64 columns once (one ring of S
+// stages per split, beside the warps' rings) and each reads its fragments
+// from there, so x crosses L2 once per RW·RT·16 weight rows, not once per
+// warp (at M = 16 and RT = 2 that was twice the bytes of the codes).
+// Dynamic shared memory: max(KW·S·RT·768 (+ KS·S·MT·1024 with SX),
+// KW·RT·MT·512) bytes.
 // (A variant that multiplied the raw codes 1024 + q and applied zero point
 // and scale per chunk in f32, with Σx from an mma against ones, took 5
 // instructions a code word instead of 13 but ran 2-28 % slower on an H200:
@@ -239,7 +259,7 @@ __device__ __forceinline__ void w4_store(u16 *__restrict__ y, const u16 *__restr
     }
 }
 
-template <int MT, int RT, int RW, int KW, int S, bool BF>
+template <int MT, int RT, int RW, int KW, int S, bool BF, bool SX>
 __device__ __forceinline__ void w4_body(const u32 *__restrict__ qw, const u32 *__restrict__ sz,
                                         const u16 *__restrict__ x, u16 *__restrict__ y,
                                         const u16 *__restrict__ bias, int M, int N, int K,
@@ -281,7 +301,7 @@ __device__ __forceinline__ void w4_body(const u32 *__restrict__ qw, const u32 *_
         qn[r] = (u64)(qw + ((u64)(nt0 + r) * KC + ks) * 128 + lane * 4);
         sp[r] = (u64)(sz + ((u64)(nt0 + r) * G * 8 + g) * 2);
     }
-    auto issue = [&](int st, int kc) {
+    auto issue_w = [&](int st, int kc) {
         const bool ok = kc < KC;
         const u32 sbyte = ((u32)(kc * 64 + 16 * t) >> gshift) * 64u;
 #pragma unroll
@@ -291,14 +311,50 @@ __device__ __forceinline__ void w4_body(const u32 *__restrict__ qw, const u32 *_
                          ok);
             qn[r] += KS * 512;
         }
-        cp_async_commit();
     };
 #pragma unroll
-    for (int st = 0; st < S - 1; st++) issue(st, ks + st * KS);
+    for (int st = 0; st < S - 1; st++) {
+        issue_w(st, ks + st * KS);
+        cp_async_commit();
+    }
     // Only the weights are read above: under programmatic dependent launch
     // they stream in while the kernel before this one finishes.
     pdl_wait();
     pdl_launch();
+    // SX: this split's activation ring, stage st at xring + st·MT·1024:
+    // 8·MT rows of 128 bytes, 16-byte piece c of row r at (c ^ r%8)·16 (so
+    // the lanes' 16-byte reads below hit distinct banks). Lane gl of the
+    // split's RW·32 copies pieces c = gl % 8 of rows gl/8 + RW·4·j; rows
+    // past M repeat row M-1, columns past K are zero-filled. Called for
+    // kc = ks, ks + KS, ... in order (running addresses xs[j]).
+    constexpr int NP = SX ? MT * 2 / RW : 1;
+    static_assert(!SX || (MT * 2) % RW == 0, "SX: whole 16-byte pieces per lane");
+    const u32 xring = smem_u32(red) + KW * S * RT * 768 + ks * (S * MT * 1024);
+    const int xc = lane & 7;
+    u64 xs[NP];
+    u32 xdst[NP];
+    if constexpr (SX) {
+#pragma unroll
+        for (int j = 0; j < NP; j++) {
+            const int r = (rw * 32 + lane) / 8 + RW * 4 * j;
+            xs[j] = (u64)(x + (u64)min(m0 + r, M - 1) * K + 8 * xc + ks * 64);
+            xdst[j] = r * 128 + ((xc ^ (r & 7)) * 16);
+        }
+    }
+    auto issue_x = [&](int st, int kc) {
+        const bool ok = kc < KC;
+        const u32 n = kc * 64 + 8 * xc < K ? 16u : 0u;
+#pragma unroll
+        for (int j = 0; j < NP; j++) {
+            cp_async16_zfill_if(xring + st * (MT * 1024) + xdst[j], (const void *)xs[j], n, ok);
+            xs[j] += KS * 128;
+        }
+    };
+    if constexpr (SX) {
+#pragma unroll
+        for (int st = 0; st < S - 1; st++) issue_x(st, ks + st * KS);
+        cp_async_commit();
+    }
     // Activations of chunk kc (small, L1/L2-resident). With MT ≤ 2 they are
     // loaded one chunk ahead of their use, so their latency overlaps this
     // chunk's math (8·MT more registers; larger MT would lose warps). Rows
@@ -346,22 +402,57 @@ __device__ __forceinline__ void w4_body(const u32 *__restrict__ qw, const u32 *_
             }
         }
     };
-    constexpr bool AHEAD = MT <= 2;
+    constexpr bool AHEAD = MT <= 2 && !SX;
     static_assert(!AHEAD || S % 2 == 0, "loading ahead alternates two buffers over the stages");
     // xbuf[0] and xbuf[1]: the current chunk's activations and (AHEAD) the
     // next one's, swapping roles from stage to stage.
     u32 xbuf[2][MT][8];
-    if (AHEAD) load_x(ks, xbuf[0]);
-    for (int kc0 = ks; kc0 < KC; kc0 += S * KS) {
+    if constexpr (SX) {
+        // Per chunk: wait for this warp's copies of the stage, then for the
+        // split's other warps (their copies of x, and their reads of the
+        // stage refilled next), refill it, read x, multiply.
+        for (int kc0 = ks; kc0 < KC; kc0 += S * KS) {
 #pragma unroll
-        for (int u = 0; u < S; u++) {
-            const int kc = kc0 + u * KS;
-            if (kc >= KC) break;
-            issue((u + S - 1) % S, kc + (S - 1) * KS);
-            const int cur = AHEAD ? (u & 1) : 0;
-            load_x(AHEAD ? kc + KS : kc, xbuf[AHEAD ? cur ^ 1 : 0]);
-            cp_async_wait<S - 1>();
-            chunk(u, xbuf[cur]);
+            for (int u = 0; u < S; u++) {
+                const int kc = kc0 + u * KS;
+                if (kc >= KC) break;
+                if (kc == ks)
+                    cp_async_wait<0>();
+                else
+                    cp_async_wait<S - 2>();
+                bar_sync(1 + ks, RW * 32);
+                issue_w((u + S - 1) % S, kc + (S - 1) * KS);
+                issue_x((u + S - 1) % S, kc + (S - 1) * KS);
+                cp_async_commit();
+                const u32 xst = xring + u * (MT * 1024) + g * 128;
+#pragma unroll
+                for (int i = 0; i < MT; i++) {
+                    u32 lo[4], hi[4];
+                    lds4(lo, xst + i * 1024 + (((2 * t) ^ g) * 16));
+                    lds4(hi, xst + i * 1024 + (((2 * t + 1) ^ g) * 16));
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        xbuf[0][i][e] = lo[e];
+                        xbuf[0][i][4 + e] = hi[e];
+                    }
+                }
+                chunk(u, xbuf[0]);
+            }
+        }
+    } else {
+        if (AHEAD) load_x(ks, xbuf[0]);
+        for (int kc0 = ks; kc0 < KC; kc0 += S * KS) {
+#pragma unroll
+            for (int u = 0; u < S; u++) {
+                const int kc = kc0 + u * KS;
+                if (kc >= KC) break;
+                issue_w((u + S - 1) % S, kc + (S - 1) * KS);
+                cp_async_commit();
+                const int cur = AHEAD ? (u & 1) : 0;
+                load_x(AHEAD ? kc + KS : kc, xbuf[AHEAD ? cur ^ 1 : 0]);
+                cp_async_wait<S - 1>();
+                chunk(u, xbuf[cur]);
+            }
         }
     }
     // SCALE16: the plain f16 path's rows g+8 (c = 2, 3) were summed 16
@@ -428,18 +519,21 @@ __device__ __forceinline__ void w4_body(const u32 *__restrict__ qw, const u32 *_
     }
 }
 
-#define W4_KERNEL_ONE(MT, RT, RW, KW, S, BF, SUFFIX)                                          \
+#define W4_KERNEL_ONE(MT, RT, RW, KW, S, BF, SX, SUFFIX)                                      \
     extern "C" __global__ void __launch_bounds__(KW * 32)                                     \
         w4_mma_m##MT##_r##RT##_w##RW##_k##KW##_s##S##SUFFIX(                                  \
             const u32 *__restrict__ qw, const u32 *__restrict__ sz, const u16 *__restrict__ x, \
             u16 *__restrict__ y, const u16 *__restrict__ bias, int M, int N, int K, int KC,    \
             int G, int gshift, int epi) {                                                      \
-        w4_body<MT, RT, RW, KW, S, BF>(qw, sz, x, y, bias, M, N, K, KC, G, gshift, epi);       \
+        w4_body<MT, RT, RW, KW, S, BF, SX>(qw, sz, x, y, bias, M, N, K, KC, G, gshift, epi);   \
     }
 // f16 activations: every variant (the sweep's candidates).
-#define W4_KERNEL(MT, RT, RW, KW, S) W4_KERNEL_ONE(MT, RT, RW, KW, S, false, )
+#define W4_KERNEL(MT, RT, RW, KW, S) W4_KERNEL_ONE(MT, RT, RW, KW, S, false, false, )
 // bf16 activations: the variants the dispatcher picks.
-#define W4_KERNEL_BF(MT, RT, RW, KW, S) W4_KERNEL_ONE(MT, RT, RW, KW, S, true, _bf)
+#define W4_KERNEL_BF(MT, RT, RW, KW, S) W4_KERNEL_ONE(MT, RT, RW, KW, S, true, false, _bf)
+// Activations through shared memory (SX), f16 and bf16.
+#define W4_KERNEL_X(MT, RT, RW, KW, S) W4_KERNEL_ONE(MT, RT, RW, KW, S, false, true, _x)
+#define W4_KERNEL_X_BF(MT, RT, RW, KW, S) W4_KERNEL_ONE(MT, RT, RW, KW, S, true, true, _x_bf)
 
 // The variants the host may launch (src/kernels.rs lists the same ones).
 W4_KERNEL(1, 1, 1, 4, 8)
@@ -465,12 +559,26 @@ W4_KERNEL(8, 2, 4, 8, 3)
 
 W4_KERNEL_BF(1, 1, 1, 16, 4)
 W4_KERNEL_BF(1, 2, 1, 8, 4)
-W4_KERNEL_BF(2, 1, 1, 8, 6)
 W4_KERNEL_BF(2, 2, 1, 8, 4)
-W4_KERNEL_BF(4, 1, 1, 8, 4)
 W4_KERNEL_BF(4, 2, 2, 8, 4)
 W4_KERNEL_BF(8, 2, 2, 8, 3)
 W4_KERNEL_BF(8, 2, 4, 8, 3)
+
+W4_KERNEL_X(2, 2, 4, 8, 4)
+W4_KERNEL_X(2, 2, 4, 16, 3)
+W4_KERNEL_X(2, 1, 4, 8, 6)
+W4_KERNEL_X(2, 2, 2, 8, 4)
+W4_KERNEL_X(2, 1, 2, 8, 6)
+W4_KERNEL_X(2, 4, 2, 8, 3)
+W4_KERNEL_X(4, 2, 4, 8, 4)
+W4_KERNEL_X(4, 1, 4, 8, 4)
+W4_KERNEL_X(8, 2, 4, 8, 3)
+W4_KERNEL_X(8, 1, 4, 8, 4)
+W4_KERNEL(2, 4, 1, 8, 4)
+
+W4_KERNEL_X_BF(2, 2, 2, 8, 4)
+W4_KERNEL_X_BF(2, 1, 2, 8, 6)
+W4_KERNEL_X_BF(4, 2, 4, 8, 4)
 
 // ---------------------------------------------------------------------------
 // Tensor-core GEMM for larger batches (w4_wg_*; sm_90a only: wgmma).

@@ -869,14 +869,19 @@ pub const FUSED_MAX_M: usize = 1 << 30;
 /// beyond (32 rows × 64 outputs on narrow layers; past 64 rows the wgmma
 /// GEMM, [`pick_wg`], takes most shapes on sm_90a). Up to 8 rows, layers of
 /// 8192 rows or more take two row tiles per warp (8-11 % faster than 16
-/// warps splitting K there, `2026-12-04-gemv-lop3.md`).
+/// warps splitting K there, `2026-12-04-gemv-lop3.md`). From 9 rows the
+/// activations go through shared memory once per block (`_x` variants,
+/// `2026-12-04-fused-sx.md`): 5-11 % faster at 16 rows except on 8192-row
+/// layers (equal; the old choice stays), 1.1-1.6x at 32 rows.
 pub fn pick_variant(n: usize, m: usize) -> W4Variant {
     match m {
         0..=8 if n >= 8192 => W4Variant::new(1, 2, 1, 8, 4),
         0..=8 => W4Variant::new(1, 1, 1, 16, 4),
+        9..=16 if n >= 12288 => W4Variant::x(2, 2, 2, 8, 4),
         9..=16 if n >= 8192 => W4Variant::new(2, 2, 1, 8, 4),
-        9..=16 => W4Variant::new(2, 1, 1, 8, 6),
-        17..=32 => W4Variant::new(4, 1, 1, 8, 4),
+        9..=16 => W4Variant::x(2, 1, 2, 8, 6),
+        17..=32 if n >= 12288 => W4Variant::x(4, 2, 4, 8, 4),
+        17..=32 => W4Variant::x(2, 2, 2, 8, 4),
         33..=64 if n >= 8192 => W4Variant::new(8, 2, 2, 8, 3),
         33..=64 => W4Variant::new(4, 2, 2, 8, 4),
         // Twice the blocks of the four-wide variant: 1.8-1.9x faster on

@@ -49,18 +49,41 @@ pub struct W4Variant {
     pub kw: u32,
     /// Stages of each warp's cp.async ring.
     pub st: u32,
+    /// The activations go through a shared-memory ring per K split, copied
+    /// once for its `rw` warps (symbol suffix `_x`).
+    pub sx: bool,
 }
 
 impl W4Variant {
     pub const fn new(mt: u32, rt: u32, rw: u32, kw: u32, st: u32) -> Self {
-        W4Variant { mt, rt, rw, kw, st }
+        W4Variant {
+            mt,
+            rt,
+            rw,
+            kw,
+            st,
+            sx: false,
+        }
+    }
+
+    /// The same with the activations staged in shared memory.
+    pub const fn x(mt: u32, rt: u32, rw: u32, kw: u32, st: u32) -> Self {
+        W4Variant {
+            sx: true,
+            ..W4Variant::new(mt, rt, rw, kw, st)
+        }
     }
 
     /// The kernel's symbol (f16).
     pub fn symbol(&self) -> String {
         format!(
-            "w4_mma_m{}_r{}_w{}_k{}_s{}",
-            self.mt, self.rt, self.rw, self.kw, self.st
+            "w4_mma_m{}_r{}_w{}_k{}_s{}{}",
+            self.mt,
+            self.rt,
+            self.rw,
+            self.kw,
+            self.st,
+            if self.sx { "_x" } else { "" }
         )
     }
 
@@ -80,9 +103,14 @@ impl W4Variant {
     }
 
     /// Dynamic shared memory, bytes: the warps' cp.async rings (768 bytes
-    /// per stage and row tile), reused for the cross-warp reduction.
+    /// per stage and row tile; with `sx` also 1024 bytes per stage and n8
+    /// tile for each of the `kw / rw` K splits), reused for the cross-warp
+    /// reduction.
     pub fn shared_bytes(&self) -> u32 {
-        let rings = self.kw * self.st * self.rt * 768;
+        let mut rings = self.kw * self.st * self.rt * 768;
+        if self.sx {
+            rings += self.kw / self.rw * self.st * self.mt * 1024;
+        }
         let reduce = if self.kw > self.rw {
             self.kw * self.rt * self.mt * 4 * 32 * 4
         } else {
@@ -114,6 +142,17 @@ pub const W4_VARIANTS: &[W4Variant] = &[
     W4Variant::new(8, 2, 2, 8, 3),
     W4Variant::new(8, 2, 4, 4, 4),
     W4Variant::new(8, 2, 4, 8, 3),
+    W4Variant::new(2, 4, 1, 8, 4),
+    W4Variant::x(2, 2, 4, 8, 4),
+    W4Variant::x(2, 2, 4, 16, 3),
+    W4Variant::x(2, 1, 4, 8, 6),
+    W4Variant::x(2, 2, 2, 8, 4),
+    W4Variant::x(2, 1, 2, 8, 6),
+    W4Variant::x(2, 4, 2, 8, 3),
+    W4Variant::x(4, 2, 4, 8, 4),
+    W4Variant::x(4, 1, 4, 8, 4),
+    W4Variant::x(8, 2, 4, 8, 3),
+    W4Variant::x(8, 1, 4, 8, 4),
 ];
 
 /// The fused variants compiled for bf16 activations (`W4_KERNEL_BF` in
@@ -121,12 +160,13 @@ pub const W4_VARIANTS: &[W4Variant] = &[
 pub const W4_BF16_VARIANTS: &[W4Variant] = &[
     W4Variant::new(1, 1, 1, 16, 4),
     W4Variant::new(1, 2, 1, 8, 4),
-    W4Variant::new(2, 1, 1, 8, 6),
     W4Variant::new(2, 2, 1, 8, 4),
-    W4Variant::new(4, 1, 1, 8, 4),
     W4Variant::new(4, 2, 2, 8, 4),
     W4Variant::new(8, 2, 2, 8, 3),
     W4Variant::new(8, 2, 4, 8, 3),
+    W4Variant::x(2, 2, 2, 8, 4),
+    W4Variant::x(2, 1, 2, 8, 6),
+    W4Variant::x(4, 2, 4, 8, 4),
 ];
 
 /// One instantiation of the tensor-core (wgmma, sm_90a) int4 GEMM for
@@ -264,14 +304,14 @@ mod tests {
         // Every variant is instantiated in w4.cu by the macro of its kind.
         let src = crate::compile::W4_SOURCE;
         let w4_args = |v: &W4Variant| format!("({}, {}, {}, {}, {})", v.mt, v.rt, v.rw, v.kw, v.st);
+        let x = |v: &W4Variant| if v.sx { "_X" } else { "" };
         for v in W4_VARIANTS {
-            assert!(src.contains(&format!("W4_KERNEL{}", w4_args(v))), "{v:?}");
+            let mac = format!("W4_KERNEL{}{}", x(v), w4_args(v));
+            assert!(src.contains(&mac), "{v:?}");
         }
         for v in W4_BF16_VARIANTS {
-            assert!(
-                src.contains(&format!("W4_KERNEL_BF{}", w4_args(v))),
-                "{v:?}"
-            );
+            let mac = format!("W4_KERNEL{}_BF{}", x(v), w4_args(v));
+            assert!(src.contains(&mac), "{v:?}");
         }
         for v in WG_VARIANTS {
             let args = format!("({}, {}, {}, {})", v.bm, v.ks, v.rt, v.st);
