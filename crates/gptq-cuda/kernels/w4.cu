@@ -240,6 +240,31 @@ __device__ __forceinline__ void dequant_word(u32 q, const SzPairs &p, u32 (&a)[4
     }
 }
 
+// dequant_word without the scale: the exact integers q − z (rows g+8 of
+// the f16 path 16·(q − z)), for kernels that scale in f32 per chunk (FS):
+// 9 instructions a word instead of 13, the products x·(q − z) exact in the
+// mma, one f32 multiply-add by the scale per chunk and output. Only for
+// groups of ≥ 64 columns: the mma sums each k tile over all four lanes
+// t, whose columns are in different groups when groups are 16 or 32 wide.
+template <bool BF>
+__device__ __forceinline__ void dequant_word_z(u32 q, const SzPairs &p, u32 (&a)[4]) {
+    const u32 q8 = q >> 8;
+    if constexpr (BF) {
+        const u32 one = 0x3F803F80u;
+        constexpr u32 M = 0x000F000Fu, B = 0x43004300u;
+        a[0] = bfma2(and_or<M, B>(q), one, p.z_lo);
+        a[1] = bfma2(and_or<M, B>(q >> 4), one, p.z_hi);
+        a[2] = bfma2(and_or<M, B>(q8), one, p.z_lo);
+        a[3] = bfma2(and_or<M, B>(q >> 12), one, p.z_hi);
+    } else {
+        constexpr u32 LO = 0x000F000Fu, HI = 0x00F000F0u, B = 0x64006400u;
+        a[0] = hsub2(and_or<LO, B>(q), p.z_lo);
+        a[1] = hsub2(and_or<HI, B>(q), p.z_hi);
+        a[2] = hsub2(and_or<LO, B>(q8), p.z_lo);
+        a[3] = hsub2(and_or<HI, B>(q8), p.z_hi);
+    }
+}
+
 // Writes output element c of lane l of row tile `tile` for batch row m
 // (the mma/wgmma accumulator layout: row tile·16 + l/4, +8 for c ≥ 2):
 // v (+ bias), or with EPI_SWIGLU silu(v)·v8, v8 being the up row's
@@ -259,7 +284,7 @@ __device__ __forceinline__ void w4_store(u16 *__restrict__ y, const u16 *__restr
     }
 }
 
-template <int MT, int RT, int RW, int KW, int S, bool BF, bool SX>
+template <int MT, int RT, int RW, int KW, int S, bool BF, bool SX, bool FS>
 __device__ __forceinline__ void w4_body(const u32 *__restrict__ qw, const u32 *__restrict__ sz,
                                         const u16 *__restrict__ x, u16 *__restrict__ y,
                                         const u16 *__restrict__ bias, int M, int N, int K,
@@ -391,14 +416,42 @@ __device__ __forceinline__ void w4_body(const u32 *__restrict__ qw, const u32 *_
             lds4(w, wring + ((st * RT + r) * 32 + lane) * 16);
             lds2(s2, sring + ((st * RT + r) * 32 + lane) * 8);
             const SzPairs p = sz_pairs<BF>(s2);
-#pragma unroll
-            for (int j = 0; j < 4; j++) {
-                u32 a[4];
-                dequant_word<BF>(w[j], p, a);
+            if constexpr (FS) {
+                // The chunk's products with q − z into a fresh f32 tile, then
+                // times the rows' f32 scales into acc.
+                float part[MT][4];
 #pragma unroll
                 for (int i = 0; i < MT; i++)
-                    mma16816<BF>(acc[r][i], a[0], a[1], a[2], a[3], xb[i][2 * j],
-                                 xb[i][2 * j + 1]);
+#pragma unroll
+                    for (int c = 0; c < 4; c++) part[i][c] = 0.f;
+#pragma unroll
+                for (int j = 0; j < 4; j++) {
+                    u32 a[4];
+                    dequant_word_z<BF>(w[j], p, a);
+#pragma unroll
+                    for (int i = 0; i < MT; i++)
+                        mma16816<BF>(part[i], a[0], a[1], a[2], a[3], xb[i][2 * j],
+                                     xb[i][2 * j + 1]);
+                }
+                const float s_lo = f16_to_f32((u16)(s2[0] & 0xFFFFu));
+                const float s_hi = f16_to_f32((u16)(s2[0] >> 16));
+#pragma unroll
+                for (int i = 0; i < MT; i++) {
+                    acc[r][i][0] = fmaf(s_lo, part[i][0], acc[r][i][0]);
+                    acc[r][i][1] = fmaf(s_lo, part[i][1], acc[r][i][1]);
+                    acc[r][i][2] = fmaf(s_hi, part[i][2], acc[r][i][2]);
+                    acc[r][i][3] = fmaf(s_hi, part[i][3], acc[r][i][3]);
+                }
+            } else {
+#pragma unroll
+                for (int j = 0; j < 4; j++) {
+                    u32 a[4];
+                    dequant_word<BF>(w[j], p, a);
+#pragma unroll
+                    for (int i = 0; i < MT; i++)
+                        mma16816<BF>(acc[r][i], a[0], a[1], a[2], a[3], xb[i][2 * j],
+                                     xb[i][2 * j + 1]);
+                }
             }
         }
     };
@@ -519,21 +572,30 @@ __device__ __forceinline__ void w4_body(const u32 *__restrict__ qw, const u32 *_
     }
 }
 
-#define W4_KERNEL_ONE(MT, RT, RW, KW, S, BF, SX, SUFFIX)                                      \
+#define W4_KERNEL_ONE(MT, RT, RW, KW, S, BF, SX, FS, SUFFIX)                                  \
     extern "C" __global__ void __launch_bounds__(KW * 32)                                     \
         w4_mma_m##MT##_r##RT##_w##RW##_k##KW##_s##S##SUFFIX(                                  \
             const u32 *__restrict__ qw, const u32 *__restrict__ sz, const u16 *__restrict__ x, \
             u16 *__restrict__ y, const u16 *__restrict__ bias, int M, int N, int K, int KC,    \
             int G, int gshift, int epi) {                                                      \
-        w4_body<MT, RT, RW, KW, S, BF, SX>(qw, sz, x, y, bias, M, N, K, KC, G, gshift, epi);   \
+        w4_body<MT, RT, RW, KW, S, BF, SX, FS>(qw, sz, x, y, bias, M, N, K, KC, G, gshift, epi); \
     }
 // f16 activations: every variant (the sweep's candidates).
-#define W4_KERNEL(MT, RT, RW, KW, S) W4_KERNEL_ONE(MT, RT, RW, KW, S, false, false, )
+#define W4_KERNEL(MT, RT, RW, KW, S) W4_KERNEL_ONE(MT, RT, RW, KW, S, false, false, false, )
 // bf16 activations: the variants the dispatcher picks.
-#define W4_KERNEL_BF(MT, RT, RW, KW, S) W4_KERNEL_ONE(MT, RT, RW, KW, S, true, false, _bf)
+#define W4_KERNEL_BF(MT, RT, RW, KW, S) W4_KERNEL_ONE(MT, RT, RW, KW, S, true, false, false, _bf)
 // Activations through shared memory (SX), f16 and bf16.
-#define W4_KERNEL_X(MT, RT, RW, KW, S) W4_KERNEL_ONE(MT, RT, RW, KW, S, false, true, _x)
-#define W4_KERNEL_X_BF(MT, RT, RW, KW, S) W4_KERNEL_ONE(MT, RT, RW, KW, S, true, true, _x_bf)
+#define W4_KERNEL_X(MT, RT, RW, KW, S) W4_KERNEL_ONE(MT, RT, RW, KW, S, false, true, false, _x)
+#define W4_KERNEL_X_BF(MT, RT, RW, KW, S) \
+    W4_KERNEL_ONE(MT, RT, RW, KW, S, true, true, false, _x_bf)
+// Scales applied in f32 per chunk (FS; layers whose groups hold whole
+// chunks, ≥ 64 columns), f16 and bf16.
+#define W4_KERNEL_S(MT, RT, RW, KW, S) W4_KERNEL_ONE(MT, RT, RW, KW, S, false, false, true, _s)
+#define W4_KERNEL_X_S(MT, RT, RW, KW, S) W4_KERNEL_ONE(MT, RT, RW, KW, S, false, true, true, _x_s)
+#define W4_KERNEL_S_BF(MT, RT, RW, KW, S) \
+    W4_KERNEL_ONE(MT, RT, RW, KW, S, true, false, true, _s_bf)
+#define W4_KERNEL_X_S_BF(MT, RT, RW, KW, S) \
+    W4_KERNEL_ONE(MT, RT, RW, KW, S, true, true, true, _x_s_bf)
 
 // The variants the host may launch (src/kernels.rs lists the same ones).
 W4_KERNEL(1, 1, 1, 4, 8)
@@ -575,6 +637,15 @@ W4_KERNEL_X(4, 1, 4, 8, 4)
 W4_KERNEL_X(8, 2, 4, 8, 3)
 W4_KERNEL_X(8, 1, 4, 8, 4)
 W4_KERNEL(2, 4, 1, 8, 4)
+
+W4_KERNEL_S(1, 1, 1, 16, 4)
+W4_KERNEL_S(1, 2, 1, 8, 4)
+W4_KERNEL_S(2, 2, 1, 8, 4)
+W4_KERNEL_X_S(2, 2, 2, 8, 4)
+W4_KERNEL_X_S(4, 2, 4, 8, 4)
+W4_KERNEL_S_BF(1, 1, 1, 16, 4)
+W4_KERNEL_S_BF(2, 2, 1, 8, 4)
+W4_KERNEL_X_S_BF(2, 2, 2, 8, 4)
 
 W4_KERNEL_X_BF(2, 2, 2, 8, 4)
 W4_KERNEL_X_BF(2, 1, 2, 8, 6)

@@ -206,7 +206,7 @@ pub fn bench_shape<T: Act>(
             let fused = T::DTYPE
                 .w4_variants()
                 .iter()
-                .filter(|&&v| sweep_candidate(v, m))
+                .filter(|&&v| sweep_candidate(v, m) && layers[0].supports(v))
                 .map(|&v| Path::Fused(v));
             let wg = WG_VARIANTS
                 .iter()
@@ -502,7 +502,8 @@ fn check_as<T: Act>(dev: &Cuda, cases: &[CheckCase], seed: u64) -> Result<Vec<Ch
         let mut ws = Workspace::default();
         let mut paths = vec![Path::Auto, Path::DequantGemm];
         if l.has_fused() {
-            paths.extend(dt.w4_variants().iter().map(|&v| Path::Fused(v)));
+            let fused = dt.w4_variants().iter().filter(|&&v| l.supports(v));
+            paths.extend(fused.map(|&v| Path::Fused(v)));
             if dev.has_wgmma() {
                 paths.extend(WG_VARIANTS.iter().map(|&v| Path::Wg(v)));
             }

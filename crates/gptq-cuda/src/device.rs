@@ -477,7 +477,12 @@ impl Cuda {
     /// The fused variant the dispatcher picks for `m` batch rows of `l`
     /// (the same for f16 and bf16 activations).
     pub fn pick_variant(&self, l: &GpuLinear, m: usize) -> W4Variant {
-        pick_variant(l.n, m)
+        let v = pick_variant(l.n, m);
+        if l.supports(v) {
+            v
+        } else {
+            v.without_fs()
+        }
     }
 
     /// Whether the wgmma kernels run here (they are compiled for sm_90a
@@ -597,6 +602,12 @@ impl Cuda {
         let symbol = v.symbol_as(T::DTYPE);
         if !T::DTYPE.w4_variants().contains(&v) {
             return Err(Error::Unsupported(format!("no kernel {symbol}")));
+        }
+        if !l.supports(v) {
+            return Err(Error::Unsupported(format!(
+                "{symbol} scales per 64-column chunk; this layer's groups are {} columns",
+                1u64 << w4.gshift.min(63)
+            )));
         }
         let st = &self.stream;
         let xp = match &w4.perm {
@@ -872,16 +883,20 @@ pub const FUSED_MAX_M: usize = 1 << 30;
 /// warps splitting K there, `2026-12-04-gemv-lop3.md`). From 9 rows the
 /// activations go through shared memory once per block (`_x` variants,
 /// `2026-12-04-fused-sx.md`): 5-11 % faster at 16 rows except on 8192-row
-/// layers (equal; the old choice stays), 1.1-1.6x at 32 rows.
+/// layers (equal; the old choice stays), 1.1-1.6x at 32 rows. Where it
+/// was faster in the same run, the variant that scales in f32 per chunk
+/// (`fs`; 4-7 % at 1 row on narrow layers, 3-9 % at 16 rows, 7-11 % at 32
+/// rows on layers under 12288 rows); [`Cuda::pick_variant`] drops `fs` for
+/// layers with groups under 64 columns.
 pub fn pick_variant(n: usize, m: usize) -> W4Variant {
     match m {
         0..=8 if n >= 8192 => W4Variant::new(1, 2, 1, 8, 4),
-        0..=8 => W4Variant::new(1, 1, 1, 16, 4),
-        9..=16 if n >= 12288 => W4Variant::x(2, 2, 2, 8, 4),
-        9..=16 if n >= 8192 => W4Variant::new(2, 2, 1, 8, 4),
+        0..=8 => W4Variant::new(1, 1, 1, 16, 4).fs(),
+        9..=16 if n >= 12288 => W4Variant::x(2, 2, 2, 8, 4).fs(),
+        9..=16 if n >= 8192 => W4Variant::new(2, 2, 1, 8, 4).fs(),
         9..=16 => W4Variant::x(2, 1, 2, 8, 6),
         17..=32 if n >= 12288 => W4Variant::x(4, 2, 4, 8, 4),
-        17..=32 => W4Variant::x(2, 2, 2, 8, 4),
+        17..=32 => W4Variant::x(2, 2, 2, 8, 4).fs(),
         33..=64 if n >= 8192 => W4Variant::new(8, 2, 2, 8, 3),
         33..=64 => W4Variant::new(4, 2, 2, 8, 4),
         // Twice the blocks of the four-wide variant: 1.8-1.9x faster on
@@ -1064,6 +1079,14 @@ impl GpuLinear {
         self.w4.is_some()
     }
 
+    /// Whether the fused variant `v` runs on this layer (it has the fused
+    /// layout, and groups of whole chunks if `v` scales per chunk).
+    pub fn supports(&self, v: W4Variant) -> bool {
+        self.w4
+            .as_ref()
+            .is_some_and(|w| !v.fs || crate::layout::whole_chunk_groups(w.gshift))
+    }
+
     /// The int4 kernels' layout, or why the layer has none.
     fn w4_layout(&self) -> Result<&W4Gpu> {
         self.w4.as_ref().ok_or_else(|| {
@@ -1127,9 +1150,12 @@ mod tests {
     fn dispatcher_picks_compiled_variants_covering_the_batch() {
         for n in [64, 4096, 8192, 14336, 28672] {
             for m in [1, 2, 8, 9, 16, 17, 32, 33, 64, 65, 256, 1000] {
+                // Layers with narrower groups take the twin without `fs`.
+                for v in [pick_variant(n, m), pick_variant(n, m).without_fs()] {
+                    assert!(kernels::W4_VARIANTS.contains(&v), "{n} {m}: {v:?}");
+                    assert!(kernels::W4_BF16_VARIANTS.contains(&v), "{n} {m}: {v:?}");
+                }
                 let v = pick_variant(n, m);
-                assert!(kernels::W4_VARIANTS.contains(&v), "{n} {m}: {v:?}");
-                assert!(kernels::W4_BF16_VARIANTS.contains(&v), "{n} {m}: {v:?}");
                 assert!(m <= 64 || v.rows() == 64, "{n} {m}: {v:?}");
                 if let Some(w) = pick_wg(n, m) {
                     assert!(WG_VARIANTS.contains(&w), "{n} {m}: {w:?}");

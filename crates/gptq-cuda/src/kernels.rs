@@ -52,6 +52,10 @@ pub struct W4Variant {
     /// The activations go through a shared-memory ring per K split, copied
     /// once for its `rw` warps (symbol suffix `_x`).
     pub sx: bool,
+    /// Scales applied in f32 per chunk (symbol suffix `_s`): fewer
+    /// instructions per code, for layers whose groups hold whole 64-column
+    /// chunks ([`crate::layout::W4Layout::whole_chunk_groups`]).
+    pub fs: bool,
 }
 
 impl W4Variant {
@@ -63,7 +67,19 @@ impl W4Variant {
             kw,
             st,
             sx: false,
+            fs: false,
         }
+    }
+
+    /// The same with the scales applied in f32 per chunk.
+    pub const fn fs(self) -> Self {
+        W4Variant { fs: true, ..self }
+    }
+
+    /// The same with the scales in the f16/bf16 dequantization (any group
+    /// size).
+    pub const fn without_fs(self) -> Self {
+        W4Variant { fs: false, ..self }
     }
 
     /// The same with the activations staged in shared memory.
@@ -77,13 +93,14 @@ impl W4Variant {
     /// The kernel's symbol (f16).
     pub fn symbol(&self) -> String {
         format!(
-            "w4_mma_m{}_r{}_w{}_k{}_s{}{}",
+            "w4_mma_m{}_r{}_w{}_k{}_s{}{}{}",
             self.mt,
             self.rt,
             self.rw,
             self.kw,
             self.st,
-            if self.sx { "_x" } else { "" }
+            if self.sx { "_x" } else { "" },
+            if self.fs { "_s" } else { "" }
         )
     }
 
@@ -153,6 +170,11 @@ pub const W4_VARIANTS: &[W4Variant] = &[
     W4Variant::x(4, 1, 4, 8, 4),
     W4Variant::x(8, 2, 4, 8, 3),
     W4Variant::x(8, 1, 4, 8, 4),
+    W4Variant::new(1, 1, 1, 16, 4).fs(),
+    W4Variant::new(1, 2, 1, 8, 4).fs(),
+    W4Variant::new(2, 2, 1, 8, 4).fs(),
+    W4Variant::x(2, 2, 2, 8, 4).fs(),
+    W4Variant::x(4, 2, 4, 8, 4).fs(),
 ];
 
 /// The fused variants compiled for bf16 activations (`W4_KERNEL_BF` in
@@ -167,6 +189,9 @@ pub const W4_BF16_VARIANTS: &[W4Variant] = &[
     W4Variant::x(2, 2, 2, 8, 4),
     W4Variant::x(2, 1, 2, 8, 6),
     W4Variant::x(4, 2, 4, 8, 4),
+    W4Variant::new(1, 1, 1, 16, 4).fs(),
+    W4Variant::new(2, 2, 1, 8, 4).fs(),
+    W4Variant::x(2, 2, 2, 8, 4).fs(),
 ];
 
 /// One instantiation of the tensor-core (wgmma, sm_90a) int4 GEMM for
@@ -304,7 +329,12 @@ mod tests {
         // Every variant is instantiated in w4.cu by the macro of its kind.
         let src = crate::compile::W4_SOURCE;
         let w4_args = |v: &W4Variant| format!("({}, {}, {}, {}, {})", v.mt, v.rt, v.rw, v.kw, v.st);
-        let x = |v: &W4Variant| if v.sx { "_X" } else { "" };
+        let x = |v: &W4Variant| match (v.sx, v.fs) {
+            (false, false) => "",
+            (true, false) => "_X",
+            (false, true) => "_S",
+            (true, true) => "_X_S",
+        };
         for v in W4_VARIANTS {
             let mac = format!("W4_KERNEL{}{}", x(v), w4_args(v));
             assert!(src.contains(&mac), "{v:?}");
