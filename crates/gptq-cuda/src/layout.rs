@@ -226,7 +226,9 @@ impl W4Layout {
 
     /// CPU model of the kernel, for tests: `y[m][n] = Σ_k x[m][k]·Ŵ[n][k]`
     /// with `Ŵ` decoded from this layout exactly as the kernel does
-    /// (f16 dequantization, f64 sums).
+    /// (f16 dequantization, f64 sums). The fused variants that scale in f32
+    /// per chunk (`W4Variant::fs`) round less: their products with q − z
+    /// are exact and the scale is applied in f32.
     pub fn emulate(&self, x: &[f32], m: usize) -> Vec<f64> {
         self.emulate_as(x, m, Dtype::F16)
     }
