@@ -8,6 +8,7 @@
 #   bash bench/cuda_seeds.sh smol "SEEDS"      SmolLM2 w4 g128, 64 × 512 Brown tokens, defaults; WikiText-2 on the GPU
 #   bash bench/cuda_seeds.sh smol-host "SEEDS" the same with --host-forward (the CPU backend's codes); each seed's
 #                                              evaluation runs while the next seed quantizes
+# BITS=N (default 4) sets the SmolLM2 bit width.
 set -u
 PART=$1; SEEDS=${2:-"0 1 2 3 4 5 6 7"}
 mkdir -p /tmp/keep
@@ -37,16 +38,17 @@ smol)
   smol_model
   for s in $SEEDS; do
     $B/gptq quantize $M -o /tmp/m-s$s --dataset data/calib/brown-excerpt.txt --nsamples 64 --seqlen 512 \
-      --group-size 128 --bits 4 --seed $s --device cuda --overwrite > $OUT/smol-s$s.log 2>&1 || echo "smol s$s failed"
-    echo "seed $s cuda: $($B/gptq eval /tmp/m-s$s --dataset .device-bin/wiki.test.raw --max-windows 40 2>&1 | grep -E ' ppl ')"
+      --group-size 128 --bits ${BITS:-4} --seed $s --device cuda --overwrite > $OUT/smol-b${BITS:-4}-s$s.log 2>&1 \
+      || echo "smol s$s failed"
+    echo "bits ${BITS:-4} seed $s cuda: $($B/gptq eval /tmp/m-s$s --dataset .device-bin/wiki.test.raw --max-windows 40 2>&1 | grep -E ' ppl ')"
   done
   ;;
 smol-host)
   smol_model
-  ev() { echo "seed $1 host: $($B/gptq eval /tmp/h-s$1 --dataset .device-bin/wiki.test.raw --max-windows 40 2>&1 | grep -E ' ppl ')"; }
+  ev() { echo "bits ${BITS:-4} seed $1 host: $($B/gptq eval /tmp/h-s$1 --dataset .device-bin/wiki.test.raw --max-windows 40 2>&1 | grep -E ' ppl ')"; }
   for s in $SEEDS; do
     $B/gptq quantize $M -o /tmp/h-s$s --dataset data/calib/brown-excerpt.txt --nsamples 64 --seqlen 512 \
-      --group-size 128 --bits 4 --seed $s --device cuda --host-forward --overwrite > $OUT/smol-host-s$s.log 2>&1 \
+      --group-size 128 --bits ${BITS:-4} --seed $s --device cuda --host-forward --overwrite > $OUT/smol-host-b${BITS:-4}-s$s.log 2>&1 \
       || echo "smol host s$s failed"
     ev $s &
   done
