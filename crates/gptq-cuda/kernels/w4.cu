@@ -463,16 +463,15 @@ __device__ __forceinline__ void w4_body(const u32 *__restrict__ qw, const u32 *_
     if constexpr (SX) {
         // Per chunk: wait for this warp's copies of the stage, then for the
         // split's other warps (their copies of x, and their reads of the
-        // stage refilled next), refill it, read x, multiply.
+        // stage refilled next), refill it, read x, multiply. The prologue's
+        // activations are one group after its weights: all of it first.
+        cp_async_wait<0>();
         for (int kc0 = ks; kc0 < KC; kc0 += S * KS) {
 #pragma unroll
             for (int u = 0; u < S; u++) {
                 const int kc = kc0 + u * KS;
                 if (kc >= KC) break;
-                if (kc == ks)
-                    cp_async_wait<0>();
-                else
-                    cp_async_wait<S - 2>();
+                cp_async_wait<S - 2>();
                 bar_sync(1 + ks, RW * 32);
                 issue_w((u + S - 1) % S, kc + (S - 1) * KS);
                 issue_x((u + S - 1) % S, kc + (S - 1) * KS);
@@ -1050,6 +1049,69 @@ extern "C" __global__ void gather_cols(const u16 *__restrict__ x, const int *__r
     const int m = (int)(idx / K);
     const int p = (int)(idx % K);
     xp[idx] = x[(u64)m * K + perm[p]];
+}
+
+// The fused layout back to W[n][p] (f16, or bf16 for w4_dequant_bf; row
+// stride ldw, columns p in the layout's order: act-order layers need their
+// activations gathered by perm), for dequantize-then-GEMM on layers loaded
+// without the generic layout. One warp per (16-row tile, 64-column chunk):
+// lane (g, t) holds rows g and g+8 at columns 16t..16t+15 of the chunk
+// (word j: columns 16t + 4j + {0, 2, 1, 3} in nibbles 0/1, 2/3, 4/5, 6/7,
+// even nibbles row g, odd g+8), written as (q − z)·s rounded once.
+// Grid (KC, ceil(NT / 8)), 256 threads.
+template <bool BF>
+__device__ __forceinline__ void w4_dequant_body(const u32 *__restrict__ qw,
+                                                const u32 *__restrict__ sz, u16 *__restrict__ w,
+                                                int N, int K, int NT, int KC, int G, int gshift,
+                                                int ldw) {
+    const int lane = threadIdx.x & 31;
+    const int tile = blockIdx.y * 8 + (threadIdx.x >> 5);
+    const int c = blockIdx.x;
+    const int g = lane >> 2;
+    const int t = lane & 3;
+    const int col = c * 64 + 16 * t;
+    if (tile >= NT || col >= K) return;
+    const int grp = gshift >= 31 ? 0 : (col >> gshift);
+    const u32 *sp = sz + (((u64)tile * G + grp) * 8 + g) * 2;
+    const u32 sw = sp[0], zw = sp[1];
+    const float s[2] = {f16_to_f32((u16)(sw & 0xFFFFu)), f16_to_f32((u16)(sw >> 16))};
+    const float z[2] = {f16_to_f32((u16)(zw & 0xFFFFu)) - 1024.f,
+                        f16_to_f32((u16)(zw >> 16)) - 1024.f};
+    const uint4 q4 = *(const uint4 *)(qw + ((u64)tile * KC + c) * 128 + lane * 4);
+    const u32 words[4] = {q4.x, q4.y, q4.z, q4.w};
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        const int row = tile * 16 + g + 8 * h;
+        if (row >= N) continue;
+        u32 out[8];
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            u16 v[4];
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                // Nibble 2e + h holds column 4j + {0, 2, 1, 3}[e].
+                const float q = (float)((words[j] >> (4 * (2 * e + h))) & 15u);
+                v[(e >> 1) | ((e & 1) << 1)] = f32_to_act<BF>((q - z[h]) * s[h]);
+            }
+            out[2 * j] = (u32)v[0] | ((u32)v[1] << 16);
+            out[2 * j + 1] = (u32)v[2] | ((u32)v[3] << 16);
+        }
+        uint4 *dst = (uint4 *)(w + (u64)row * ldw + col);
+        dst[0] = make_uint4(out[0], out[1], out[2], out[3]);
+        dst[1] = make_uint4(out[4], out[5], out[6], out[7]);
+    }
+}
+
+extern "C" __global__ void w4_dequant(const u32 *__restrict__ qw, const u32 *__restrict__ sz,
+                                      u16 *__restrict__ w, int N, int K, int NT, int KC, int G,
+                                      int gshift, int ldw) {
+    w4_dequant_body<false>(qw, sz, w, N, K, NT, KC, G, gshift, ldw);
+}
+
+extern "C" __global__ void w4_dequant_bf(const u32 *__restrict__ qw, const u32 *__restrict__ sz,
+                                         u16 *__restrict__ w, int N, int K, int NT, int KC, int G,
+                                         int gshift, int ldw) {
+    w4_dequant_body<true>(qw, sz, w, N, K, NT, KC, G, gshift, ldw);
 }
 
 // Any bit width (2, 3, 4, 8; dequant_bBITS): dequantizes into W[n][k] (f16,

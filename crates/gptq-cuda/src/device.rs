@@ -117,6 +117,8 @@ pub struct Cuda {
     /// Whether [`Cuda::launch`] may use programmatic dependent launch
     /// (compute capability 9.0 or newer, and `GPTQ_CUDA_PDL=1`).
     pdl: bool,
+    /// `GPTQ_CUDA_DQ_FROM`: overrides [`dequant_gemm_from`] (for tests).
+    dq_from: Option<usize>,
 }
 
 /// Checks a batch of `m` rows through `l` into `n_out` columns: the
@@ -164,6 +166,11 @@ pub fn swiglu_row_order(inter: usize) -> Option<Vec<usize>> {
 /// (off by default: on the H200 it did not speed up graph-replayed
 /// decoding, 383 vs 391 tok/s for the 8B-shaped w4 model, 2026-12-03).
 pub const PDL_ENV: &str = "GPTQ_CUDA_PDL";
+
+/// Set to a batch size from which every int4 layer takes
+/// dequantize-then-cuBLAS instead of [`dequant_gemm_from`] (`1`: always;
+/// lets the GPU tests run that path through a whole model).
+pub const DQ_FROM_ENV: &str = "GPTQ_CUDA_DQ_FROM";
 
 /// The address of a kernel argument passed by value, for [`Cuda::launch`].
 pub(crate) fn karg<T>(v: &T) -> *mut std::ffi::c_void {
@@ -304,6 +311,7 @@ impl Cuda {
             blas,
             _blas_workspace: ws,
             pdl: major >= 9 && std::env::var(PDL_ENV).is_ok_and(|v| v == "1"),
+            dq_from: std::env::var(DQ_FROM_ENV).ok().and_then(|v| v.parse().ok()),
             info: DeviceInfo {
                 name,
                 compute_capability: (major, minor),
@@ -494,7 +502,8 @@ impl Cuda {
     /// The path [`Path::Auto`] takes (the same for f16 and bf16
     /// activations: every variant it picks exists for both).
     pub fn auto_path(&self, l: &GpuLinear, m: usize) -> Path {
-        if l.w4.is_some() && (m <= FUSED_MAX_M || l.any.is_none()) {
+        let dq_from = self.dq_from.unwrap_or_else(|| dequant_gemm_from(l.n));
+        if l.w4.is_some() && m < dq_from {
             match pick_wg(l.n, m) {
                 Some(v) if self.has_wgmma() => Path::Wg(v),
                 _ => Path::Fused(self.pick_variant(l, m)),
@@ -610,25 +619,7 @@ impl Cuda {
             )));
         }
         let st = &self.stream;
-        let xp = match &w4.perm {
-            Some(perm) => {
-                let need = m * l.k;
-                let buf = ws.xperm(self, need)?;
-                let total = need as u64;
-                let (px, pp, pb) = (dptr(x, st), dptr(perm, st), dptr(buf, st));
-                let (mi, ki) = (m as i32, l.k as i32);
-                let f = self.func(kernels::GATHER)?;
-                let cfg = LaunchConfig {
-                    grid_dim: (total.div_ceil(256) as u32, 1, 1),
-                    block_dim: (256, 1, 1),
-                    shared_mem_bytes: 0,
-                };
-                let args = &mut kargs![&px, &pp, &pb, &mi, &ki];
-                unsafe { self.launch(f, cfg, args, true, "gather_cols") }?;
-                pb
-            }
-            None => dptr(x, st),
-        };
+        let xp = self.layout_order_x(w4, x, m, l.k, ws)?;
         let f = self.func(&symbol)?;
         let (pq, ps, py) = (dptr(&w4.qw, st), dptr(&w4.sz, st), dptr(y, st));
         let pbias = l.bias.as_ref().map(|b| dptr(b, st)).unwrap_or(0u64);
@@ -754,6 +745,64 @@ impl Cuda {
         Ok(ldw)
     }
 
+    /// The activations in the fused layout's column order: `x` itself, or
+    /// for act-order layers gathered by `perm` into the workspace.
+    fn layout_order_x<T: Act>(
+        &self,
+        w4: &W4Gpu,
+        x: &CudaSlice<T>,
+        m: usize,
+        k: usize,
+        ws: &mut Workspace,
+    ) -> Result<u64> {
+        let st = &self.stream;
+        let Some(perm) = &w4.perm else {
+            return Ok(dptr(x, st));
+        };
+        let need = m * k;
+        let buf = ws.xperm(self, need)?;
+        let total = need as u64;
+        let (px, pp, pb) = (dptr(x, st), dptr(perm, st), dptr(buf, st));
+        let (mi, ki) = (m as i32, k as i32);
+        let f = self.func(kernels::GATHER)?;
+        let cfg = LaunchConfig {
+            grid_dim: (total.div_ceil(256) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let args = &mut kargs![&px, &pp, &pb, &mi, &ki];
+        unsafe { self.launch(f, cfg, args, true, "gather_cols") }?;
+        Ok(pb)
+    }
+
+    /// The fused layout dequantized into the workspace as `W[n][p]` (p in
+    /// the layout's column order), row stride returned.
+    fn dequantize_w4_as(
+        &self,
+        l: &GpuLinear,
+        w4: &W4Gpu,
+        ws: &mut Workspace,
+        dt: Dtype,
+    ) -> Result<usize> {
+        let ldw = l.k.next_multiple_of(8);
+        let st = &self.stream;
+        let buf = ws.wdeq(self, l.n * ldw)?;
+        let f = self.func(&kernels::w4_dequant_symbol(dt))?;
+        let (pq, ps, pw) = (dptr(&w4.qw, st), dptr(&w4.sz, st), dptr(buf, st));
+        let (ni, ki, nti, kci) = (l.n as i32, l.k as i32, w4.nt as i32, w4.kc as i32);
+        let (gi, gs, li) = (w4.groups as i32, w4.gshift as i32, ldw as i32);
+        let cfg = LaunchConfig {
+            grid_dim: (w4.kc as u32, w4.nt.div_ceil(8) as u32, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let args = &mut kargs![&pq, &ps, &pw, &ni, &ki, &nti, &kci, &gi, &gs, &li];
+        unsafe { self.launch(f, cfg, args, false, "w4_dequant") }?;
+        Ok(ldw)
+    }
+
+    /// Dequantize, then one cuBLAS GEMM: from the fused layout when the
+    /// layer has it (the decoder keeps only that one), else the generic one.
     fn dequant_gemm<T: Act>(
         &self,
         l: &GpuLinear,
@@ -762,22 +811,19 @@ impl Cuda {
         y: &mut CudaSlice<T>,
         ws: &mut Workspace,
     ) -> Result<()> {
-        let ldw = self.dequantize_as(l, ws, T::DTYPE)?;
+        let (ldw, px) = match &l.w4 {
+            Some(w4) => {
+                let px = self.layout_order_x(w4, x, m, l.k, ws)?;
+                (self.dequantize_w4_as(l, w4, ws, T::DTYPE)?, px)
+            }
+            None => (self.dequantize_as(l, ws, T::DTYPE)?, dptr(x, &self.stream)),
+        };
         let w = ws
             .wdeq
             .as_ref()
             .ok_or_else(|| Error::Driver("no dequantization buffer".into()))?;
         let st = &self.stream;
-        self.gemm_raw(
-            T::DTYPE,
-            dptr(w, st),
-            ldw,
-            dptr(x, st),
-            dptr(y, st),
-            m,
-            l.n,
-            l.k,
-        )?;
+        self.gemm_raw(T::DTYPE, dptr(w, st), ldw, px, dptr(y, st), m, l.n, l.k)?;
         if let Some(bias) = &l.bias {
             self.add_bias(y, bias, m, l.n)?;
         }
@@ -868,9 +914,16 @@ impl Cuda {
     }
 }
 
-/// Batches above this take dequantize-then-GEMM when the layer has that
-/// layout loaded (see `bench/results/cuda-int4-kernels.md`).
-pub const FUSED_MAX_M: usize = 1 << 30;
+/// From this many batch rows an `n`-row layer takes dequantize-then-cuBLAS
+/// (the dequantization's cost is fixed, the int4 kernels' deficit against
+/// cuBLAS grows with the rows). Same run on an H200
+/// (`bench/results/2026-12-04-dequant-gemm.md`): at 512 rows 1.06–1.24x
+/// faster than the best wgmma variant on layers under 28672 rows and
+/// within 2 % on the two largest shapes, at 1024–2048 rows 1.13–1.60x
+/// faster on all six; at 256 rows slower.
+pub fn dequant_gemm_from(_n: usize) -> usize {
+    512
+}
 
 /// The dispatcher's choice of fused variant, from the `--sweep` of
 /// `gptq bench kernels --device cuda` on an H200 (see

@@ -281,6 +281,11 @@ pub fn add_bias_symbol(dt: Dtype) -> String {
     format!("add_bias{}", dt.suffix())
 }
 
+/// `w4_dequant` (the fused layout to f16 weights) or `w4_dequant_bf`.
+pub fn w4_dequant_symbol(dt: Dtype) -> String {
+    format!("w4_dequant{}", dt.suffix())
+}
+
 /// `dequant_b{bits}` (f16 weights) or `dequant_b{bits}_bf`.
 pub fn dequant_symbol(bits: u32, dt: Dtype) -> String {
     format!("dequant_b{bits}{}", dt.suffix())
@@ -295,6 +300,7 @@ pub fn all_functions() -> Vec<String> {
         v.extend(WG_VARIANTS.iter().map(|w| w.symbol_as(dt)));
         v.extend([2, 3, 4, 8].map(|b| dequant_symbol(b, dt)));
         v.push(add_bias_symbol(dt));
+        v.push(w4_dequant_symbol(dt));
     }
     v.extend([GATHER, FILL_U16, WG_PREP].map(String::from));
     v
@@ -350,7 +356,15 @@ mod tests {
         for b in [2, 3, 4, 8] {
             assert!(src.contains(&format!("DEQUANT_KERNEL({b})")));
         }
-        for f in [GATHER, FILL_U16, WG_PREP, "add_bias", "add_bias_bf"] {
+        for f in [
+            GATHER,
+            FILL_U16,
+            WG_PREP,
+            "add_bias",
+            "add_bias_bf",
+            "w4_dequant",
+            "w4_dequant_bf",
+        ] {
             let found = src.contains(&format!("void {f}("));
             assert!(found, "{f} is not defined in w4.cu");
         }

@@ -190,8 +190,11 @@ fn swiglu_epilogue_matches_f64() {
                 .collect();
             let xd = dev.upload(&x).expect("upload");
             let mut yd = dev.zeros::<half::f16>(m * inter).expect("alloc");
+            // The fused path by name (what Path::Auto takes at these
+            // sizes), so GPTQ_CUDA_DQ_FROM cannot route it elsewhere.
+            let fused = gptq_cuda::Path::Fused(dev.pick_variant(&l, m));
             let ran = dev
-                .matmul_swiglu(&l, &xd, m, &mut yd, &mut ws)
+                .matmul_swiglu_path(&l, &xd, m, &mut yd, &mut ws, fused)
                 .expect("matmul_swiglu");
             assert!(ran, "the fused kernel runs a 4-bit layer");
             let y = dev.download(&yd).expect("download");
