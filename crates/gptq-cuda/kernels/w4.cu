@@ -221,25 +221,6 @@ __device__ __forceinline__ SzPairs sz_pairs(const u32 (&s2)[2]) {
     return p;
 }
 
-template <bool BF>
-__device__ __forceinline__ void dequant_word(u32 q, const SzPairs &p, u32 (&a)[4]) {
-    const u32 q8 = q >> 8;
-    if constexpr (BF) {
-        const u32 one = 0x3F803F80u, nzero = 0x80008000u;
-        constexpr u32 M = 0x000F000Fu, B = 0x43004300u;
-        a[0] = bfma2(bfma2(and_or<M, B>(q), one, p.z_lo), p.s_lo, nzero);
-        a[1] = bfma2(bfma2(and_or<M, B>(q >> 4), one, p.z_hi), p.s_hi, nzero);
-        a[2] = bfma2(bfma2(and_or<M, B>(q8), one, p.z_lo), p.s_lo, nzero);
-        a[3] = bfma2(bfma2(and_or<M, B>(q >> 12), one, p.z_hi), p.s_hi, nzero);
-    } else {
-        constexpr u32 LO = 0x000F000Fu, HI = 0x00F000F0u, B = 0x64006400u;
-        a[0] = hmul2(hsub2(and_or<LO, B>(q), p.z_lo), p.s_lo);
-        a[1] = hmul2(hsub2(and_or<HI, B>(q), p.z_hi), p.s_hi);
-        a[2] = hmul2(hsub2(and_or<LO, B>(q8), p.z_lo), p.s_lo);
-        a[3] = hmul2(hsub2(and_or<HI, B>(q8), p.z_hi), p.s_hi);
-    }
-}
-
 // dequant_word without the scale: the exact integers q − z (rows g+8 of
 // the f16 path 16·(q − z)), for kernels that scale in f32 per chunk (FS):
 // 9 instructions a word instead of 13, the products x·(q − z) exact in the
@@ -262,6 +243,22 @@ __device__ __forceinline__ void dequant_word_z(u32 q, const SzPairs &p, u32 (&a)
         a[1] = hsub2(and_or<HI, B>(q), p.z_hi);
         a[2] = hsub2(and_or<LO, B>(q8), p.z_lo);
         a[3] = hsub2(and_or<HI, B>(q8), p.z_hi);
+    }
+}
+
+// One code word into A fragments: dequant_word_z's q − z times the scales
+// (f16: one multiplication; bf16: an fma with −0, which keeps every
+// product, signed zeros included).
+template <bool BF>
+__device__ __forceinline__ void dequant_word(u32 q, const SzPairs &p, u32 (&a)[4]) {
+    dequant_word_z<BF>(q, p, a);
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const u32 s = (i & 1) ? p.s_hi : p.s_lo;
+        if constexpr (BF)
+            a[i] = bfma2(a[i], s, 0x80008000u);
+        else
+            a[i] = hmul2(a[i], s);
     }
 }
 
