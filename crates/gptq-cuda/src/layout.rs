@@ -448,6 +448,22 @@ pub fn random_qlinear(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn whole_chunk_groups_need_64_columns() {
+        // gshift 4 and 5 (groups of 16, 32) split a 64-column chunk; 6 and
+        // up, and per-channel's large shift, do not.
+        for (gshift, whole) in [
+            (4, false),
+            (5, false),
+            (6, true),
+            (7, true),
+            (31, true),
+            (64, true),
+        ] {
+            assert_eq!(whole_chunk_groups(gshift), whole, "gshift {gshift}");
+        }
+    }
+
     use super::*;
 
     /// `(Σ_k x·Ŵ, Σ_k |x·Ŵ|)` in f64 from the f32 dequantized weight.
