@@ -117,7 +117,7 @@ pub struct Cuda {
     /// Whether [`Cuda::launch`] may use programmatic dependent launch
     /// (compute capability 9.0 or newer, and `GPTQ_CUDA_PDL=1`).
     pdl: bool,
-    /// `GPTQ_CUDA_DQ_FROM`: overrides [`dequant_gemm_from`] (for tests).
+    /// `GPTQ_CUDA_DQ_FROM`: overrides [`DEQUANT_GEMM_FROM`] (for tests).
     dq_from: Option<usize>,
 }
 
@@ -168,7 +168,7 @@ pub fn swiglu_row_order(inter: usize) -> Option<Vec<usize>> {
 pub const PDL_ENV: &str = "GPTQ_CUDA_PDL";
 
 /// Set to a batch size from which every int4 layer takes
-/// dequantize-then-cuBLAS instead of [`dequant_gemm_from`] (`1`: always;
+/// dequantize-then-cuBLAS instead of [`DEQUANT_GEMM_FROM`] (`1`: always;
 /// lets the GPU tests run that path through a whole model).
 pub const DQ_FROM_ENV: &str = "GPTQ_CUDA_DQ_FROM";
 
@@ -502,8 +502,7 @@ impl Cuda {
     /// The path [`Path::Auto`] takes (the same for f16 and bf16
     /// activations: every variant it picks exists for both).
     pub fn auto_path(&self, l: &GpuLinear, m: usize) -> Path {
-        let dq_from = self.dq_from.unwrap_or_else(|| dequant_gemm_from(l.n));
-        if l.w4.is_some() && m < dq_from {
+        if l.w4.is_some() && m < self.dq_from.unwrap_or(DEQUANT_GEMM_FROM) {
             match pick_wg(l.n, m) {
                 Some(v) if self.has_wgmma() => Path::Wg(v),
                 _ => Path::Fused(self.pick_variant(l, m)),
@@ -914,16 +913,14 @@ impl Cuda {
     }
 }
 
-/// From this many batch rows an `n`-row layer takes dequantize-then-cuBLAS
+/// From this many batch rows every int4 layer takes dequantize-then-cuBLAS
 /// (the dequantization's cost is fixed, the int4 kernels' deficit against
 /// cuBLAS grows with the rows). Same run on an H200
 /// (`bench/results/2026-12-04-dequant-gemm.md`): at 512 rows 1.06–1.24x
 /// faster than the best wgmma variant on layers under 28672 rows and
 /// within 2 % on the two largest shapes, at 1024–2048 rows 1.13–1.60x
 /// faster on all six; at 256 rows slower.
-pub fn dequant_gemm_from(_n: usize) -> usize {
-    512
-}
+pub const DEQUANT_GEMM_FROM: usize = 512;
 
 /// The dispatcher's choice of fused variant, from the `--sweep` of
 /// `gptq bench kernels --device cuda` on an H200 (see

@@ -54,7 +54,7 @@ pub struct W4Variant {
     pub sx: bool,
     /// Scales applied in f32 per chunk (symbol suffix `_s`): fewer
     /// instructions per code, for layers whose groups hold whole 64-column
-    /// chunks ([`crate::layout::W4Layout::whole_chunk_groups`]).
+    /// chunks ([`crate::layout::whole_chunk_groups`]).
     pub fs: bool,
 }
 

@@ -47,16 +47,9 @@ pub struct W4Layout {
     pub perm: Option<Vec<i32>>,
 }
 
-impl W4Layout {
-    /// Whether every 64-column chunk lies in one group (groups of ≥ 64
-    /// columns, or per-channel), as the kernels that scale in f32 per chunk
-    /// (`W4Variant::fs`) need.
-    pub fn whole_chunk_groups(&self) -> bool {
-        whole_chunk_groups(self.gshift)
-    }
-}
-
-/// [`W4Layout::whole_chunk_groups`] for a layout's `gshift`.
+/// Whether every 64-column chunk of a layout with this `gshift` lies in one
+/// group (groups of ≥ 64 columns, or per-channel), as the kernels that
+/// scale in f32 per chunk (`W4Variant::fs`) need.
 pub fn whole_chunk_groups(gshift: u32) -> bool {
     1u64.checked_shl(gshift).is_none_or(|g| g >= CHUNK_K as u64)
 }
