@@ -637,10 +637,15 @@ W4_KERNEL(2, 4, 1, 8, 4)
 W4_KERNEL_S(1, 1, 1, 16, 4)
 W4_KERNEL_S(1, 2, 1, 8, 4)
 W4_KERNEL_S(2, 2, 1, 8, 4)
+W4_KERNEL_S(1, 4, 1, 8, 4)
+W4_KERNEL(1, 4, 1, 8, 4)
 W4_KERNEL_X_S(2, 2, 2, 8, 4)
 W4_KERNEL_X_S(4, 2, 4, 8, 4)
 W4_KERNEL_S_BF(1, 1, 1, 16, 4)
 W4_KERNEL_S_BF(2, 2, 1, 8, 4)
+W4_KERNEL_S_BF(1, 2, 1, 8, 4)
+W4_KERNEL_S_BF(1, 4, 1, 8, 4)
+W4_KERNEL_BF(1, 4, 1, 8, 4)
 W4_KERNEL_X_S_BF(2, 2, 2, 8, 4)
 
 W4_KERNEL_X_BF(2, 2, 2, 8, 4)
@@ -691,6 +696,14 @@ __device__ __forceinline__ void wgmma_commit() {
 __device__ __forceinline__ void wgmma_wait0() {
 #if WG_OK
     asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
+#endif
+}
+
+// Waits until at most N committed wgmma groups of this warpgroup are pending.
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+#if WG_OK
+    asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory");
 #endif
 }
 
@@ -806,7 +819,7 @@ __device__ constexpr int wg_ring_bytes() {
     return S * (BM * 128 + 4 * RT * 768);
 }
 
-template <int BM, int KS, int RT, int S, bool BF>
+template <int BM, int KS, int RT, int S, bool BF, bool P>
 __device__ __forceinline__ void wg_body(const u32 *__restrict__ qw, const u32 *__restrict__ sz,
                                         const u16 *__restrict__ xt, u16 *__restrict__ y,
                                         const u16 *__restrict__ bias, int M, int N, int NT, int KC,
@@ -887,57 +900,117 @@ __device__ __forceinline__ void wg_body(const u32 *__restrict__ qw, const u32 *_
     for (int r = 0; r < RT; r++)
 #pragma unroll
         for (int i = 0; i < NA; i++) acc[r][i] = 0.f;
-    for (int st = 0; st < D; st++) {
-        issue_w(st, st);
-        cp_async_commit();
-    }
-    pdl_wait();
-    pdl_launch();
-    for (int st = 0; st < D; st++) issue_x(st, st);
     const int chunks = KC > wgi ? (KC - wgi + KS - 1) / KS : 0;
-    for (int i = 0; i < chunks; i++) {
-        const int st = i % S;
-        // This thread's codes and scales of chunk i, and the stage's
-        // activations (use i / S of the stage: that phase parity).
-        cp_async_wait<D - 1>();
-        while (!mbar_done(bars + st * 8, (i / S) & 1)) {
+    if constexpr (P) {
+        // Pipelined inside each chunk: k tile j's wgmma group is issued as
+        // soon as its A fragments are dequantized, and k tile j+1 is
+        // dequantized while it runs (into registers no group in flight
+        // reads); the chunk's groups are waited for at its end, so every
+        // wgmma retires in the iteration that issued it.
+        for (int st = 0; st < D; st++) {
+            issue_w(st, st);
+            cp_async_commit();
         }
-        // This warpgroup's barrier (id 1 + wgi; 0 is __syncthreads): all its
-        // warps are done with the stage refilled next (their wgmma of local
-        // chunk i+D-S waited).
-        asm volatile("bar.sync %0, 128;" ::"r"(1 + wgi) : "memory");
-        issue_w((i + D) % S, i + D);
-        cp_async_commit();
-        issue_x((i + D) % S, i + D);
-        u32 a[RT][4][4];
+        pdl_wait();
+        pdl_launch();
+        for (int st = 0; st < D; st++) issue_x(st, st);
+        for (int i = 0; i < chunks; i++) {
+            const int st = i % S;
+            cp_async_wait<D - 1>();
+            while (!mbar_done(bars + st * 8, (i / S) & 1)) {
+            }
+            asm volatile("bar.sync %0, 128;" ::"r"(1 + wgi) : "memory");
+            issue_w((i + D) % S, i + D);
+            cp_async_commit();
+            issue_x((i + D) % S, i + D);
+            u32 a[RT][4][4];
+            u32 w[RT][4];
+            SzPairs p[RT];
 #pragma unroll
-        for (int r = 0; r < RT; r++) {
-            u32 w[4], s2[2];
-            lds4(w, wbase + st * WSTAGE + r * 768 + lane * 16);
-            lds2(s2, wbase + st * WSTAGE + r * 768 + 512 + lane * 8);
-            const SzPairs p = sz_pairs<BF>(s2);
-#pragma unroll
-            for (int j = 0; j < 4; j++) dequant_word<BF>(w[j], p, a[r][j]);
-        }
-#pragma unroll
-        for (int r = 0; r < RT; r++)
-#pragma unroll
-            for (int v = 0; v < NA; v++) fence_operand(acc[r][v]);
-        wgmma_fence();
-        const u32 sb = base + st * BSTAGE;
-#pragma unroll
-        for (int j = 0; j < 4; j++) {
-            const u64 desc = (u64)(((sb + j * 32) & 0x3FFFF) >> 4) | lbo_sbo;
+            for (int r = 0; r < RT; r++) {
+                u32 s2[2];
+                lds4(w[r], wbase + st * WSTAGE + r * 768 + lane * 16);
+                lds2(s2, wbase + st * WSTAGE + r * 768 + 512 + lane * 8);
+                p[r] = sz_pairs<BF>(s2);
+                dequant_word<BF>(w[r][0], p[r], a[r][0]);
+            }
 #pragma unroll
             for (int r = 0; r < RT; r++)
-                wgmma_bm<BM, BF>(acc[r], a[r][j][0], a[r][j][1], a[r][j][2], a[r][j][3], desc);
+#pragma unroll
+                for (int v = 0; v < NA; v++) fence_operand(acc[r][v]);
+            const u32 sb = base + st * BSTAGE;
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                wgmma_fence();
+                const u64 desc = (u64)(((sb + j * 32) & 0x3FFFF) >> 4) | lbo_sbo;
+#pragma unroll
+                for (int r = 0; r < RT; r++)
+                    wgmma_bm<BM, BF>(acc[r], a[r][j][0], a[r][j][1], a[r][j][2], a[r][j][3],
+                                     desc);
+                wgmma_commit();
+                if (j < 3) {
+#pragma unroll
+                    for (int r = 0; r < RT; r++) dequant_word<BF>(w[r][j + 1], p[r], a[r][j + 1]);
+                }
+            }
+            wgmma_wait0();
+#pragma unroll
+            for (int r = 0; r < RT; r++)
+#pragma unroll
+                for (int v = 0; v < NA; v++) fence_operand(acc[r][v]);
         }
-        wgmma_commit();
-        wgmma_wait0();
+    } else {
+        for (int st = 0; st < D; st++) {
+            issue_w(st, st);
+            cp_async_commit();
+        }
+        pdl_wait();
+        pdl_launch();
+        for (int st = 0; st < D; st++) issue_x(st, st);
+        for (int i = 0; i < chunks; i++) {
+            const int st = i % S;
+            // This thread's codes and scales of chunk i, and the stage's
+            // activations (use i / S of the stage: that phase parity).
+            cp_async_wait<D - 1>();
+            while (!mbar_done(bars + st * 8, (i / S) & 1)) {
+            }
+            // This warpgroup's barrier (id 1 + wgi; 0 is __syncthreads): all its
+            // warps are done with the stage refilled next (their wgmma of local
+            // chunk i+D-S waited).
+            asm volatile("bar.sync %0, 128;" ::"r"(1 + wgi) : "memory");
+            issue_w((i + D) % S, i + D);
+            cp_async_commit();
+            issue_x((i + D) % S, i + D);
+            u32 a[RT][4][4];
 #pragma unroll
-        for (int r = 0; r < RT; r++)
+            for (int r = 0; r < RT; r++) {
+                u32 w[4], s2[2];
+                lds4(w, wbase + st * WSTAGE + r * 768 + lane * 16);
+                lds2(s2, wbase + st * WSTAGE + r * 768 + 512 + lane * 8);
+                const SzPairs p = sz_pairs<BF>(s2);
 #pragma unroll
-            for (int v = 0; v < NA; v++) fence_operand(acc[r][v]);
+                for (int j = 0; j < 4; j++) dequant_word<BF>(w[j], p, a[r][j]);
+            }
+#pragma unroll
+            for (int r = 0; r < RT; r++)
+#pragma unroll
+                for (int v = 0; v < NA; v++) fence_operand(acc[r][v]);
+            wgmma_fence();
+            const u32 sb = base + st * BSTAGE;
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const u64 desc = (u64)(((sb + j * 32) & 0x3FFFF) >> 4) | lbo_sbo;
+#pragma unroll
+                for (int r = 0; r < RT; r++)
+                    wgmma_bm<BM, BF>(acc[r], a[r][j][0], a[r][j][1], a[r][j][2], a[r][j][3], desc);
+            }
+            wgmma_commit();
+            wgmma_wait0();
+#pragma unroll
+            for (int r = 0; r < RT; r++)
+#pragma unroll
+                for (int v = 0; v < NA; v++) fence_operand(acc[r][v]);
+        }
     }
     cp_async_wait<0>();
     if (KS > 1) {
@@ -985,18 +1058,22 @@ __device__ __forceinline__ void wg_body(const u32 *__restrict__ qw, const u32 *_
 #endif
 }
 
-#define WG_KERNEL_ONE(BM, KS, RT, S, BF, SUFFIX)                                               \
+#define WG_KERNEL_ONE(BM, KS, RT, S, BF, P, SUFFIX)                                            \
     extern "C" __global__ void __launch_bounds__(128 * KS)                                     \
         w4_wg_b##BM##_k##KS##_r##RT##_s##S##SUFFIX(                                            \
             const u32 *__restrict__ qw, const u32 *__restrict__ sz, const u16 *__restrict__ xt, \
             u16 *__restrict__ y, const u16 *__restrict__ bias, int M, int N, int NT, int KC,    \
             int G, int gshift, int epi, u64 lbo_sbo) {                                          \
-        wg_body<BM, KS, RT, S, BF>(qw, sz, xt, y, bias, M, N, NT, KC, G, gshift, epi, lbo_sbo); \
+        wg_body<BM, KS, RT, S, BF, P>(qw, sz, xt, y, bias, M, N, NT, KC, G, gshift, epi,      \
+                                      lbo_sbo);                                                 \
     }
-// Each variant for f16 and (_bf) bf16 activations.
-#define WG_KERNEL(BM, KS, RT, S)              \
-    WG_KERNEL_ONE(BM, KS, RT, S, false, )     \
-    WG_KERNEL_ONE(BM, KS, RT, S, true, _bf)
+// Each variant for f16 and (_bf) bf16 activations; WG_KERNEL_P pipelined (_p).
+#define WG_KERNEL(BM, KS, RT, S)                   \
+    WG_KERNEL_ONE(BM, KS, RT, S, false, false, )   \
+    WG_KERNEL_ONE(BM, KS, RT, S, true, false, _bf)
+#define WG_KERNEL_P(BM, KS, RT, S)                  \
+    WG_KERNEL_ONE(BM, KS, RT, S, false, true, _p)   \
+    WG_KERNEL_ONE(BM, KS, RT, S, true, true, _p_bf)
 
 // The variants the host may launch (src/kernels.rs lists the same ones).
 WG_KERNEL(64, 2, 2, 4)
@@ -1005,6 +1082,7 @@ WG_KERNEL(64, 2, 4, 4)
 WG_KERNEL(128, 2, 2, 4)
 WG_KERNEL(128, 3, 1, 3)
 WG_KERNEL(64, 4, 1, 4)
+WG_KERNEL_P(128, 2, 2, 4)
 
 // The activations of the wgmma kernels, tiled as their shared-memory
 // stages: xt[((mb·KC + kc)·BM + r)·64 + q] is row m = mb·BM + r (0 past M),

@@ -940,7 +940,14 @@ pub const DEQUANT_GEMM_FROM: usize = 512;
 /// layers with groups under 64 columns.
 pub fn pick_variant(n: usize, m: usize) -> W4Variant {
     match m {
-        0..=8 if n >= 8192 => W4Variant::new(1, 2, 1, 8, 4),
+        0..=1 if n >= 12288 => W4Variant::new(1, 2, 1, 8, 4),
+        // Four row tiles per warp on wide layers from 2 rows: 8-11 % faster
+        // at 8 rows (`2026-12-04-wgmma-pipe.md`; at 1 row mixed, +5 % on
+        // 4096 x 14336, -8 % on 8192 x 28672: not taken).
+        2..=8 if n >= 12288 => W4Variant::new(1, 4, 1, 8, 4).fs(),
+        // 8192-row layers: scaled in f32 per chunk, 4-5 % faster at 1 and
+        // 8 rows on both 8192-row shapes (same file).
+        0..=8 if n >= 8192 => W4Variant::new(1, 2, 1, 8, 4).fs(),
         0..=8 => W4Variant::new(1, 1, 1, 16, 4).fs(),
         9..=16 if n >= 12288 => W4Variant::x(2, 2, 2, 8, 4).fs(),
         9..=16 if n >= 8192 => W4Variant::new(2, 2, 1, 8, 4).fs(),
@@ -959,22 +966,30 @@ pub fn pick_variant(n: usize, m: usize) -> W4Variant {
 /// The wgmma variant for `m` batch rows of an `n`-row layer, or `None`
 /// where the fused kernel is faster. From the `--sweep` of
 /// `gptq bench kernels --device cuda` on an H200
-/// (`bench/results/2026-12-03-wgmma.md`, `2026-12-04-wgmma-rt1.md`): on
-/// wide layers (n ≥ 12288; enough 64-row blocks to fill the GPU) from 33
-/// rows on, 64-row blocks with four warpgroups splitting K up to 64 rows and
-/// 128-row blocks beyond. On 8192-row layers the same from 33 rows, but with
-/// one group of 64 weight rows per warpgroup up to 64 batch rows (twice the
-/// blocks: 1.36–1.42× faster than the fused kernel at 64 rows; 65–128 rows
-/// were not measured and take the 128-row blocks of 256 rows). On narrower
-/// layers only from 129 rows on (below that the fused kernel's finer K split
-/// wins), with 128-row blocks of one row group per warpgroup, three
-/// splitting K (1.08× faster than four-way 64-row blocks at 256 rows).
+/// (`bench/results/2026-12-03-wgmma.md`, `2026-12-04-wgmma-rt1.md`,
+/// `2026-12-04-wgmma-pipe.md`). 33–64 rows: on wide layers (n ≥ 12288;
+/// enough 64-row blocks to fill the GPU) 64-row blocks with four
+/// warpgroups splitting K; on 8192-row layers the same with one group of
+/// 64 weight rows per warpgroup (twice the blocks: 1.36–1.42× faster than
+/// the fused kernel at 64 rows); narrower layers keep the fused kernel.
+/// 65–128 rows: 128-row blocks of two row groups per warpgroup on wide
+/// layers, of one row group with three warpgroups splitting K on 8192-row
+/// layers (1.49–1.55× faster there at 128 rows than the two-group blocks
+/// taken before), 64-row blocks of one row group on narrower ones (1.23–1.26×
+/// faster than the fused kernel). From 129 rows: 128-row blocks, with two
+/// row groups per warpgroup and pipelined inside each chunk (`_p`: 0–12 %
+/// faster at 256 rows in two runs, mixed at 128) on layers of 8192 rows or
+/// more, one row group and three warpgroups splitting K on narrower ones
+/// (1.08× faster than four-way 64-row blocks at 256 rows).
 pub fn pick_wg(n: usize, m: usize) -> Option<WgVariant> {
     match (n, m) {
         (_, 0..=32) => None,
         (12288.., 33..=64) => Some(WgVariant::new(64, 4, 2, 3)),
         (8192.., 33..=64) => Some(WgVariant::new(64, 4, 1, 4)),
-        (8192.., _) => Some(WgVariant::new(128, 2, 2, 4)),
+        (12288.., 65..=128) => Some(WgVariant::new(128, 2, 2, 4)),
+        (8192.., 65..=128) => Some(WgVariant::new(128, 3, 1, 3)),
+        (8192.., _) => Some(WgVariant::new(128, 2, 2, 4).pipelined()),
+        (_, 65..=128) => Some(WgVariant::new(64, 4, 1, 4)),
         (_, 129..) => Some(WgVariant::new(128, 3, 1, 3)),
         _ => None,
     }

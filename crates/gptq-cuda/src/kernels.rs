@@ -175,6 +175,8 @@ pub const W4_VARIANTS: &[W4Variant] = &[
     W4Variant::new(2, 2, 1, 8, 4).fs(),
     W4Variant::x(2, 2, 2, 8, 4).fs(),
     W4Variant::x(4, 2, 4, 8, 4).fs(),
+    W4Variant::new(1, 4, 1, 8, 4),
+    W4Variant::new(1, 4, 1, 8, 4).fs(),
 ];
 
 /// The fused variants compiled for bf16 activations (`W4_KERNEL_BF` in
@@ -192,6 +194,9 @@ pub const W4_BF16_VARIANTS: &[W4Variant] = &[
     W4Variant::new(1, 1, 1, 16, 4).fs(),
     W4Variant::new(2, 2, 1, 8, 4).fs(),
     W4Variant::x(2, 2, 2, 8, 4).fs(),
+    W4Variant::new(1, 2, 1, 8, 4).fs(),
+    W4Variant::new(1, 4, 1, 8, 4),
+    W4Variant::new(1, 4, 1, 8, 4).fs(),
 ];
 
 /// One instantiation of the tensor-core (wgmma, sm_90a) int4 GEMM for
@@ -206,16 +211,35 @@ pub struct WgVariant {
     pub rt: u32,
     /// Stages of the cp.async ring (activations and codes).
     pub st: u32,
+    /// Pipelined (`_p`): one wgmma group per k tile, three left in flight
+    /// while the next k tile is dequantized (else one group per chunk,
+    /// waited for before the next chunk's dequantization).
+    pub pipe: bool,
 }
 
 impl WgVariant {
     pub const fn new(bm: u32, ks: u32, rt: u32, st: u32) -> Self {
-        WgVariant { bm, ks, rt, st }
+        WgVariant {
+            bm,
+            ks,
+            rt,
+            st,
+            pipe: false,
+        }
+    }
+
+    /// The same variant, pipelined.
+    pub const fn pipelined(self) -> Self {
+        WgVariant { pipe: true, ..self }
     }
 
     /// The kernel's symbol (f16).
     pub fn symbol(&self) -> String {
-        format!("w4_wg_b{}_k{}_r{}_s{}", self.bm, self.ks, self.rt, self.st)
+        let p = if self.pipe { "_p" } else { "" };
+        format!(
+            "w4_wg_b{}_k{}_r{}_s{}{p}",
+            self.bm, self.ks, self.rt, self.st
+        )
     }
 
     /// The kernel's symbol for activations of type `dt` (every wgmma
@@ -269,6 +293,7 @@ pub const WG_VARIANTS: &[WgVariant] = &[
     WgVariant::new(128, 2, 2, 4),
     WgVariant::new(128, 3, 1, 3),
     WgVariant::new(64, 4, 1, 4),
+    WgVariant::new(128, 2, 2, 4).pipelined(),
 ];
 
 /// The other kernels of the module.

@@ -1,0 +1,13 @@
+#!/bin/bash
+# Where the wgmma GEMM's warps stall, per SASS instruction (issue 6): Nsight Compute's source counters (warp-state
+# samples per instruction) for one launch of a variant, real clocks. On the GPU machine, repo root, .device-bin/gptq.gz:
+#   bash bench/cuda_wgmma_ncu3.sh "SHAPE M VARIANT" ...     writes $OUT/src-VARIANT-M.csv and a summary
+set -u; B=/tmp/bin; mkdir -p $B; gunzip -c .device-bin/gptq.gz > $B/gptq; chmod +x $B/gptq
+source bench/cuda_env.sh /tmp > /dev/null
+for spec in "$@"; do set -- $spec
+/usr/local/cuda/bin/ncu --clock-control none -k "regex:^$3\$" --launch-skip 1 --launch-count 1 \
+  --section SourceCounters --section WarpStateStats --section SpeedOfLight \
+  --page source --print-source sass --csv \
+  $B/gptq bench kernels --device cuda --shapes $1 --batches $2 --samples 3 --sweep > $OUT/src-$3-$2.csv 2> $OUT/src-$3-$2.err
+echo "== $*: $(wc -l < $OUT/src-$3-$2.csv) lines"; head -3 $OUT/src-$3-$2.csv | cut -c1-600
+done
