@@ -901,116 +901,73 @@ __device__ __forceinline__ void wg_body(const u32 *__restrict__ qw, const u32 *_
 #pragma unroll
         for (int i = 0; i < NA; i++) acc[r][i] = 0.f;
     const int chunks = KC > wgi ? (KC - wgi + KS - 1) / KS : 0;
-    if constexpr (P) {
-        // Pipelined inside each chunk: k tile j's wgmma group is issued as
-        // soon as its A fragments are dequantized, and k tile j+1 is
-        // dequantized while it runs (into registers no group in flight
-        // reads); the chunk's groups are waited for at its end, so every
-        // wgmma retires in the iteration that issued it.
-        for (int st = 0; st < D; st++) {
-            issue_w(st, st);
-            cp_async_commit();
+    for (int st = 0; st < D; st++) {
+        issue_w(st, st);
+        cp_async_commit();
+    }
+    pdl_wait();
+    pdl_launch();
+    for (int st = 0; st < D; st++) issue_x(st, st);
+    for (int i = 0; i < chunks; i++) {
+        const int st = i % S;
+        // This thread's codes and scales of chunk i, and the stage's
+        // activations (use i / S of the stage: that phase parity).
+        cp_async_wait<D - 1>();
+        while (!mbar_done(bars + st * 8, (i / S) & 1)) {
         }
-        pdl_wait();
-        pdl_launch();
-        for (int st = 0; st < D; st++) issue_x(st, st);
-        for (int i = 0; i < chunks; i++) {
-            const int st = i % S;
-            cp_async_wait<D - 1>();
-            while (!mbar_done(bars + st * 8, (i / S) & 1)) {
-            }
-            asm volatile("bar.sync %0, 128;" ::"r"(1 + wgi) : "memory");
-            issue_w((i + D) % S, i + D);
-            cp_async_commit();
-            issue_x((i + D) % S, i + D);
-            u32 a[RT][4][4];
-            u32 w[RT][4];
-            SzPairs p[RT];
+        // This warpgroup's barrier (id 1 + wgi; 0 is __syncthreads): all its
+        // warps are done with the stage refilled next (their wgmma of local
+        // chunk i+D-S waited).
+        asm volatile("bar.sync %0, 128;" ::"r"(1 + wgi) : "memory");
+        issue_w((i + D) % S, i + D);
+        cp_async_commit();
+        issue_x((i + D) % S, i + D);
+        // Plain: the whole chunk dequantized, then its 4·RT wgmmas as one
+        // group. Pipelined (P): k tile j's group issued as soon as its A
+        // fragments exist and k tile j+1 dequantized while it runs (into
+        // registers no group in flight reads). Either way the chunk's groups
+        // are waited for at its end: every wgmma retires in the iteration
+        // that issued it. (Leaving groups in flight across the loop's back
+        // edge made ptxas give k tiles 1-3 one register quad and serialise
+        // every HGMMA, C7513: 2026-12-04-wgmma-pipe.md.)
+        u32 a[RT][4][4];
+        u32 w[RT][4];
+        SzPairs p[RT];
 #pragma unroll
-            for (int r = 0; r < RT; r++) {
-                u32 s2[2];
-                lds4(w[r], wbase + st * WSTAGE + r * 768 + lane * 16);
-                lds2(s2, wbase + st * WSTAGE + r * 768 + 512 + lane * 8);
-                p[r] = sz_pairs<BF>(s2);
-                dequant_word<BF>(w[r][0], p[r], a[r][0]);
-            }
+        for (int r = 0; r < RT; r++) {
+            u32 s2[2];
+            lds4(w[r], wbase + st * WSTAGE + r * 768 + lane * 16);
+            lds2(s2, wbase + st * WSTAGE + r * 768 + 512 + lane * 8);
+            p[r] = sz_pairs<BF>(s2);
+#pragma unroll
+            for (int j = 0; j < (P ? 1 : 4); j++) dequant_word<BF>(w[r][j], p[r], a[r][j]);
+        }
+#pragma unroll
+        for (int r = 0; r < RT; r++)
+#pragma unroll
+            for (int v = 0; v < NA; v++) fence_operand(acc[r][v]);
+        const u32 sb = base + st * BSTAGE;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            if (P || j == 0) wgmma_fence();
+            const u64 desc = (u64)(((sb + j * 32) & 0x3FFFF) >> 4) | lbo_sbo;
 #pragma unroll
             for (int r = 0; r < RT; r++)
-#pragma unroll
-                for (int v = 0; v < NA; v++) fence_operand(acc[r][v]);
-            const u32 sb = base + st * BSTAGE;
-#pragma unroll
-            for (int j = 0; j < 4; j++) {
-                wgmma_fence();
-                const u64 desc = (u64)(((sb + j * 32) & 0x3FFFF) >> 4) | lbo_sbo;
-#pragma unroll
-                for (int r = 0; r < RT; r++)
-                    wgmma_bm<BM, BF>(acc[r], a[r][j][0], a[r][j][1], a[r][j][2], a[r][j][3],
-                                     desc);
+                wgmma_bm<BM, BF>(acc[r], a[r][j][0], a[r][j][1], a[r][j][2], a[r][j][3], desc);
+            if (P) {
                 wgmma_commit();
                 if (j < 3) {
 #pragma unroll
                     for (int r = 0; r < RT; r++) dequant_word<BF>(w[r][j + 1], p[r], a[r][j + 1]);
                 }
             }
-            wgmma_wait0();
-#pragma unroll
-            for (int r = 0; r < RT; r++)
-#pragma unroll
-                for (int v = 0; v < NA; v++) fence_operand(acc[r][v]);
         }
-    } else {
-        for (int st = 0; st < D; st++) {
-            issue_w(st, st);
-            cp_async_commit();
-        }
-        pdl_wait();
-        pdl_launch();
-        for (int st = 0; st < D; st++) issue_x(st, st);
-        for (int i = 0; i < chunks; i++) {
-            const int st = i % S;
-            // This thread's codes and scales of chunk i, and the stage's
-            // activations (use i / S of the stage: that phase parity).
-            cp_async_wait<D - 1>();
-            while (!mbar_done(bars + st * 8, (i / S) & 1)) {
-            }
-            // This warpgroup's barrier (id 1 + wgi; 0 is __syncthreads): all its
-            // warps are done with the stage refilled next (their wgmma of local
-            // chunk i+D-S waited).
-            asm volatile("bar.sync %0, 128;" ::"r"(1 + wgi) : "memory");
-            issue_w((i + D) % S, i + D);
-            cp_async_commit();
-            issue_x((i + D) % S, i + D);
-            u32 a[RT][4][4];
+        if (!P) wgmma_commit();
+        wgmma_wait0();
 #pragma unroll
-            for (int r = 0; r < RT; r++) {
-                u32 w[4], s2[2];
-                lds4(w, wbase + st * WSTAGE + r * 768 + lane * 16);
-                lds2(s2, wbase + st * WSTAGE + r * 768 + 512 + lane * 8);
-                const SzPairs p = sz_pairs<BF>(s2);
+        for (int r = 0; r < RT; r++)
 #pragma unroll
-                for (int j = 0; j < 4; j++) dequant_word<BF>(w[j], p, a[r][j]);
-            }
-#pragma unroll
-            for (int r = 0; r < RT; r++)
-#pragma unroll
-                for (int v = 0; v < NA; v++) fence_operand(acc[r][v]);
-            wgmma_fence();
-            const u32 sb = base + st * BSTAGE;
-#pragma unroll
-            for (int j = 0; j < 4; j++) {
-                const u64 desc = (u64)(((sb + j * 32) & 0x3FFFF) >> 4) | lbo_sbo;
-#pragma unroll
-                for (int r = 0; r < RT; r++)
-                    wgmma_bm<BM, BF>(acc[r], a[r][j][0], a[r][j][1], a[r][j][2], a[r][j][3], desc);
-            }
-            wgmma_commit();
-            wgmma_wait0();
-#pragma unroll
-            for (int r = 0; r < RT; r++)
-#pragma unroll
-                for (int v = 0; v < NA; v++) fence_operand(acc[r][v]);
-        }
+            for (int v = 0; v < NA; v++) fence_operand(acc[r][v]);
     }
     cp_async_wait<0>();
     if (KS > 1) {

@@ -928,9 +928,10 @@ pub const DEQUANT_GEMM_FROM: usize = 512;
 /// row tiles per warp once there are enough rows to fill the GPU, else 16
 /// warps splitting K), two for up to 16, four for up to 32, 64-row blocks
 /// beyond (32 rows × 64 outputs on narrow layers; past 64 rows the wgmma
-/// GEMM, [`pick_wg`], takes most shapes on sm_90a). Up to 8 rows, layers of
-/// 8192 rows or more take two row tiles per warp (8-11 % faster than 16
-/// warps splitting K there, `2026-12-04-gemv-lop3.md`). From 9 rows the
+/// GEMM, [`pick_wg`], takes most shapes on sm_90a), for `m` batch rows of a
+/// layer of `n` rows. Up to 8 rows, layers of 8192 rows or
+/// more take two row tiles per warp (8-11 % faster than 16 warps splitting K
+/// there, `2026-12-04-gemv-lop3.md`), wide ones mostly four (below). From 9 rows the
 /// activations go through shared memory once per block (`_x` variants,
 /// `2026-12-04-fused-sx.md`): 5-11 % faster at 16 rows except on 8192-row
 /// layers (equal; the old choice stays), 1.1-1.6x at 32 rows. Where it
@@ -940,11 +941,13 @@ pub const DEQUANT_GEMM_FROM: usize = 512;
 /// layers with groups under 64 columns.
 pub fn pick_variant(n: usize, m: usize) -> W4Variant {
     match m {
-        0..=1 if n >= 12288 => W4Variant::new(1, 2, 1, 8, 4),
-        // Four row tiles per warp on wide layers from 2 rows: 8-11 % faster
-        // at 8 rows (`2026-12-04-wgmma-pipe.md`; at 1 row mixed, +5 % on
-        // 4096 x 14336, -8 % on 8192 x 28672: not taken).
-        2..=8 if n >= 12288 => W4Variant::new(1, 4, 1, 8, 4).fs(),
+        // Wide layers: four row tiles per warp, scaled in f32 per chunk,
+        // from 3 rows (2-10 % faster at 3-8 rows on both wide shapes). At 1-2
+        // rows mixed (4096 x 14336 5-6 % faster, 8192 x 28672 6-9 % slower)
+        // and the 8B-shaped decode 2-4 % slower with it on its 4096 x 28672
+        // gate/up layer: two row tiles stay (`2026-12-04-wgmma-pipe.md`).
+        0..=2 if n >= 12288 => W4Variant::new(1, 2, 1, 8, 4),
+        0..=8 if n >= 12288 => W4Variant::new(1, 4, 1, 8, 4).fs(),
         // 8192-row layers: scaled in f32 per chunk, 4-5 % faster at 1 and
         // 8 rows on both 8192-row shapes (same file).
         0..=8 if n >= 8192 => W4Variant::new(1, 2, 1, 8, 4).fs(),
@@ -977,8 +980,8 @@ pub fn pick_variant(n: usize, m: usize) -> W4Variant {
 /// layers (1.49–1.55× faster there at 128 rows than the two-group blocks
 /// taken before), 64-row blocks of one row group on narrower ones (1.23–1.26×
 /// faster than the fused kernel). From 129 rows: 128-row blocks, with two
-/// row groups per warpgroup and pipelined inside each chunk (`_p`: 0–12 %
-/// faster at 256 rows in two runs, mixed at 128) on layers of 8192 rows or
+/// row groups per warpgroup and pipelined inside each chunk (`_p`: −1 to
+/// +12 % at 256 rows in two runs, mixed at 128) on layers of 8192 rows or
 /// more, one row group and three warpgroups splitting K on narrower ones
 /// (1.08× faster than four-way 64-row blocks at 256 rows).
 pub fn pick_wg(n: usize, m: usize) -> Option<WgVariant> {

@@ -211,9 +211,10 @@ pub struct WgVariant {
     pub rt: u32,
     /// Stages of the cp.async ring (activations and codes).
     pub st: u32,
-    /// Pipelined (`_p`): one wgmma group per k tile, three left in flight
-    /// while the next k tile is dequantized (else one group per chunk,
-    /// waited for before the next chunk's dequantization).
+    /// Pipelined inside each chunk (`_p`): each k tile's wgmma group is
+    /// issued as soon as it is dequantized and the next k tile dequantized
+    /// while it runs, one wait per chunk (else the whole chunk is
+    /// dequantized first, then its wgmmas issued and waited for).
     pub pipe: bool,
 }
 
