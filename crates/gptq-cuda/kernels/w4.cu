@@ -839,7 +839,10 @@ __device__ __forceinline__ void wg_body(const u32 *__restrict__ qw, const u32 *_
     extern __shared__ __align__(1024) unsigned char wg_smem[];
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5;
-    const int wgi = warp >> 2;
+    // The warpgroup index through a shuffle, so the compiler knows it is
+    // the same in every thread of a warp and keeps the stage addresses and
+    // descriptors derived from it in uniform registers.
+    const int wgi = __shfl_sync(0xffffffffu, (int)(threadIdx.x >> 7), 0);
     const int tid = threadIdx.x & 127;
     const int g = lane >> 2;
     const int t = lane & 3;
@@ -908,20 +911,23 @@ __device__ __forceinline__ void wg_body(const u32 *__restrict__ qw, const u32 *_
     pdl_wait();
     pdl_launch();
     for (int st = 0; st < D; st++) issue_x(st, st);
+    // st = i mod S, rs = (i + D) mod S (the stage refilled at chunk i) and
+    // the stage's mbarrier phase parity (i / S) & 1, kept as running values.
+    int st = 0, rs = D % S;
+    u32 parity = 0;
     for (int i = 0; i < chunks; i++) {
-        const int st = i % S;
         // This thread's codes and scales of chunk i, and the stage's
-        // activations (use i / S of the stage: that phase parity).
+        // activations.
         cp_async_wait<D - 1>();
-        while (!mbar_done(bars + st * 8, (i / S) & 1)) {
+        while (!mbar_done(bars + st * 8, parity)) {
         }
         // This warpgroup's barrier (id 1 + wgi; 0 is __syncthreads): all its
         // warps are done with the stage refilled next (their wgmma of local
         // chunk i+D-S waited).
         asm volatile("bar.sync %0, 128;" ::"r"(1 + wgi) : "memory");
-        issue_w((i + D) % S, i + D);
+        issue_w(rs, i + D);
         cp_async_commit();
-        issue_x((i + D) % S, i + D);
+        issue_x(rs, i + D);
         // Plain: the whole chunk dequantized, then its 4·RT wgmmas as one
         // group. Pipelined (P): k tile j's group issued as soon as its A
         // fragments exist and k tile j+1 dequantized while it runs (into
@@ -946,11 +952,14 @@ __device__ __forceinline__ void wg_body(const u32 *__restrict__ qw, const u32 *_
         for (int r = 0; r < RT; r++)
 #pragma unroll
             for (int v = 0; v < NA; v++) fence_operand(acc[r][v]);
-        const u32 sb = base + st * BSTAGE;
+        // The stage's descriptor; k tile j starts 32·j bytes on (2j in the
+        // address field, which holds address >> 4 in 14 bits: no carry, the
+        // stages lie below 256 KiB).
+        const u64 desc0 = (u64)(((base + st * BSTAGE) & 0x3FFFF) >> 4) | lbo_sbo;
 #pragma unroll
         for (int j = 0; j < 4; j++) {
             if (P || j == 0) wgmma_fence();
-            const u64 desc = (u64)(((sb + j * 32) & 0x3FFFF) >> 4) | lbo_sbo;
+            const u64 desc = desc0 + 2 * j;
 #pragma unroll
             for (int r = 0; r < RT; r++)
                 wgmma_bm<BM, BF>(acc[r], a[r][j][0], a[r][j][1], a[r][j][2], a[r][j][3], desc);
@@ -968,6 +977,11 @@ __device__ __forceinline__ void wg_body(const u32 *__restrict__ qw, const u32 *_
         for (int r = 0; r < RT; r++)
 #pragma unroll
             for (int v = 0; v < NA; v++) fence_operand(acc[r][v]);
+        rs = st;
+        if (++st == S) {
+            st = 0;
+            parity ^= 1;
+        }
     }
     cp_async_wait<0>();
     if (KS > 1) {
