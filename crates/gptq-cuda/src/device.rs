@@ -687,27 +687,13 @@ impl Cuda {
         let (ni, nti) = (l.n as i32, w4.nt as i32);
         let (gi, gs) = (w4.groups as i32, w4.gshift as i32);
         let lbo_sbo = v.lbo_sbo();
-        let ty = w4.nt.div_ceil(v.tiles());
-        // K split across blocks: one f32 slot per block of a tile for its
-        // sums and one arrival counter per tile (zero between launches: the
-        // last block of a tile resets it).
-        let (ppart, pcnt) = if v.sk > 1 {
-            let tiles = mb * ty;
-            let slab = (v.rt * v.bm / 2 * 128) as usize;
-            let part = dptr(grow(&mut ws.part, self, tiles * v.sk as usize * slab)?, st);
-            (part, dptr(grow(&mut ws.cnt, self, tiles)?, st))
-        } else {
-            (0u64, 0u64)
-        };
         let cfg = LaunchConfig {
-            grid_dim: (mb as u32, ty as u32, v.sk),
+            grid_dim: (mb as u32, w4.nt.div_ceil(v.tiles()) as u32, 1),
             block_dim: (v.threads(), 1, 1),
             shared_mem_bytes: v.shared_bytes(),
         };
-        let args = &mut kargs![
-            &pq, &ps, &pb, &py, &pbias, &mi, &ni, &nti, &kci, &gi, &gs, &epi, &lbo_sbo, &ppart,
-            &pcnt
-        ];
+        let args =
+            &mut kargs![&pq, &ps, &pb, &py, &pbias, &mi, &ni, &nti, &kci, &gi, &gs, &epi, &lbo_sbo];
         unsafe { self.launch(f, cfg, args, true, &symbol) }
     }
 
@@ -1196,21 +1182,16 @@ impl GpuLinear {
 pub struct Workspace {
     xperm: Option<CudaSlice<f16>>,
     wdeq: Option<CudaSlice<f16>>,
-    /// The wgmma GEMM's per-block sums when K is split across blocks.
-    part: Option<CudaSlice<f32>>,
-    /// Its arrival counters, one per output tile (zero between launches).
-    cnt: Option<CudaSlice<u32>>,
 }
 
-/// `slot`, reallocated (zeroed) when it holds fewer than `n` values.
-fn grow<'a, T: DeviceRepr + cudarc::driver::ValidAsZeroBits>(
-    slot: &'a mut Option<CudaSlice<T>>,
+fn grow<'a>(
+    slot: &'a mut Option<CudaSlice<f16>>,
     dev: &Cuda,
     n: usize,
-) -> Result<&'a mut CudaSlice<T>> {
+) -> Result<&'a mut CudaSlice<f16>> {
     if slot.as_ref().is_none_or(|b| b.len() < n) {
         *slot = None;
-        *slot = Some(dev.zeros::<T>(n)?);
+        *slot = Some(dev.zeros::<f16>(n)?);
     }
     slot.as_mut()
         .ok_or_else(|| Error::Driver("workspace allocation".into()))

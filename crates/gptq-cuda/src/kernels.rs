@@ -216,9 +216,6 @@ pub struct WgVariant {
     /// while it runs, one wait per chunk (else the whole chunk is
     /// dequantized first, then its wgmmas issued and waited for).
     pub pipe: bool,
-    /// Blocks splitting K per output tile (grid z; the same kernel): their
-    /// sums meet in a workspace, the last block of a tile stores them.
-    pub sk: u32,
 }
 
 impl WgVariant {
@@ -229,22 +226,6 @@ impl WgVariant {
             rt,
             st,
             pipe: false,
-            sk: 1,
-        }
-    }
-
-    /// The same kernel with K split over `sk` blocks per output tile.
-    pub const fn split(self, sk: u32) -> Self {
-        WgVariant { sk, ..self }
-    }
-
-    /// The variant's name in benchmarks and logs: the kernel's symbol, and
-    /// `_z{sk}` when K is split across blocks.
-    pub fn label(&self) -> String {
-        if self.sk > 1 {
-            format!("{}_z{}", self.symbol(), self.sk)
-        } else {
-            self.symbol()
         }
     }
 
@@ -314,8 +295,6 @@ pub const WG_VARIANTS: &[WgVariant] = &[
     WgVariant::new(128, 3, 1, 3),
     WgVariant::new(64, 4, 1, 4),
     WgVariant::new(128, 2, 2, 4).pipelined(),
-    WgVariant::new(64, 4, 1, 4).split(2),
-    WgVariant::new(128, 3, 1, 3).split(2),
 ];
 
 /// The other kernels of the module.
@@ -344,12 +323,7 @@ pub fn all_functions() -> Vec<String> {
     let mut v: Vec<String> = Vec::new();
     for dt in dts {
         v.extend(dt.w4_variants().iter().map(|w| w.symbol_as(dt)));
-        v.extend(
-            WG_VARIANTS
-                .iter()
-                .filter(|w| w.sk == 1)
-                .map(|w| w.symbol_as(dt)),
-        );
+        v.extend(WG_VARIANTS.iter().map(|w| w.symbol_as(dt)));
         v.extend([2, 3, 4, 8].map(|b| dequant_symbol(b, dt)));
         v.push(add_bias_symbol(dt));
         v.push(w4_dequant_symbol(dt));
