@@ -4,12 +4,9 @@
 # kernel check, the GPU test suites, then the 8B-shaped w4 g128 model (synth_llama.py, RTN on the GPU) decoded 256
 # tokens by both builds, alternating, three times each. Writes $OUT/check.txt.
 #   bash bench/cuda_m1_decode.sh
-set -u; B=/tmp/bin; mkdir -p $B; for f in gptq gptq-old decode_gpu forward_gpu; do gunzip -c .device-bin/$f.gz > $B/$f; chmod +x $B/$f; done
-source bench/cuda_env.sh /tmp > /dev/null
-S=.device-bin/stories260K
-$B/gptq bench kernels --device cuda --check-only > $OUT/check.txt 2>&1; grep -E "rows" $OUT/check.txt | cut -c1-60; grep FAILED $OUT/check.txt | head
-GPTQ_STORIES_DIR=$S GPTQ_TEST_MODELS=tests/data/models $B/forward_gpu --ignored 2>&1 | grep -E "test result|panicked"
-GPTQ_STORIES_DIR=$S $B/decode_gpu --ignored 2>&1 | grep -E "test result|panicked"
+set -u; source bench/cuda_common.sh; cuda_unpack gptq gptq-old decode_gpu forward_gpu
+cuda_check
+cuda_suites
 python3 scripts/research/synth_llama.py /tmp/l8b 8b 32 $S 2>&1 | tail -1
 $B/gptq quantize /tmp/l8b -o /tmp/q8b --method rtn --bits 4 --group-size 128 --dataset $S/../tinystories_val.txt \
     --nsamples 4 --seqlen 128 --device cuda --overwrite > /tmp/q8b.log 2>&1 || { echo "quantize failed"; tail -3 /tmp/q8b.log; }

@@ -2,8 +2,7 @@
 # Where the wgmma GEMM's warps stall, per SASS instruction (issue 6): Nsight Compute's source counters (warp-state
 # samples per instruction) for one launch of a variant, real clocks. On the GPU machine, repo root, .device-bin/gptq.gz:
 #   bash bench/cuda_wgmma_ncu3.sh "SHAPE M VARIANT" ...     writes $OUT/src-VARIANT-M.csv and a summary
-set -u; B=/tmp/bin; mkdir -p $B; gunzip -c .device-bin/gptq.gz > $B/gptq; chmod +x $B/gptq
-source bench/cuda_env.sh /tmp > /dev/null
+set -u; source bench/cuda_common.sh; cuda_unpack gptq
 for spec in "$@"; do set -- $spec
 /usr/local/cuda/bin/ncu --clock-control none -k "regex:^$3\$" --launch-skip 1 --launch-count 1 \
   --section SourceCounters --section WarpStateStats --section SpeedOfLight \

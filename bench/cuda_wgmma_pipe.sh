@@ -3,9 +3,8 @@
 # .device-bin/gptq.gz: the kernel check, then `gptq -v bench kernels --batches 64,128,256 --samples 20 --sweep`, and
 # per shape and batch each wgmma variant's time beside its `_p` twin's. Writes $OUT/{check.txt,sw.md,sw.log,wg.txt,ab.txt}.
 #   bash bench/cuda_wgmma_pipe.sh
-set -u; B=/tmp/bin; mkdir -p $B; gunzip -c .device-bin/gptq.gz > $B/gptq; chmod +x $B/gptq
-source bench/cuda_env.sh /tmp > /dev/null
-$B/gptq bench kernels --device cuda --check-only > $OUT/check.txt 2>&1; grep -E "rows" $OUT/check.txt | cut -c1-60; grep -E "FAILED" $OUT/check.txt | head -5
+set -u; source bench/cuda_common.sh; cuda_unpack gptq
+cuda_check
 $B/gptq -v bench kernels --device cuda --batches ${BATCHES:-64,128,256} --samples 20 --sweep --markdown $OUT/sw.md > $OUT/sw.log 2>&1
 grep -ah " us" $OUT/sw.log | sed 's/.*DEBUG[^ ]* //' | grep "w4_wg" | sort > $OUT/wg.txt
 # variant shape M=m time: the plain variant, its _p twin, their ratio (> 1: _p faster).

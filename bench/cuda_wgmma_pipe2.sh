@@ -5,12 +5,9 @@
 # variant's time in the same run: the old choice beside the new) and the bf16 table. Writes
 # $OUT/{check.txt,sw.md,sw.log,all.txt,k-bf16.md}.
 #   bash bench/cuda_wgmma_pipe2.sh
-set -u; B=/tmp/bin; mkdir -p $B; for f in gptq decode_gpu forward_gpu; do gunzip -c .device-bin/$f.gz > $B/$f; chmod +x $B/$f; done
-source bench/cuda_env.sh /tmp > /dev/null
-S=.device-bin/stories260K
-$B/gptq bench kernels --device cuda --check-only > $OUT/check.txt 2>&1; grep -E "rows" $OUT/check.txt | cut -c1-60; grep FAILED $OUT/check.txt | head
-GPTQ_STORIES_DIR=$S GPTQ_TEST_MODELS=tests/data/models $B/forward_gpu --ignored 2>&1 | grep -E "test result|panicked"
-GPTQ_STORIES_DIR=$S $B/decode_gpu --ignored 2>&1 | grep -E "test result|panicked"
+set -u; source bench/cuda_common.sh; cuda_unpack gptq decode_gpu forward_gpu
+cuda_check
+cuda_suites
 $B/gptq -v bench kernels --device cuda --act f16 --batches ${BATCHES:-1,2,8,128,256} --samples 30 --sweep --markdown $OUT/sw.md > $OUT/sw.log 2>&1
 grep -ah " us" $OUT/sw.log | sed 's/.*DEBUG[^ ]* //' | sort > $OUT/all.txt
 for v in w4_mma_m1_r2_w1_k8_s4 w4_mma_m1_r2_w1_k8_s4_s w4_mma_m1_r4_w1_k8_s4_s w4_wg_b128_k2_r2_s4 w4_wg_b128_k2_r2_s4_p; do

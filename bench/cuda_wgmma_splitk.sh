@@ -6,12 +6,9 @@
 # Writes $OUT/{check.txt,sw.md,sw.log,all.txt}.
 #   bash bench/cuda_wgmma_splitk.sh
 BATCHES=${BATCHES:-64,128,256}
-set -u; B=/tmp/bin; mkdir -p $B; for f in gptq decode_gpu forward_gpu; do gunzip -c .device-bin/$f.gz > $B/$f; chmod +x $B/$f; done
-source bench/cuda_env.sh /tmp > /dev/null
-S=.device-bin/stories260K
-$B/gptq bench kernels --device cuda --check-only > $OUT/check.txt 2>&1; grep -E "rows" $OUT/check.txt | cut -c1-60; grep FAILED $OUT/check.txt | head
-GPTQ_STORIES_DIR=$S GPTQ_TEST_MODELS=tests/data/models $B/forward_gpu --ignored 2>&1 | grep -E "test result|panicked"
-GPTQ_STORIES_DIR=$S $B/decode_gpu --ignored 2>&1 | grep -E "test result|panicked"
+set -u; source bench/cuda_common.sh; cuda_unpack gptq decode_gpu forward_gpu
+cuda_check
+cuda_suites
 $B/gptq -v bench kernels --device cuda --act f16 --batches $BATCHES --samples 20 --sweep --markdown $OUT/sw.md > $OUT/sw.log 2>&1
 grep -ah " us" $OUT/sw.log | sed 's/.*DEBUG[^ ]* //' | sort > $OUT/all.txt
 for sh in 4096x4096 4096x14336 14336x4096 8192x8192 8192x28672 28672x8192; do for m in ${BATCHES//,/ }; do
