@@ -4,13 +4,14 @@
 # Brown tokens) for each seed, then WikiText-2 (40 × 2048) on the CPU. That evaluation uses int8 activations (the CPU
 # default), so its perplexities are not comparable with the GPU evaluation of bench/cuda_seeds.sh smol.
 #   bash bench/smollm2_seeds_cpu.sh GPTQ_BIN SMOL_GGUF OUT_DIR SEED...
+# BITS (default 4), GROUP (default 128; -1 per channel) and WINDOWS (default 40) change the setting.
 set -u
 BIN=$1; M=$2; OUT=$3; shift 3
 mkdir -p $OUT
 for s in "$@"; do
   $BIN quantize $M -o $OUT/cpu-s$s --dataset data/calib/brown-excerpt.txt --nsamples 64 --seqlen 512 \
-    --group-size 128 --bits 4 --seed $s --device cpu --overwrite > $OUT/cpu-s$s.log 2>&1 || echo "seed $s: quantize failed"
+    --group-size=${GROUP:-128} --bits ${BITS:-4} --seed $s --device cpu --overwrite > $OUT/cpu-s$s.log 2>&1 || echo "seed $s: quantize failed"
   echo "seed $s cpu: $(sed 's/\x1b\[[0-9;]*m//g' $OUT/cpu-s$s.log | grep -E 'layers quantized')"
-  echo "seed $s cpu: $($BIN eval $OUT/cpu-s$s --dataset ../shared/data/text/wikitext2/wiki.test.raw --max-windows 40 \
+  echo "seed $s cpu: $($BIN eval $OUT/cpu-s$s --dataset ../shared/data/text/wikitext2/wiki.test.raw --max-windows ${WINDOWS:-40} \
     --device cpu 2>&1 | grep -E ' ppl ')"
 done
