@@ -413,23 +413,29 @@ __device__ __forceinline__ void w4_body(const u32 *__restrict__ qw, const u32 *_
             lds4(w, wring + ((st * RT + r) * 32 + lane) * 16);
             lds2(s2, sring + ((st * RT + r) * 32 + lane) * 8);
             const SzPairs p = sz_pairs<BF>(s2);
+            // FS: the chunk's products with q − z into a fresh f32 tile
+            // (part), then times the rows' f32 scales into acc; else the
+            // scaled weights straight into acc.
+            float part[MT][4];
             if constexpr (FS) {
-                // The chunk's products with q − z into a fresh f32 tile, then
-                // times the rows' f32 scales into acc.
-                float part[MT][4];
 #pragma unroll
                 for (int i = 0; i < MT; i++)
 #pragma unroll
                     for (int c = 0; c < 4; c++) part[i][c] = 0.f;
+            }
 #pragma unroll
-                for (int j = 0; j < 4; j++) {
-                    u32 a[4];
+            for (int j = 0; j < 4; j++) {
+                u32 a[4];
+                if constexpr (FS)
                     dequant_word_z<BF>(w[j], p, a);
+                else
+                    dequant_word<BF>(w[j], p, a);
 #pragma unroll
-                    for (int i = 0; i < MT; i++)
-                        mma16816<BF>(part[i], a[0], a[1], a[2], a[3], xb[i][2 * j],
-                                     xb[i][2 * j + 1]);
-                }
+                for (int i = 0; i < MT; i++)
+                    mma16816<BF>(FS ? part[i] : acc[r][i], a[0], a[1], a[2], a[3],
+                                 xb[i][2 * j], xb[i][2 * j + 1]);
+            }
+            if constexpr (FS) {
                 const float s_lo = f16_to_f32((u16)(s2[0] & 0xFFFFu));
                 const float s_hi = f16_to_f32((u16)(s2[0] >> 16));
 #pragma unroll
@@ -438,16 +444,6 @@ __device__ __forceinline__ void w4_body(const u32 *__restrict__ qw, const u32 *_
                     acc[r][i][1] = fmaf(s_lo, part[i][1], acc[r][i][1]);
                     acc[r][i][2] = fmaf(s_hi, part[i][2], acc[r][i][2]);
                     acc[r][i][3] = fmaf(s_hi, part[i][3], acc[r][i][3]);
-                }
-            } else {
-#pragma unroll
-                for (int j = 0; j < 4; j++) {
-                    u32 a[4];
-                    dequant_word<BF>(w[j], p, a);
-#pragma unroll
-                    for (int i = 0; i < MT; i++)
-                        mma16816<BF>(acc[r][i], a[0], a[1], a[2], a[3], xb[i][2 * j],
-                                     xb[i][2 * j + 1]);
                 }
             }
         }
@@ -674,7 +670,8 @@ W4_KERNEL_X_BF(4, 2, 4, 8, 4)
 // the fused kernel does. Per chunk: wait for its codes and its stage's
 // mbarrier, the warpgroup's barrier, refill the stage freed last chunk,
 // dequantize (the plain path: rows g+8 shift-free, scaled back by 1/16 at
-// the end), 4·RT wgmma, wait for them.
+// the end), 4·RT wgmma (with P each k tile's as soon as it is
+// dequantized), wait for them.
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define WG_OK 1
 #else
@@ -696,14 +693,6 @@ __device__ __forceinline__ void wgmma_commit() {
 __device__ __forceinline__ void wgmma_wait0() {
 #if WG_OK
     asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
-#endif
-}
-
-// Waits until at most N committed wgmma groups of this warpgroup are pending.
-template <int N>
-__device__ __forceinline__ void wgmma_wait() {
-#if WG_OK
-    asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory");
 #endif
 }
 
@@ -828,10 +817,8 @@ __device__ __forceinline__ void wg_body(const u32 *__restrict__ qw, const u32 *_
     static_assert(S >= 2, "ring");
 #if WG_OK
     // D: chunks loaded ahead; the stage refilled at local chunk i is the
-    // one of chunk i-1, whose wgmma was waited for. (A first try at leaving
-    // one chunk's wgmma in flight while the next is dequantized, wait_group
-    // 1 and a distance of S-2, gave wrong results on an H200; the cause, the
-    // A registers or the stage accounting, was not found: not used.)
+    // one of chunk i-1, whose wgmma was waited for. (Why no wgmma stays in
+    // flight from one chunk to the next: at the main loop below.)
     constexpr int D = S - 1;
     constexpr int NA = BM / 2;
     constexpr int BSTAGE = BM * 128;

@@ -929,10 +929,10 @@ pub const DEQUANT_GEMM_FROM: usize = 512;
 /// warps splitting K), two for up to 16, four for up to 32, 64-row blocks
 /// beyond (32 rows × 64 outputs on narrow layers; past 64 rows the wgmma
 /// GEMM, [`pick_wg`], takes most shapes on sm_90a), for `m` batch rows of a
-/// layer of `n` rows. Up to 8 rows, layers of 8192 rows or
-/// more take two row tiles per warp (8-11 % faster than 16 warps splitting K
-/// there, `2026-12-04-gemv-lop3.md`), wide ones mostly four (below). From 9 rows the
-/// activations go through shared memory once per block (`_x` variants,
+/// layer of `n` rows. Up to 8 rows, layers of 8192 rows or more take two
+/// row tiles per warp (8-11 % faster than 16 warps splitting K there,
+/// `2026-12-04-gemv-lop3.md`), wide ones mostly four (below). From 9 rows
+/// the activations go through shared memory once per block (`_x` variants,
 /// `2026-12-04-fused-sx.md`): 5-11 % faster at 16 rows except on 8192-row
 /// layers (equal; the old choice stays), 1.1-1.6x at 32 rows. Where it
 /// was faster in the same run, the variant that scales in f32 per chunk
