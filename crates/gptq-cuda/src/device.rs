@@ -979,11 +979,13 @@ pub fn pick_variant(n: usize, m: usize) -> W4Variant {
 /// layers, of one row group with three warpgroups splitting K on 8192-row
 /// layers (1.49–1.55× faster there at 128 rows than the two-group blocks
 /// taken before), 64-row blocks of one row group on narrower ones (1.23–1.26×
-/// faster than the fused kernel). From 129 rows: 128-row blocks, with two
-/// row groups per warpgroup and pipelined inside each chunk (`_p`: −1 to
-/// +12 % at 256 rows in two runs, mixed at 128) on layers of 8192 rows or
-/// more, one row group and three warpgroups splitting K on narrower ones
-/// (1.08× faster than four-way 64-row blocks at 256 rows).
+/// faster than the fused kernel). 129–256 rows on layers of 8192 rows or
+/// more: 256-row blocks (`wgmma.m64n256k16`, two warpgroups splitting K).
+/// From 257 rows there: 128-row blocks with two row groups per warpgroup,
+/// pipelined inside each chunk (`_p`: −1 to +12 % at 256 rows in two runs,
+/// mixed at 128). From 129 rows on narrower layers: 128-row blocks of one
+/// row group and three warpgroups splitting K (1.08× faster than four-way
+/// 64-row blocks at 256 rows; 256-row blocks 1.4× slower there).
 pub fn pick_wg(n: usize, m: usize) -> Option<WgVariant> {
     match (n, m) {
         (_, 0..=32) => None,
@@ -991,6 +993,11 @@ pub fn pick_wg(n: usize, m: usize) -> Option<WgVariant> {
         (8192.., 33..=64) => Some(WgVariant::new(64, 4, 1, 4)),
         (12288.., 65..=128) => Some(WgVariant::new(128, 2, 2, 4)),
         (8192.., 65..=128) => Some(WgVariant::new(128, 3, 1, 3)),
+        // 256-row tiles (one dequantization for the whole batch) where the
+        // layer has enough of them: 1-10 % faster than the best 64/128-row
+        // variant at 192-256 rows, slower at 128 and 384
+        // (2026-12-04-wgmma-b256.md).
+        (8192.., 129..=256) => Some(WgVariant::new(256, 2, 1, 3)),
         (8192.., _) => Some(WgVariant::new(128, 2, 2, 4).pipelined()),
         (_, 65..=128) => Some(WgVariant::new(64, 4, 1, 4)),
         (_, 129..) => Some(WgVariant::new(128, 3, 1, 3)),

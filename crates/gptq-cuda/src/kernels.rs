@@ -203,7 +203,7 @@ pub const W4_BF16_VARIANTS: &[W4Variant] = &[
 /// larger batches (`w4_wg_*` in `w4.cu`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct WgVariant {
-    /// Batch rows per block (the wgmma N: 64 or 128).
+    /// Batch rows per block (the wgmma N: 64, 128 or 256).
     pub bm: u32,
     /// Warpgroups per block, splitting K (same rows).
     pub ks: u32,
@@ -295,6 +295,9 @@ pub const WG_VARIANTS: &[WgVariant] = &[
     WgVariant::new(128, 3, 1, 3),
     WgVariant::new(64, 4, 1, 4),
     WgVariant::new(128, 2, 2, 4).pipelined(),
+    WgVariant::new(256, 2, 1, 3),
+    WgVariant::new(256, 2, 1, 2),
+    WgVariant::new(256, 1, 1, 3),
 ];
 
 /// The other kernels of the module.
@@ -348,7 +351,7 @@ mod tests {
             assert!(all_functions().contains(&v.symbol()), "{v:?}");
             // The most a block may have on sm_90 (227 KiB).
             assert!(v.shared_bytes() <= 227 * 1024, "{v:?}");
-            assert!([64, 128].contains(&v.bm), "{v:?}");
+            assert!([64, 128, 256].contains(&v.bm), "{v:?}");
         }
         let all = all_functions();
         for b in [2, 3, 4, 8] {

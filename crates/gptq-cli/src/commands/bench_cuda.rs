@@ -373,7 +373,8 @@ pub fn run(a: &CudaArgs, command_line: &str, model: &str) -> anyhow::Result<()> 
             s,
             "Device copy bandwidth (2 GiB device-to-device, bytes read + written): {:.0} GB/s. \
              int4 floor = checkpoint bytes (qweight + f16 scales + qzeros, group size {}) ÷ that bandwidth. \
-             Times: median over {} CUDA-graph replays of one call (CUDA events), weights rotated over copies \
+             Times: median over {} CUDA-graph replays of one call (CUDA events) after ≥ 25 ms of warm-up \
+             replays, each of ours, dequant+cuBLAS and cuBLAS timed in two rounds (the faster kept), weights rotated over copies \
              ≥ 384 MiB so every call reads HBM, not L2. Activations and outputs {act}. cuBLAS: cublasGemmEx \
              {act} in/out, f32 compute, on the same (dequantized) weights.{}\n",
             gbps,
