@@ -6,6 +6,7 @@
 # launches of the fused kernel, wg_prep_x and the wgmma kernel at 64 rows (no graph, caches flushed), to set against
 # the per-call time of graph replays. Writes $OUT/{carve-*.md,ncu-*.txt,m64.txt}.
 #   bash bench/cuda_m64_narrow.sh
+# (GPTQ_CUDA_CARVEOUT was a knob of the build measured, 1303564^; removed after it showed no gain.)
 set -u; source bench/cuda_common.sh; cuda_unpack gptq
 {
 for c in default 100; do

@@ -851,11 +851,12 @@ __device__ constexpr int wg_ring_bytes() {
     return S * (BM * 128 + 4 * RT * 768);
 }
 
-template <int BM, int KS, int RT, int S, bool BF, bool P>
+template <int BM, int KS, int RT, int S, bool BF, bool P, bool Z>
 __device__ __forceinline__ void wg_body(const u32 *__restrict__ qw, const u32 *__restrict__ sz,
                                         const u16 *__restrict__ xt, u16 *__restrict__ y,
                                         const u16 *__restrict__ bias, int M, int N, int NT, int KC,
-                                        int G, int gshift, int epi, u64 lbo_sbo) {
+                                        int G, int gshift, int epi, u64 lbo_sbo,
+                                        float *__restrict__ part, u32 *__restrict__ cnt) {
     static_assert(BM == 64 || BM == 128 || BM == 256, "wgmma N: the wrappers above");
     static_assert(S >= 2, "ring");
 #if WG_OK
@@ -877,9 +878,15 @@ __device__ __forceinline__ void wg_body(const u32 *__restrict__ qw, const u32 *_
     const int g = lane >> 2;
     const int t = lane & 3;
     const int m0 = blockIdx.x * BM;
+    // K is split over the KS warpgroups of a block and (Z) the gridDim.z
+    // blocks of a tile (split K across blocks, for layers with too few tiles
+    // to fill the GPU): warpgroup wgi of block z takes the chunks
+    // kc ≡ z·KS + wgi (mod KS·gridDim.z).
+    const int ksplit = Z ? blockIdx.z * KS + wgi : wgi;
+    const int kstep = Z ? KS * gridDim.z : KS;
     // Row tile r of this warp: group r of 4 tiles, the warp's one in it
     // (wgmma's m64 = the 4 warps' 16 rows, in order). Every warpgroup of the
-    // block has the same rows and takes chunks kc ≡ wgi (mod KS). Tiles past
+    // block has the same rows. Tiles past
     // the layout's NT (the last block) read tile NT-1 and store nothing
     // (their rows are ≥ N).
     int nt[RT];
@@ -906,9 +913,9 @@ __device__ __forceinline__ void wg_body(const u32 *__restrict__ qw, const u32 *_
         qp[r] = qw + (u64)tl * KC * 128 + lane * 4;
         sp[r] = sz + ((u64)tl * G * 8 + g) * 2;
     }
-    // Local chunk i of this warpgroup is kc = wgi + i·KS.
+    // Local chunk i of this warpgroup is kc = ksplit + i·kstep.
     auto issue_w = [&](int st, int i) {
-        const int kc = wgi + i * KS;
+        const int kc = ksplit + i * kstep;
         if (kc < KC) {
             const int grp = (kc * 64 + 16 * t) >> gshift;
 #pragma unroll
@@ -923,7 +930,7 @@ __device__ __forceinline__ void wg_body(const u32 *__restrict__ qw, const u32 *_
     // bytes, swizzled), so the copy engine moves it whole and signals the
     // stage's mbarrier; thread 0 of the warpgroup starts it.
     auto issue_x = [&](int st, int i) {
-        const int kc = wgi + i * KS;
+        const int kc = ksplit + i * kstep;
         if (kc < KC && tid == 0)
             bulk_load(base + st * BSTAGE, xt + ((u64)blockIdx.x * KC + kc) * (BM * 64), BSTAGE,
                       bars + st * 8);
@@ -933,7 +940,7 @@ __device__ __forceinline__ void wg_body(const u32 *__restrict__ qw, const u32 *_
     for (int r = 0; r < RT; r++)
 #pragma unroll
         for (int i = 0; i < NA; i++) acc[r][i] = 0.f;
-    const int chunks = KC > wgi ? (KC - wgi + KS - 1) / KS : 0;
+    const int chunks = KC > ksplit ? (KC - ksplit + kstep - 1) / kstep : 0;
     for (int st = 0; st < D; st++) {
         issue_w(st, st);
         cp_async_commit();
@@ -1035,6 +1042,46 @@ __device__ __forceinline__ void wg_body(const u32 *__restrict__ qw, const u32 *_
                 for (int v = 0; v < NA; v++)
                     acc[r][v] += red[(((s - 1) * RT + r) * NA + v) * 128 + tid];
     }
+    if (Z && gridDim.z > 1) {
+        // Split K across blocks (the `_z` kernels): warpgroup 0 of each block writes its sums
+        // to the tile's slab in `part` (one slot per block z), then counts
+        // itself in on the tile's counter; the last block to arrive sums the
+        // slots, puts the counter back to 0 for the next launch and stores
+        // the outputs (the classic threadfence
+        // reduction: each writer's stores are made visible device-wide
+        // before its increment, the last block reads through L2).
+        // The flag goes through the first word of the rings (no copy is in
+        // flight any more; the reduction above read it before the barrier).
+        volatile u32 *last = (volatile u32 *)wg_smem;
+        const u32 tile = blockIdx.x * gridDim.y + blockIdx.y;
+        const u32 slab = RT * NA * 128;
+        float *mine = part + ((u64)tile * gridDim.z + blockIdx.z) * slab;
+#pragma unroll
+        for (int r = 0; r < RT; r++)
+#pragma unroll
+            for (int v = 0; v < NA; v++) mine[(r * NA + v) * 128 + tid] = acc[r][v];
+        __threadfence();
+        asm volatile("bar.sync 1, 128;" ::: "memory");
+        if (tid == 0) *last = atomicAdd(&cnt[tile], 1u) == gridDim.z - 1 ? 1u : 0u;
+        asm volatile("bar.sync 1, 128;" ::: "memory");
+        if (!*last) return;
+        __threadfence();
+        // All slots in block order (its own included), so the sum does not
+        // depend on which block came last.
+#pragma unroll
+        for (int r = 0; r < RT; r++)
+#pragma unroll
+            for (int v = 0; v < NA; v++) acc[r][v] = 0.f;
+#pragma unroll 1
+        for (u32 z = 0; z < gridDim.z; z++) {
+            const float *slot = part + ((u64)tile * gridDim.z + z) * slab;
+#pragma unroll
+            for (int r = 0; r < RT; r++)
+#pragma unroll
+                for (int v = 0; v < NA; v++) acc[r][v] += __ldcg(&slot[(r * NA + v) * 128 + tid]);
+        }
+        if (tid == 0) cnt[tile] = 0;
+    }
     // acc[r][4i + c]: weight row nt[r]·16 + g (+8 for c ≥ 2), batch row
     // m0 + 8i + 2t + (c & 1); with f16, rows g+8 were summed 16 times too
     // large.
@@ -1059,22 +1106,27 @@ __device__ __forceinline__ void wg_body(const u32 *__restrict__ qw, const u32 *_
 #endif
 }
 
-#define WG_KERNEL_ONE(BM, KS, RT, S, BF, P, SUFFIX)                                            \
+#define WG_KERNEL_ONE(BM, KS, RT, S, BF, P, Z, SUFFIX)                                          \
     extern "C" __global__ void __launch_bounds__(128 * KS)                                     \
         w4_wg_b##BM##_k##KS##_r##RT##_s##S##SUFFIX(                                            \
             const u32 *__restrict__ qw, const u32 *__restrict__ sz, const u16 *__restrict__ xt, \
             u16 *__restrict__ y, const u16 *__restrict__ bias, int M, int N, int NT, int KC,    \
-            int G, int gshift, int epi, u64 lbo_sbo) {                                          \
-        wg_body<BM, KS, RT, S, BF, P>(qw, sz, xt, y, bias, M, N, NT, KC, G, gshift, epi,      \
-                                      lbo_sbo);                                                 \
+            int G, int gshift, int epi, u64 lbo_sbo, float *__restrict__ part,                  \
+            u32 *__restrict__ cnt) {                                                            \
+        wg_body<BM, KS, RT, S, BF, P, Z>(qw, sz, xt, y, bias, M, N, NT, KC, G, gshift, epi,   \
+                                      lbo_sbo, part, cnt);                                      \
     }
-// Each variant for f16 and (_bf) bf16 activations; WG_KERNEL_P pipelined (_p).
-#define WG_KERNEL(BM, KS, RT, S)                   \
-    WG_KERNEL_ONE(BM, KS, RT, S, false, false, )   \
-    WG_KERNEL_ONE(BM, KS, RT, S, true, false, _bf)
-#define WG_KERNEL_P(BM, KS, RT, S)                  \
-    WG_KERNEL_ONE(BM, KS, RT, S, false, true, _p)   \
-    WG_KERNEL_ONE(BM, KS, RT, S, true, true, _p_bf)
+// Each variant for f16 and (_bf) bf16 activations; WG_KERNEL_P pipelined
+// (_p), WG_KERNEL_Z with K split across the blocks of grid z (_z).
+#define WG_KERNEL(BM, KS, RT, S)                          \
+    WG_KERNEL_ONE(BM, KS, RT, S, false, false, false, )   \
+    WG_KERNEL_ONE(BM, KS, RT, S, true, false, false, _bf)
+#define WG_KERNEL_P(BM, KS, RT, S)                         \
+    WG_KERNEL_ONE(BM, KS, RT, S, false, true, false, _p)   \
+    WG_KERNEL_ONE(BM, KS, RT, S, true, true, false, _p_bf)
+#define WG_KERNEL_Z(BM, KS, RT, S)                         \
+    WG_KERNEL_ONE(BM, KS, RT, S, false, false, true, _z)   \
+    WG_KERNEL_ONE(BM, KS, RT, S, true, false, true, _z_bf)
 
 // The variants the host may launch (src/kernels.rs lists the same ones).
 WG_KERNEL(64, 2, 2, 4)
@@ -1087,6 +1139,10 @@ WG_KERNEL_P(128, 2, 2, 4)
 WG_KERNEL(256, 2, 1, 3)
 WG_KERNEL(256, 2, 1, 2)
 WG_KERNEL(256, 1, 1, 3)
+WG_KERNEL_Z(64, 4, 1, 4)
+WG_KERNEL_Z(64, 4, 2, 3)
+WG_KERNEL_Z(64, 2, 4, 4)
+WG_KERNEL_Z(128, 3, 1, 3)
 
 // The activations of the wgmma kernels, tiled as their shared-memory
 // stages: xt[((mb·KC + kc)·BM + r)·64 + q] is row m = mb·BM + r (0 past M),

@@ -291,7 +291,7 @@ pub fn path_name(p: Path) -> String {
     match p {
         Path::Auto => "auto".into(),
         Path::Fused(v) => v.symbol(),
-        Path::Wg(v) => v.symbol(),
+        Path::Wg(v) => v.label(),
         Path::DequantGemm => "dequant+cublas".into(),
     }
 }

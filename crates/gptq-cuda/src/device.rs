@@ -687,13 +687,27 @@ impl Cuda {
         let (ni, nti) = (l.n as i32, w4.nt as i32);
         let (gi, gs) = (w4.groups as i32, w4.gshift as i32);
         let lbo_sbo = v.lbo_sbo();
+        let ty = w4.nt.div_ceil(v.tiles());
+        // K split across blocks: one f32 slot per block of a tile for its
+        // sums and one arrival counter per tile (zero between launches: the
+        // last block of a tile resets it).
+        let (ppart, pcnt) = if v.sk > 1 {
+            let tiles = mb * ty;
+            let slab = (v.rt * v.bm / 2 * 128) as usize;
+            let part = dptr(grow(&mut ws.part, self, tiles * v.sk as usize * slab)?, st);
+            (part, dptr(grow(&mut ws.cnt, self, tiles)?, st))
+        } else {
+            (0u64, 0u64)
+        };
         let cfg = LaunchConfig {
-            grid_dim: (mb as u32, w4.nt.div_ceil(v.tiles()) as u32, 1),
+            grid_dim: (mb as u32, ty as u32, v.sk),
             block_dim: (v.threads(), 1, 1),
             shared_mem_bytes: v.shared_bytes(),
         };
-        let args =
-            &mut kargs![&pq, &ps, &pb, &py, &pbias, &mi, &ni, &nti, &kci, &gi, &gs, &epi, &lbo_sbo];
+        let args = &mut kargs![
+            &pq, &ps, &pb, &py, &pbias, &mi, &ni, &nti, &kci, &gi, &gs, &epi, &lbo_sbo, &ppart,
+            &pcnt
+        ];
         unsafe { self.launch(f, cfg, args, true, &symbol) }
     }
 
@@ -974,7 +988,8 @@ pub fn pick_variant(n: usize, m: usize) -> W4Variant {
 /// enough 64-row blocks to fill the GPU) 64-row blocks with four
 /// warpgroups splitting K; on 8192-row layers the same with one group of
 /// 64 weight rows per warpgroup (twice the blocks: 1.36–1.42× faster than
-/// the fused kernel at 64 rows); narrower layers keep the fused kernel.
+/// the fused kernel at 64 rows); narrower layers the same with K split
+/// over two blocks per tile (`_z2`).
 /// 65–128 rows: 128-row blocks of two row groups per warpgroup on wide
 /// layers, of one row group with three warpgroups splitting K on 8192-row
 /// layers (1.49–1.55× faster there at 128 rows than the two-group blocks
@@ -991,6 +1006,11 @@ pub fn pick_wg(n: usize, m: usize) -> Option<WgVariant> {
         (_, 0..=32) => None,
         (12288.., 33..=64) => Some(WgVariant::new(64, 4, 2, 3)),
         (8192.., 33..=64) => Some(WgVariant::new(64, 4, 1, 4)),
+        // Narrower layers (too few 64-row tiles to fill the GPU): the same
+        // with K split over two blocks per tile, 1.19x (4096x4096) and 1.65x
+        // (14336x4096) faster than the fused kernel at 64 rows
+        // (2026-12-04-wgmma-b256.md §7).
+        (_, 33..=64) => Some(WgVariant::new(64, 4, 1, 4).split(2)),
         (12288.., 65..=128) => Some(WgVariant::new(128, 2, 2, 4)),
         (8192.., 65..=128) => Some(WgVariant::new(128, 3, 1, 3)),
         // 256-row tiles (one dequantization for the whole batch) where the
@@ -1001,7 +1021,6 @@ pub fn pick_wg(n: usize, m: usize) -> Option<WgVariant> {
         (8192.., _) => Some(WgVariant::new(128, 2, 2, 4).pipelined()),
         (_, 65..=128) => Some(WgVariant::new(64, 4, 1, 4)),
         (_, 129..) => Some(WgVariant::new(128, 3, 1, 3)),
-        _ => None,
     }
 }
 
@@ -1189,16 +1208,21 @@ impl GpuLinear {
 pub struct Workspace {
     xperm: Option<CudaSlice<f16>>,
     wdeq: Option<CudaSlice<f16>>,
+    /// The wgmma GEMM's per-block sums when K is split across blocks.
+    part: Option<CudaSlice<f32>>,
+    /// Its arrival counters, one per output tile (zero between launches).
+    cnt: Option<CudaSlice<u32>>,
 }
 
-fn grow<'a>(
-    slot: &'a mut Option<CudaSlice<f16>>,
+/// `slot`, reallocated (zeroed) when it holds fewer than `n` values.
+fn grow<'a, T: DeviceRepr + cudarc::driver::ValidAsZeroBits>(
+    slot: &'a mut Option<CudaSlice<T>>,
     dev: &Cuda,
     n: usize,
-) -> Result<&'a mut CudaSlice<f16>> {
+) -> Result<&'a mut CudaSlice<T>> {
     if slot.as_ref().is_none_or(|b| b.len() < n) {
         *slot = None;
-        *slot = Some(dev.zeros::<f16>(n)?);
+        *slot = Some(dev.zeros::<T>(n)?);
     }
     slot.as_mut()
         .ok_or_else(|| Error::Driver("workspace allocation".into()))

@@ -216,6 +216,9 @@ pub struct WgVariant {
     /// while it runs, one wait per chunk (else the whole chunk is
     /// dequantized first, then its wgmmas issued and waited for).
     pub pipe: bool,
+    /// Blocks splitting K per output tile (grid z; the same kernel): their
+    /// sums meet in a workspace, the last block of a tile stores them.
+    pub sk: u32,
 }
 
 impl WgVariant {
@@ -226,6 +229,22 @@ impl WgVariant {
             rt,
             st,
             pipe: false,
+            sk: 1,
+        }
+    }
+
+    /// The same kernel with K split over `sk` blocks per output tile.
+    pub const fn split(self, sk: u32) -> Self {
+        WgVariant { sk, ..self }
+    }
+
+    /// The variant's name in benchmarks and logs: the kernel's symbol, and
+    /// the number of blocks splitting K after its `_z`.
+    pub fn label(&self) -> String {
+        if self.sk > 1 {
+            format!("{}{}", self.symbol(), self.sk)
+        } else {
+            self.symbol()
         }
     }
 
@@ -237,8 +256,11 @@ impl WgVariant {
     /// The kernel's symbol (f16).
     pub fn symbol(&self) -> String {
         let p = if self.pipe { "_p" } else { "" };
+        // K split across blocks: the `_z` kernel (the plain one would
+        // ignore grid z and compute every block's whole K).
+        let z = if self.sk > 1 { "_z" } else { "" };
         format!(
-            "w4_wg_b{}_k{}_r{}_s{}{p}",
+            "w4_wg_b{}_k{}_r{}_s{}{p}{z}",
             self.bm, self.ks, self.rt, self.st
         )
     }
@@ -298,6 +320,13 @@ pub const WG_VARIANTS: &[WgVariant] = &[
     WgVariant::new(256, 2, 1, 3),
     WgVariant::new(256, 2, 1, 2),
     WgVariant::new(256, 1, 1, 3),
+    WgVariant::new(64, 4, 1, 4).split(2),
+    WgVariant::new(64, 4, 1, 4).split(4),
+    WgVariant::new(64, 4, 2, 3).split(2),
+    WgVariant::new(64, 4, 2, 3).split(4),
+    WgVariant::new(64, 2, 4, 4).split(4),
+    WgVariant::new(64, 2, 4, 4).split(8),
+    WgVariant::new(128, 3, 1, 3).split(2),
 ];
 
 /// The other kernels of the module.
@@ -326,7 +355,13 @@ pub fn all_functions() -> Vec<String> {
     let mut v: Vec<String> = Vec::new();
     for dt in dts {
         v.extend(dt.w4_variants().iter().map(|w| w.symbol_as(dt)));
-        v.extend(WG_VARIANTS.iter().map(|w| w.symbol_as(dt)));
+        // One kernel serves every split of a variant.
+        for w in WG_VARIANTS {
+            let s = w.symbol_as(dt);
+            if !v.contains(&s) {
+                v.push(s);
+            }
+        }
         v.extend([2, 3, 4, 8].map(|b| dequant_symbol(b, dt)));
         v.push(add_bias_symbol(dt));
         v.push(w4_dequant_symbol(dt));
