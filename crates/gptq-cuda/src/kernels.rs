@@ -415,7 +415,18 @@ mod tests {
         }
         for v in WG_VARIANTS {
             let args = format!("({}, {}, {}, {})", v.bm, v.ks, v.rt, v.st);
-            assert!(src.contains(&format!("WG_KERNEL{args}")), "{v:?}");
+            // The macro of the variant's kind, and a symbol naming that
+            // macro's kernel (a split variant under the plain kernel's name
+            // would compute every block's whole K).
+            let (mac, suffix) = match (v.pipe, v.sk > 1) {
+                (false, false) => ("WG_KERNEL", ""),
+                (true, false) => ("WG_KERNEL_P", "_p"),
+                (false, true) => ("WG_KERNEL_Z", "_z"),
+                (true, true) => panic!("no pipelined split kernels: {v:?}"),
+            };
+            assert!(src.contains(&format!("{mac}{args}")), "{v:?}");
+            let plain = format!("w4_wg_b{}_k{}_r{}_s{}", v.bm, v.ks, v.rt, v.st);
+            assert_eq!(v.symbol(), plain + suffix, "{v:?}");
         }
         for b in [2, 3, 4, 8] {
             assert!(src.contains(&format!("DEQUANT_KERNEL({b})")));
