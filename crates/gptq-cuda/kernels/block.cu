@@ -47,6 +47,19 @@ __device__ __forceinline__ float block_max(float v, float *shared) {
     return t;
 }
 
+// hi[i] = f16(t); with lo, also lo[i] = f16(t − hi[i]), the rounding's
+// remainder (exact in f32), so hi + lo holds t to about 2^-22 of |t|. The
+// calibration forward asks for it with asymmetric calibration: the cross
+// term takes the difference of the two lanes' inputs, which f16 values alone
+// would leave with an error of 2^-12 of each input — more than the
+// difference itself where the lanes agree closely (2026-12-04-cross-term.md).
+__device__ __forceinline__ void store_hilo(u16 *__restrict__ hi, u16 *__restrict__ lo, u64 i,
+                                           float t) {
+    u16 h = f32_to_f16(t);
+    hi[i] = h;
+    if (lo != nullptr) lo[i] = f32_to_f16(t - f16_to_f32(h));
+}
+
 // Norms of rows of the f32 stream x ([rows, h], one block per row) into
 // f16 `out`, with weight w, the sums in f64 like the CPU's:
 //   blk_rms_norm:   x / sqrt(mean(x²) + eps) · w (HF Llama). When y is not
@@ -64,7 +77,8 @@ template <bool LAYER>
 __device__ __forceinline__ void row_norm(float *__restrict__ x, const u16 *__restrict__ y,
                                          const float *__restrict__ w,
                                          const float *__restrict__ b, float eps, int h,
-                                         u16 *__restrict__ out, bool write_x) {
+                                         u16 *__restrict__ out, u16 *__restrict__ lo,
+                                         bool write_x) {
     __shared__ double red[32];
     float *xr = x + (u64)blockIdx.x * h;
     float v[NORM_PER];
@@ -101,31 +115,31 @@ __device__ __forceinline__ void row_norm(float *__restrict__ x, const u16 *__res
     s = block_sum(s, red);
     double rd = 1.0 / sqrt(s / h + (double)eps);
     float r = (float)rd;
-    u16 *o = out + (u64)blockIdx.x * h;
+    const u64 o = (u64)blockIdx.x * h;
 #pragma unroll
     for (int j = 0; j < NORM_PER; j++) {
         int c = threadIdx.x + j * blockDim.x;
         if (c < h) {
             float t = LAYER ? (float)(((double)v[j] - mean) * rd) * w[c] + b[c] : v[j] * r * w[c];
             if (write_x) xr[c] = t;
-            o[c] = f32_to_f16(t);
+            store_hilo(out, lo, o + c, t);
         }
     }
 }
 
 extern "C" __global__ void __launch_bounds__(1024)
     blk_rms_norm(float *__restrict__ x, const u16 *__restrict__ y, const float *__restrict__ w,
-                 float eps, int h, u16 *__restrict__ out) {
+                 float eps, int h, u16 *__restrict__ out, u16 *__restrict__ lo) {
     pdl_wait();
     pdl_launch();
-    row_norm<false>(x, y, w, nullptr, eps, h, out, false);
+    row_norm<false>(x, y, w, nullptr, eps, h, out, lo, false);
 }
 
 extern "C" __global__ void __launch_bounds__(1024)
     blk_layer_norm(float *__restrict__ x, const float *__restrict__ w,
                    const float *__restrict__ b, float eps, int h, u16 *__restrict__ out,
-                   int write_x) {
-    row_norm<true>(x, nullptr, w, b, eps, h, out, write_x != 0);
+                   int write_x, u16 *__restrict__ lo) {
+    row_norm<true>(x, nullptr, w, b, eps, h, out, lo, write_x != 0);
 }
 
 // y[r, c] += b[c] for y [rows, n].
@@ -208,7 +222,7 @@ extern "C" __global__ void blk_softmax_causal(const float *__restrict__ s, u16 *
 // Attention output O (f32 [nh][len][d]) to the o_proj input rows (f16
 // [len, nh·d]).
 extern "C" __global__ void blk_heads_to_rows(const float *__restrict__ o, int len, int nh, int d,
-                                             u16 *__restrict__ out) {
+                                             u16 *__restrict__ out, u16 *__restrict__ lo) {
     u64 total = (u64)len * nh * d;
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < total;
          i += (u64)gridDim.x * blockDim.x) {
@@ -216,33 +230,35 @@ extern "C" __global__ void blk_heads_to_rows(const float *__restrict__ o, int le
         u64 ht = i / d;
         int t = (int)(ht % len);
         int h = (int)(ht / len);
-        out[((u64)t * nh + h) * d + c] = f32_to_f16(o[i]);
+        store_hilo(out, lo, ((u64)t * nh + h) * d + c, o[i]);
     }
 }
 
 // out = f16(silu(g) · u), the SwiGLU MLP's inner activation.
 extern "C" __global__ void blk_silu_mul(const float *__restrict__ g, const float *__restrict__ u,
-                                        u64 n, u16 *__restrict__ out) {
+                                        u64 n, u16 *__restrict__ out, u16 *__restrict__ lo) {
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (u64)gridDim.x * blockDim.x) {
         float a = g[i];
         float s = a / (1.f + expf(-a));
-        out[i] = f32_to_f16(s * u[i]);
+        store_hilo(out, lo, i, s * u[i]);
     }
 }
 
 // out[i] = f16(max(g[i], 0)) (OPT's MLP activation).
-extern "C" __global__ void blk_relu(const float *__restrict__ g, u64 n, u16 *__restrict__ out) {
+extern "C" __global__ void blk_relu(const float *__restrict__ g, u64 n, u16 *__restrict__ out,
+                                    u16 *__restrict__ lo) {
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (u64)gridDim.x * blockDim.x)
-        out[i] = f32_to_f16(fmaxf(g[i], 0.f));
+        store_hilo(out, lo, i, fmaxf(g[i], 0.f));
 }
 
 // f32 → f16 (round to nearest even).
-extern "C" __global__ void blk_to_f16(const float *__restrict__ x, u64 n, u16 *__restrict__ out) {
+extern "C" __global__ void blk_to_f16(const float *__restrict__ x, u64 n, u16 *__restrict__ out,
+                                      u16 *__restrict__ lo) {
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (u64)gridDim.x * blockDim.x)
-        out[i] = f32_to_f16(x[i]);
+        store_hilo(out, lo, i, x[i]);
 }
 
 // A quantized layer's weight as the GEMMs see it: w[r, c] = f16(s·(q − z))
@@ -272,13 +288,15 @@ extern "C" __global__ void blk_mirror_upper(float *__restrict__ h, int n) {
         h[(u64)i * n + j] = h[(u64)j * n + i];
 }
 
-// out = f16(a − b) of two f16 arrays (the asymmetric calibration's
-// x − x̃; exact when a and b are within a factor 2 of each other).
-extern "C" __global__ void blk_sub_f16(const u16 *__restrict__ a, const u16 *__restrict__ b, u64 n,
-                                       u16 *__restrict__ out) {
+// out = f16((a + a_lo) − (b + b_lo)) of two inputs held as f16 pairs
+// (store_hilo): the asymmetric calibration's x − x̃, rounded once.
+extern "C" __global__ void blk_sub_hilo(const u16 *__restrict__ a, const u16 *__restrict__ a_lo,
+                                        const u16 *__restrict__ b, const u16 *__restrict__ b_lo,
+                                        u64 n, u16 *__restrict__ out) {
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (u64)gridDim.x * blockDim.x)
-        out[i] = f32_to_f16(f16_to_f32(a[i]) - f16_to_f32(b[i]));
+        out[i] = f32_to_f16((f16_to_f32(a[i]) - f16_to_f32(b[i])) +
+                            (f16_to_f32(a_lo[i]) - f16_to_f32(b_lo[i])));
 }
 
 // Negative log-likelihood of one row of logits per block (the output layer's

@@ -656,7 +656,7 @@ impl GpuDecoder {
             let f = funcs
                 .get("blk_rms_norm")
                 .ok_or_else(|| Error::Driver("no blk_rms_norm".into()))?;
-            crate::forward::rms_norm_rows(dev, f, x, y, w, dv.eps, h, out, rows)
+            crate::forward::rms_norm_rows(dev, f, x, y, w, dv.eps, h, out, 0, rows)
         };
         let (nhi, nkvi, di, capi) = (nh as i32, nkv as i32, d as i32, self.cap as i32);
         let (inter, interi) = (dv.inter, dv.inter as i32);

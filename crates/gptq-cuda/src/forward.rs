@@ -54,7 +54,7 @@ pub const BLOCK_FUNCTIONS: &[&str] = &[
     "blk_to_f16",
     "blk_dequant",
     "blk_mirror_upper",
-    "blk_sub_f16",
+    "blk_sub_hilo",
     "blk_nll",
     "dec_rope_kv",
     "dec_attention",
@@ -112,6 +112,11 @@ struct Lane {
     /// f16 activations `[tokens, max(heads·d, inter)]` (attention output,
     /// MLP inner activation).
     b: Option<CudaSlice<u16>>,
+    /// With asymmetric calibration, what rounding `a` and `b` to f16 left
+    /// (`store_hilo` in `block.cu`): the cross term's `x − x̃` is taken
+    /// from both halves, not from the f16 values alone.
+    a_lo: Option<CudaSlice<u16>>,
+    b_lo: Option<CudaSlice<u16>>,
 }
 
 /// What a group's pass collected at one input point.
@@ -274,7 +279,8 @@ fn norm_cfg(h: usize, rows: usize) -> Result<LaunchConfig> {
 
 /// `blk_rms_norm` (`f`) over `rows` rows of the f32 stream at `x` (`h`
 /// wide) with weight `w` into f16 rows at `out` (device pointers). With
-/// `y` (f16 rows, a device pointer) not 0, `y` is added into `x` first.
+/// `y` (f16 rows, a device pointer) not 0, `y` is added into `x` first;
+/// with `lo` not 0 the remainders of the f16 rounding go there.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn rms_norm_rows(
     dev: &Cuda,
@@ -285,10 +291,11 @@ pub(crate) fn rms_norm_rows(
     eps: f32,
     h: usize,
     out: u64,
+    lo: u64,
     rows: usize,
 ) -> Result<()> {
     let hi = h as i32;
-    let args = &mut kargs![&x, &y, &w, &eps, &hi, &out];
+    let args = &mut kargs![&x, &y, &w, &eps, &hi, &out, &lo];
     unsafe { dev.launch(f, norm_cfg(h, rows)?, args, true, "blk_rms_norm") }
 }
 
@@ -409,19 +416,30 @@ impl GpuCalibration {
     }
 
     /// `f16(v)` for host f32 values, converted on the device.
+    fn lo(&self, lane: usize) -> (u64, u64) {
+        match self.lanes.get(lane) {
+            Some(l) => (
+                l.a_lo.as_ref().map_or(0, |v| self.p(v)),
+                l.b_lo.as_ref().map_or(0, |v| self.p(v)),
+            ),
+            None => (0, 0),
+        }
+    }
+
     fn upload_f16(&self, v: &[f32]) -> Result<CudaSlice<u16>> {
         let src = self.dev.upload(v)?;
         let out = self.dev.zeros::<u16>(v.len())?;
-        self.to_f16(self.p(&src), v.len(), self.p(&out))?;
+        self.to_f16(self.p(&src), v.len(), self.p(&out), 0)?;
         Ok(out)
     }
 
-    /// `out[i] = f16(src[i])` for `n` f32 values (device pointers).
-    fn to_f16(&self, src: u64, n: usize, out: u64) -> Result<()> {
+    /// `out[i] = f16(src[i])` for `n` f32 values (device pointers), the
+    /// remainders into `lo` when it is not 0.
+    fn to_f16(&self, src: u64, n: usize, out: u64, lo: u64) -> Result<()> {
         let f = self.func("blk_to_f16")?;
         let n64 = n as u64;
         let mut l = self.dev.stream.launch_builder(f);
-        l.arg(&src).arg(&n64).arg(&out);
+        l.arg(&src).arg(&n64).arg(&out).arg(&lo);
         unsafe { l.launch(grid(n)) }.ctx("blk_to_f16")?;
         Ok(())
     }
@@ -457,7 +475,8 @@ impl GpuCalibration {
         let f = self.func("blk_rms_norm")?;
         let h = self.hidden;
         let (px, pw, pa) = (self.p(x), self.p(w), self.p(a));
-        rms_norm_rows(&self.dev, f, px, 0, pw, eps, h, pa, self.tokens)
+        let (pa_lo, _) = self.lo(lane);
+        rms_norm_rows(&self.dev, f, px, 0, pw, eps, h, pa, pa_lo, self.tokens)
     }
 
     /// Segment 1: attention of every sequence, from `a` (normed) into `b`
@@ -481,6 +500,7 @@ impl GpuCalibration {
         let (pqh, pkh, pvh) = (self.p(&qh), self.p(&kh), self.p(&vh));
         let (ps, pp, po) = (self.p(&s), self.p(&pm), self.p(&o));
         let (pa, pb, pf) = (self.p(a), self.p(b), self.p(&blk.inv_freq));
+        let (_, pb_lo) = self.lo(lane);
         let (lq, lk, lv) = (
             layer(lins, "self_attn.q_proj")?,
             layer(lins, "self_attn.k_proj")?,
@@ -543,8 +563,18 @@ impl GpuCalibration {
                 nkv,
             )?;
             let out = pb + (off * nh * d * 2) as u64;
+            let out_lo = if pb_lo == 0 {
+                0
+            } else {
+                pb_lo + (off * nh * d * 2) as u64
+            };
             let mut l = dv.stream.launch_builder(rows_fn);
-            l.arg(&po).arg(&li).arg(&nhi).arg(&di).arg(&out);
+            l.arg(&po)
+                .arg(&li)
+                .arg(&nhi)
+                .arg(&di)
+                .arg(&out)
+                .arg(&out_lo);
             unsafe { l.launch(grid(len * nh * d)) }.ctx("blk_heads_to_rows")?;
         }
         Ok(())
@@ -573,6 +603,7 @@ impl GpuCalibration {
             .collect::<Result<Vec<_>>>()?;
         let ptrs: Vec<u64> = bufs.iter().map(|g| self.p(g)).collect();
         let (pa, pb) = (self.p(a), self.p(b));
+        let (_, pb_lo) = self.lo(lane);
         for r0 in (0..self.tokens).step_by(chunk) {
             let rows = chunk.min(self.tokens - r0);
             let x0 = pa + (r0 * self.hidden * 2) as u64;
@@ -581,11 +612,16 @@ impl GpuCalibration {
             }
             let n = (rows * inter) as u64;
             let out = pb + (r0 * inter * 2) as u64;
+            let out_lo = if pb_lo == 0 {
+                0
+            } else {
+                pb_lo + (r0 * inter * 2) as u64
+            };
             let mut l = self.dev.stream.launch_builder(f);
             for p in &ptrs {
                 l.arg(p);
             }
-            l.arg(&n).arg(&out);
+            l.arg(&n).arg(&out).arg(&out_lo);
             unsafe { l.launch(grid(rows * inter)) }.ctx("the MLP activation")?;
         }
         Ok(())
@@ -654,7 +690,8 @@ impl GpuCalibration {
             return self.layer_norm(lane, w, b, eps, false);
         }
         let (x, a, _, _, _) = self.state(lane)?;
-        self.to_f16(self.p(x), self.tokens * self.hidden, self.p(a))
+        let (pa_lo, _) = self.lo(lane);
+        self.to_f16(self.p(x), self.tokens * self.hidden, self.p(a), pa_lo)
     }
 
     /// `a = f16(LayerNorm(x))`; with `write_x` also `x = LayerNorm(x)`.
@@ -670,8 +707,9 @@ impl GpuCalibration {
         let h = self.hidden;
         let (px, pw, pb, pa) = (self.p(x), self.p(w), self.p(b), self.p(a));
         let (hi, wx) = (h as i32, write_x as i32);
+        let (pa_lo, _) = self.lo(lane);
         let f = self.func("blk_layer_norm")?;
-        let args = &mut kargs![&px, &pw, &pb, &eps, &hi, &pa, &wx];
+        let args = &mut kargs![&px, &pw, &pb, &eps, &hi, &pa, &wx, &pa_lo];
         unsafe {
             self.dev
                 .launch(f, norm_cfg(h, self.tokens)?, args, false, "blk_layer_norm")
@@ -731,12 +769,28 @@ impl GpuCalibration {
     }
 
     /// The cross term `C = (2/n)·Σ (x − x̃)ᵀx̃` of point `p` (`x` lane 1's
-    /// input, `x̃` lane 0's): `D = f16(x − x̃)` in row chunks of at most
+    /// input, `x̃` lane 0's): `D = f16(x − x̃)` from both lanes' f16 values
+    /// and rounding remainders (`x − x̃` from the f16 values alone carried an
+    /// error of 2^-12 of each input; on SmolLM2 that left one layer's GPTQ
+    /// error 2–3× the CPU's in three seeds of five, and the f16 forward
+    /// upstream still adds noise of that order:
+    /// `bench/results/2026-12-04-cross-term.md`), in row chunks of at most
     /// [`MLP_CHUNK_BYTES`], each adding `DᵀX̃` into `C` by one GEMM (f16
     /// products exact in f32, f32 sums).
     fn cross(&self, p: usize, before: Option<CudaSlice<f32>>) -> Result<CudaSlice<f32>> {
         let (pq, n) = self.point_input(p, 0)?;
         let (pf, _) = self.point_input(p, 1)?;
+        let lo = |lane| -> Result<u64> {
+            let (a, b) = self.lo(lane);
+            let v = if matches!(p, 0 | 2) { a } else { b };
+            if v == 0 {
+                return Err(Error::Shape(format!(
+                    "lane {lane} keeps no rounding remainders"
+                )));
+            }
+            Ok(v)
+        };
+        let (pq_lo, pf_lo) = (lo(0)?, lo(1)?);
         let first = before.is_none();
         let c = match before {
             Some(c) => c,
@@ -746,14 +800,20 @@ impl GpuCalibration {
         let d = self.dev.zeros::<u16>(chunk * n)?;
         let (pc, pd) = (self.p(&c), self.p(&d));
         let alpha = (2.0 / self.all_lens.len() as f64) as f32;
-        let f = self.func("blk_sub_f16")?;
+        let f = self.func("blk_sub_hilo")?;
         for r0 in (0..self.tokens).step_by(chunk) {
             let rows = chunk.min(self.tokens - r0);
             let off = (r0 * n * 2) as u64;
             let (xf, xq, len) = (pf + off, pq + off, (rows * n) as u64);
+            let (xf_lo, xq_lo) = (pf_lo + off, pq_lo + off);
             let mut l = self.dev.stream.launch_builder(f);
-            l.arg(&xf).arg(&xq).arg(&len).arg(&pd);
-            unsafe { l.launch(grid(rows * n)) }.ctx("blk_sub_f16")?;
+            l.arg(&xf)
+                .arg(&xf_lo)
+                .arg(&xq)
+                .arg(&xq_lo)
+                .arg(&len)
+                .arg(&pd);
+            unsafe { l.launch(grid(rows * n)) }.ctx("blk_sub_hilo")?;
             gemm(
                 &self.dev,
                 (n, n, rows),
@@ -950,6 +1010,21 @@ impl GpuCalibration {
             if self.lanes[i].a.is_none() {
                 self.lanes[i].a = Some(self.dev.zeros::<u16>(tokens * h)?);
             }
+            // The rounding remainders, for the cross term of asymmetric
+            // calibration (two lanes).
+            if self.lanes.len() > 1 {
+                if self.lanes[i]
+                    .b_lo
+                    .as_ref()
+                    .is_none_or(|b| b.len() < tokens * bw)
+                {
+                    self.lanes[i].b_lo = None;
+                    self.lanes[i].b_lo = Some(self.dev.zeros::<u16>(tokens * bw)?);
+                }
+                if self.lanes[i].a_lo.is_none() {
+                    self.lanes[i].a_lo = Some(self.dev.zeros::<u16>(tokens * h)?);
+                }
+            }
         }
         // The full-precision lane's own copy of the weights.
         let fp_lin = if self.lanes.len() > 1 {
@@ -1018,10 +1093,12 @@ impl GpuCalibration {
         let (h, nl) = (self.hidden, self.nlanes);
         let bw = (nh * d).max(inter);
         // Device bytes per calibration token and lane, the same both ways:
-        // the residual (f32), `a` and `b` (f16), and a second f32 buffer —
-        // the kept block input when resident, the buffer the next chunk is
-        // copied into when the states are on the host.
-        let per_tok = nl * (2 * 4 * h + 2 * h + 2 * bw);
+        // the residual (f32), `a` and `b` (f16; with two lanes also their
+        // rounding remainders), and a second f32 buffer — the kept block
+        // input when resident, the buffer the next chunk is copied into when
+        // the states are on the host.
+        let lo = if nl > 1 { 2 * h + 2 * bw } else { 0 };
+        let per_tok = nl * (2 * 4 * h + 2 * h + 2 * bw + lo);
         // Fixed: the block's f16 weights per lane and H (and C) of every
         // input point; then the largest of what lives only for a while —
         // the solver's f64 factor, U and four weight-sized f32 buffers of
@@ -1068,6 +1145,8 @@ impl GpuCalibration {
                     x_alt: None,
                     a: None,
                     b: None,
+                    a_lo: None,
+                    b_lo: None,
                 });
             }
             return Ok(());
@@ -1119,6 +1198,8 @@ impl GpuCalibration {
                 x_alt,
                 a: None,
                 b: None,
+                a_lo: None,
+                b_lo: None,
             });
         }
         self.host_x = (0..nl)

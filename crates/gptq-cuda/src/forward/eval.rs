@@ -131,7 +131,7 @@ impl GpuCalibration {
                 }
             };
             let f = self.func("blk_rms_norm")?;
-            rms_norm_rows(&self.dev, f, px, 0, pn, head.eps, h, pa, r)?;
+            rms_norm_rows(&self.dev, f, px, 0, pn, head.eps, h, pa, 0, r)?;
             gemm(
                 &self.dev,
                 (r, vocab, h),

@@ -1,0 +1,41 @@
+#!/usr/bin/env python3
+"""Paired per-seed perplexities of two quantizations (issue 5's GPU-vs-CPU comparison over calibration seeds).
+Reads the `seed S ...: ... ppl P` lines of bench/smollm2_seeds_cpu.sh logs and the `... seed S cuda: ... ppl P`
+lines of bench/cuda_seeds.sh, and prints per seed both values and their ratio, then mean, sd and the standard error
+of the mean per-seed ratio over the seeds both have.
+    python3 bench/seed_pairs.py A_LOG B_LOG [A_LOG2 ...] -- B_LOG ...   (A: reference, B: compared)"""
+import re
+import statistics as st
+import sys
+
+
+def read(paths):
+    out = {}
+    for p in paths:
+        for line in open(p):
+            m = re.search(r"seed (\d+)\b.*ppl ([0-9.]+)", line)
+            if m:
+                out[int(m.group(1))] = float(m.group(2))
+    return out
+
+
+def main():
+    args = sys.argv[1:]
+    cut = args.index("--")
+    a, b = read(args[:cut]), read(args[cut + 1:])
+    seeds = sorted(set(a) & set(b))
+    ratios = []
+    for s in seeds:
+        r = b[s] / a[s] - 1
+        ratios.append(r)
+        print(f"seed {s:3d}  {a[s]:8.4f}  {b[s]:8.4f}  {100 * r:+6.2f} %")
+    for name, v in (("A", [a[s] for s in seeds]), ("B", [b[s] for s in seeds])):
+        print(f"{name}: n {len(v)}, mean {st.mean(v):.4f}, sd {st.stdev(v):.4f} ({100 * st.stdev(v) / st.mean(v):.2f} %)")
+    if len(ratios) > 1:
+        se = st.stdev(ratios) / len(ratios) ** 0.5
+        print(f"B/A - 1 per seed: mean {100 * st.mean(ratios):+.2f} %, sd {100 * st.stdev(ratios):.2f} %, "
+              f"standard error {100 * se:.2f} %, median {100 * st.median(ratios):+.2f} %")
+
+
+if __name__ == "__main__":
+    main()
