@@ -49,10 +49,10 @@ pub fn copy_bandwidth(dev: &Cuda, bytes: usize, reps: usize) -> Result<f64> {
     Ok(2.0 * (words * 4) as f64 / t / 1e9)
 }
 
-/// Replays before timing, and the least time they take: the GPU's clocks
-/// settle over milliseconds after a change of load (a first timing taken
-/// right after cuBLAS came out up to 28 % slower than the same kernel timed
-/// later, `bench/results/2026-12-04-wgmma-pipe.md`).
+/// Replays before timing, and the least time they take (a first timing
+/// taken right after cuBLAS came out up to 28 % slower than the same kernel
+/// timed later, `bench/results/2026-12-04-wgmma-pipe.md`; warming up alone
+/// did not remove that, hence also [`ROUNDS`]).
 /// `GPTQ_BENCH_WARM_MS` overrides the time (for studying it).
 const WARM_REPLAYS: usize = 3;
 const WARM_MS: u64 = 25;
@@ -156,9 +156,9 @@ pub struct BenchRow {
 
 /// Rounds of the table's timings (ours, dequantize + cuBLAS, cuBLAS), one
 /// after the other, each keeping its fastest round: the first timing after
-/// a change of batch size or kernel came out up to 15 % slower than the
-/// same kernel timed again later (clock state after the previous kernels;
-/// `bench/results/2026-12-04-wgmma-b256.md`), for cuBLAS as for ours.
+/// a change of batch size came out up to 15 % slower than the same kernel
+/// timed again later, even after 300 ms of warm-up in one case (cause not
+/// settled; `bench/results/2026-12-04-wgmma-b256.md` §3).
 const ROUNDS: usize = 2;
 
 /// Weight copies so that one graph replay streams at least `target` bytes

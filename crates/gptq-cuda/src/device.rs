@@ -1215,7 +1215,7 @@ pub struct Workspace {
 }
 
 /// `slot`, reallocated (zeroed) when it holds fewer than `n` values.
-fn grow<'a, T: DeviceRepr + cudarc::driver::ValidAsZeroBits>(
+pub(crate) fn grow<'a, T: DeviceRepr + cudarc::driver::ValidAsZeroBits>(
     slot: &'a mut Option<CudaSlice<T>>,
     dev: &Cuda,
     n: usize,

@@ -26,7 +26,7 @@
 //! quantization (measured in `bench/results/`).
 
 use crate::blas::{gemm, Mat};
-use crate::device::{dptr, kargs, load_kernels, Ctx, Cuda};
+use crate::device::{dptr, grow, kargs, load_kernels, Ctx, Cuda};
 use crate::solve::{Solver, MAX_ROWS};
 use crate::{compile, Error, Result};
 use cudarc::driver::{CudaFunction, CudaModule, CudaSlice, LaunchConfig, PushKernelArg};
@@ -299,6 +299,15 @@ pub(crate) fn rms_norm_rows(
     unsafe { dev.launch(f, norm_cfg(h, rows)?, args, true, "blk_rms_norm") }
 }
 
+/// Device pointer `p` advanced by `bytes`, or 0 (no buffer) if `p` is 0.
+fn offset_or_null(p: u64, bytes: usize) -> u64 {
+    if p == 0 {
+        0
+    } else {
+        p + bytes as u64
+    }
+}
+
 /// A grid-stride launch over `n` elements, 256 threads a block.
 pub(crate) fn grid(n: usize) -> LaunchConfig {
     let blocks = n.div_ceil(256).clamp(1, 1 << 20) as u32;
@@ -563,11 +572,7 @@ impl GpuCalibration {
                 nkv,
             )?;
             let out = pb + (off * nh * d * 2) as u64;
-            let out_lo = if pb_lo == 0 {
-                0
-            } else {
-                pb_lo + (off * nh * d * 2) as u64
-            };
+            let out_lo = offset_or_null(pb_lo, off * nh * d * 2);
             let mut l = dv.stream.launch_builder(rows_fn);
             l.arg(&po)
                 .arg(&li)
@@ -612,11 +617,7 @@ impl GpuCalibration {
             }
             let n = (rows * inter) as u64;
             let out = pb + (r0 * inter * 2) as u64;
-            let out_lo = if pb_lo == 0 {
-                0
-            } else {
-                pb_lo + (r0 * inter * 2) as u64
-            };
+            let out_lo = offset_or_null(pb_lo, r0 * inter * 2);
             let mut l = self.dev.stream.launch_builder(f);
             for p in &ptrs {
                 l.arg(p);
@@ -998,32 +999,15 @@ impl GpuCalibration {
             self.place_states(&lin, nh, nkv, d, inter)?;
         }
         let tokens = self.cap_tokens;
-        for i in 0..self.lanes.len() {
-            if self.lanes[i]
-                .b
-                .as_ref()
-                .is_none_or(|b| b.len() < tokens * bw)
-            {
-                self.lanes[i].b = None;
-                self.lanes[i].b = Some(self.dev.zeros::<u16>(tokens * bw)?);
-            }
-            if self.lanes[i].a.is_none() {
-                self.lanes[i].a = Some(self.dev.zeros::<u16>(tokens * h)?);
-            }
-            // The rounding remainders, for the cross term of asymmetric
-            // calibration (two lanes).
-            if self.lanes.len() > 1 {
-                if self.lanes[i]
-                    .b_lo
-                    .as_ref()
-                    .is_none_or(|b| b.len() < tokens * bw)
-                {
-                    self.lanes[i].b_lo = None;
-                    self.lanes[i].b_lo = Some(self.dev.zeros::<u16>(tokens * bw)?);
-                }
-                if self.lanes[i].a_lo.is_none() {
-                    self.lanes[i].a_lo = Some(self.dev.zeros::<u16>(tokens * h)?);
-                }
+        // Scratch `a` and `b`, and with two lanes (asymmetric calibration)
+        // their rounding remainders for the cross term.
+        let two = self.lanes.len() > 1;
+        for lane in &mut self.lanes {
+            grow(&mut lane.b, &self.dev, tokens * bw)?;
+            grow(&mut lane.a, &self.dev, tokens * h)?;
+            if two {
+                grow(&mut lane.b_lo, &self.dev, tokens * bw)?;
+                grow(&mut lane.a_lo, &self.dev, tokens * h)?;
             }
         }
         // The full-precision lane's own copy of the weights.
