@@ -844,14 +844,33 @@ __device__ __forceinline__ void wgmma_bm(float (&d)[BM / 2], u32 a0, u32 a1, u32
 #endif
 }
 
-// Shared memory of one warpgroup's ring, bytes: per stage the activation
-// tile (BM rows × 64 columns) and its 4·RT row tiles' codes and scales.
-template <int BM, int RT, int S>
-__device__ constexpr int wg_ring_bytes() {
-    return S * (BM * 128 + 4 * RT * 768);
+// Shared memory of a block, bytes: first the activation rings, one per K
+// split (S stages of BM rows × 64 columns), then each warpgroup's code and
+// scale rings (4 warps × S stages × RT row tiles × 768), then the
+// activation stages' mbarriers (KS × S × 8). src/kernels.rs computes the
+// same (WgVariant::shared_bytes).
+template <int BM, int KS, int RT, int S>
+__device__ constexpr int wg_xring_bytes() {
+    return KS * S * BM * 128;
+}
+template <int BM, int KS, int RT, int S, int RG>
+__device__ constexpr int wg_wring_bytes() {
+    return KS * RG * 4 * S * RT * 768;
+}
+// After all that (or after the K splits' sums, where those take more): one
+// word per row group for the split-K flag (16 bytes).
+template <int BM, int KS, int RT, int S, int RG>
+__device__ constexpr int wg_flags_offset() {
+    return max(wg_xring_bytes<BM, KS, RT, S>() + wg_wring_bytes<BM, KS, RT, S, RG>() + KS * S * 8,
+               (KS - 1) * RG * RT * (BM / 2) * 128 * 4);
 }
 
-template <int BM, int KS, int RT, int S, bool BF, bool P, bool Z>
+// RG: warpgroups side by side on different weight rows (RG·64·RT rows per
+// block) that share each K split's activation stages, so the activations
+// cross L2 once per RG·64·RT weight rows (at 256 batch rows and one 64-row
+// group per block they were 16 times the codes' bytes). The KS·RG
+// warpgroups of a block: wgi = rg·KS + ks.
+template <int BM, int KS, int RT, int S, int RG, bool BF, bool P, bool Z>
 __device__ __forceinline__ void wg_body(const u32 *__restrict__ qw, const u32 *__restrict__ sz,
                                         const u16 *__restrict__ xt, u16 *__restrict__ y,
                                         const u16 *__restrict__ bias, int M, int N, int NT, int KC,
@@ -859,6 +878,7 @@ __device__ __forceinline__ void wg_body(const u32 *__restrict__ qw, const u32 *_
                                         float *__restrict__ part, u32 *__restrict__ cnt) {
     static_assert(BM == 64 || BM == 128 || BM == 256, "wgmma N: the wrappers above");
     static_assert(S >= 2, "ring");
+    static_assert(RG <= 4, "four split-K flags");
 #if WG_OK
     // D: chunks loaded ahead; the stage refilled at local chunk i is the
     // one of chunk i-1, whose wgmma was waited for. (Why no wgmma stays in
@@ -874,6 +894,10 @@ __device__ __forceinline__ void wg_body(const u32 *__restrict__ qw, const u32 *_
     // the same in every thread of a warp and keeps the stage addresses and
     // descriptors derived from it in uniform registers.
     const int wgi = __shfl_sync(0xffffffffu, (int)(threadIdx.x >> 7), 0);
+    // (With one row group, ks is wgi itself: no division for the compiler to
+    // keep registers for.)
+    const int ks = RG == 1 ? wgi : wgi % KS;
+    const int rg = RG == 1 ? 0 : wgi / KS;
     const int tid = threadIdx.x & 127;
     const int g = lane >> 2;
     const int t = lane & 3;
@@ -881,30 +905,34 @@ __device__ __forceinline__ void wg_body(const u32 *__restrict__ qw, const u32 *_
     // K is split over the KS warpgroups of a block and (Z) the gridDim.z
     // blocks of a tile (split K across blocks, for layers with too few tiles
     // to fill the GPU): warpgroup wgi of block z takes the chunks
-    // kc ≡ z·KS + wgi (mod KS·gridDim.z).
-    const int ksplit = Z ? blockIdx.z * KS + wgi : wgi;
+    // kc ≡ z·KS + ks (mod KS·gridDim.z).
+    const int ksplit = Z ? blockIdx.z * KS + ks : ks;
     const int kstep = Z ? KS * gridDim.z : KS;
     // Row tile r of this warp: group r of 4 tiles, the warp's one in it
-    // (wgmma's m64 = the 4 warps' 16 rows, in order). Every warpgroup of the
-    // block has the same rows. Tiles past
+    // (wgmma's m64 = the 4 warps' 16 rows, in order). The KS warpgroups of
+    // row group rg have the same rows. Tiles past
     // the layout's NT (the last block) read tile NT-1 and store nothing
     // (their rows are ≥ N).
     int nt[RT];
 #pragma unroll
-    for (int r = 0; r < RT; r++) nt[r] = blockIdx.y * (4 * RT) + 4 * r + (warp & 3);
+    for (int r = 0; r < RT; r++)
+        nt[r] = blockIdx.y * (4 * RT * RG) + rg * (4 * RT) + 4 * r + (warp & 3);
     // The shared window's address of the dynamic buffer, through the
     // compiler's own conversion (not inline asm), so it knows the value is
     // the same in every thread and keeps the descriptors in uniform
     // registers.
     const u32 smem0 = (u32)__cvta_generic_to_shared(wg_smem);
-    const u32 base = smem0 + wgi * wg_ring_bytes<BM, RT, S>();
-    // One mbarrier per stage and warpgroup, after all the rings.
-    const u32 bars = smem0 + KS * wg_ring_bytes<BM, RT, S>() + wgi * S * 8;
-    if (tid == 0)
+    const u32 base = smem0 + ks * (S * BSTAGE);
+    // One mbarrier per stage and K split, after all the rings; row group
+    // 0's warpgroup starts the copies, all RG wait on them.
+    const u32 bars = smem0 + wg_xring_bytes<BM, KS, RT, S>() +
+                     wg_wring_bytes<BM, KS, RT, S, RG>() + ks * S * 8;
+    if (tid == 0 && rg == 0)
         for (int st = 0; st < S; st++) mbar_init(bars + st * 8, 1);
     mbar_init_fence();
     __syncthreads();
-    const u32 wbase = base + S * BSTAGE + (warp & 3) * (S * WSTAGE);
+    const u32 wbase =
+        smem0 + wg_xring_bytes<BM, KS, RT, S>() + (wgi * 4 + (warp & 3)) * (S * WSTAGE);
     const u32 *qp[RT];
     const u32 *sp[RT];
 #pragma unroll
@@ -931,7 +959,7 @@ __device__ __forceinline__ void wg_body(const u32 *__restrict__ qw, const u32 *_
     // stage's mbarrier; thread 0 of the warpgroup starts it.
     auto issue_x = [&](int st, int i) {
         const int kc = ksplit + i * kstep;
-        if (kc < KC && tid == 0)
+        if (kc < KC && tid == 0 && rg == 0)
             bulk_load(base + st * BSTAGE, xt + ((u64)blockIdx.x * KC + kc) * (BM * 64), BSTAGE,
                       bars + st * 8);
     };
@@ -958,10 +986,10 @@ __device__ __forceinline__ void wg_body(const u32 *__restrict__ qw, const u32 *_
         cp_async_wait<D - 1>();
         while (!mbar_done(bars + st * 8, parity)) {
         }
-        // This warpgroup's barrier (id 1 + wgi; 0 is __syncthreads): all its
-        // warps are done with the stage refilled next (their wgmma of local
-        // chunk i+D-S waited).
-        asm volatile("bar.sync %0, 128;" ::"r"(1 + wgi) : "memory");
+        // The barrier of this K split's RG warpgroups (id 1 + ks; 0 is
+        // __syncthreads): all their warps are done with the stage refilled
+        // next (their wgmma of local chunk i+D-S waited).
+        asm volatile("bar.sync %0, %1;" ::"r"(1 + ks), "r"(128 * RG) : "memory");
         issue_w(rs, i + D);
         cp_async_commit();
         issue_x(rs, i + D);
@@ -1022,18 +1050,19 @@ __device__ __forceinline__ void wg_body(const u32 *__restrict__ qw, const u32 *_
     }
     cp_async_wait<0>();
     if (KS > 1) {
-        // Warpgroups 1.. hand their sums to warpgroup 0 through the rings.
-        float *red = (float *)wg_smem;
+        // The K splits 1.. of each row group hand their sums to its split 0
+        // through the rings.
+        float *red = (float *)wg_smem + rg * ((KS - 1) * RT * NA * 128);
         __syncthreads();
-        if (wgi > 0) {
+        if (ks > 0) {
 #pragma unroll
             for (int r = 0; r < RT; r++)
 #pragma unroll
                 for (int v = 0; v < NA; v++)
-                    red[(((wgi - 1) * RT + r) * NA + v) * 128 + tid] = acc[r][v];
+                    red[(((ks - 1) * RT + r) * NA + v) * 128 + tid] = acc[r][v];
         }
         __syncthreads();
-        if (wgi > 0) return;
+        if (ks > 0) return;
 #pragma unroll
         for (int s = 1; s < KS; s++)
 #pragma unroll
@@ -1043,17 +1072,21 @@ __device__ __forceinline__ void wg_body(const u32 *__restrict__ qw, const u32 *_
                     acc[r][v] += red[(((s - 1) * RT + r) * NA + v) * 128 + tid];
     }
     if (Z && gridDim.z > 1) {
-        // Split K across blocks (the `_z` kernels): warpgroup 0 of each block writes its sums
+        // Split K across blocks (the `_z` kernels): K split 0 of each row
+        // group writes its sums
         // to the tile's slab in `part` (one slot per block z), then counts
         // itself in on the tile's counter; the last block to arrive sums the
         // slots, puts the counter back to 0 for the next launch and stores
         // the outputs (the classic threadfence
         // reduction: each writer's stores are made visible device-wide
         // before its increment, the last block reads through L2).
-        // The flag goes through the first word of the rings (no copy is in
-        // flight any more; the reduction above read it before the barrier).
-        volatile u32 *last = (volatile u32 *)wg_smem;
-        const u32 tile = blockIdx.x * gridDim.y + blockIdx.y;
+        // A tile is one row group's rows of a block; its flag is the row
+        // group's word after the rings, its barrier id 1 + KS + rg (past
+        // the main loop's).
+        volatile u32 *last =
+            (volatile u32 *)(wg_smem + wg_flags_offset<BM, KS, RT, S, RG>()) + rg;
+        const u32 tile = (blockIdx.x * gridDim.y + blockIdx.y) * RG + rg;
+        const u32 zbar = 1 + KS + rg;
         const u32 slab = RT * NA * 128;
         float *mine = part + ((u64)tile * gridDim.z + blockIdx.z) * slab;
 #pragma unroll
@@ -1061,9 +1094,9 @@ __device__ __forceinline__ void wg_body(const u32 *__restrict__ qw, const u32 *_
 #pragma unroll
             for (int v = 0; v < NA; v++) mine[(r * NA + v) * 128 + tid] = acc[r][v];
         __threadfence();
-        asm volatile("bar.sync 1, 128;" ::: "memory");
+        asm volatile("bar.sync %0, 128;" ::"r"(zbar) : "memory");
         if (tid == 0) *last = atomicAdd(&cnt[tile], 1u) == gridDim.z - 1 ? 1u : 0u;
-        asm volatile("bar.sync 1, 128;" ::: "memory");
+        asm volatile("bar.sync %0, 128;" ::"r"(zbar) : "memory");
         if (!*last) return;
         __threadfence();
         // All slots in block order (its own included), so the sum does not
@@ -1106,27 +1139,34 @@ __device__ __forceinline__ void wg_body(const u32 *__restrict__ qw, const u32 *_
 #endif
 }
 
-#define WG_KERNEL_ONE(BM, KS, RT, S, BF, P, Z, SUFFIX)                                          \
-    extern "C" __global__ void __launch_bounds__(128 * KS)                                     \
+#define WG_KERNEL_ONE(BM, KS, RT, S, RG, BF, P, Z, SUFFIX)                                      \
+    extern "C" __global__ void __launch_bounds__(128 * KS * RG)                                \
         w4_wg_b##BM##_k##KS##_r##RT##_s##S##SUFFIX(                                            \
             const u32 *__restrict__ qw, const u32 *__restrict__ sz, const u16 *__restrict__ xt, \
             u16 *__restrict__ y, const u16 *__restrict__ bias, int M, int N, int NT, int KC,    \
             int G, int gshift, int epi, u64 lbo_sbo, float *__restrict__ part,                  \
             u32 *__restrict__ cnt) {                                                            \
-        wg_body<BM, KS, RT, S, BF, P, Z>(qw, sz, xt, y, bias, M, N, NT, KC, G, gshift, epi,   \
+        wg_body<BM, KS, RT, S, RG, BF, P, Z>(qw, sz, xt, y, bias, M, N, NT, KC, G, gshift, epi, \
                                       lbo_sbo, part, cnt);                                      \
     }
 // Each variant for f16 and (_bf) bf16 activations; WG_KERNEL_P pipelined
 // (_p), WG_KERNEL_Z with K split across the blocks of grid z (_z).
-#define WG_KERNEL(BM, KS, RT, S)                          \
-    WG_KERNEL_ONE(BM, KS, RT, S, false, false, false, )   \
-    WG_KERNEL_ONE(BM, KS, RT, S, true, false, false, _bf)
-#define WG_KERNEL_P(BM, KS, RT, S)                         \
-    WG_KERNEL_ONE(BM, KS, RT, S, false, true, false, _p)   \
-    WG_KERNEL_ONE(BM, KS, RT, S, true, true, false, _p_bf)
-#define WG_KERNEL_Z(BM, KS, RT, S)                         \
-    WG_KERNEL_ONE(BM, KS, RT, S, false, false, true, _z)   \
-    WG_KERNEL_ONE(BM, KS, RT, S, true, false, true, _z_bf)
+#define WG_KERNEL(BM, KS, RT, S)                             \
+    WG_KERNEL_ONE(BM, KS, RT, S, 1, false, false, false, )   \
+    WG_KERNEL_ONE(BM, KS, RT, S, 1, true, false, false, _bf)
+#define WG_KERNEL_P(BM, KS, RT, S)                            \
+    WG_KERNEL_ONE(BM, KS, RT, S, 1, false, true, false, _p)   \
+    WG_KERNEL_ONE(BM, KS, RT, S, 1, true, true, false, _p_bf)
+#define WG_KERNEL_Z(BM, KS, RT, S)                            \
+    WG_KERNEL_ONE(BM, KS, RT, S, 1, false, false, true, _z)   \
+    WG_KERNEL_ONE(BM, KS, RT, S, 1, true, false, true, _z_bf)
+// RG row groups sharing the activation stages (_gRG).
+#define WG_KERNEL_G(BM, KS, RT, S, RG)                               \
+    WG_KERNEL_ONE(BM, KS, RT, S, RG, false, false, false, _g##RG)    \
+    WG_KERNEL_ONE(BM, KS, RT, S, RG, true, false, false, _g##RG##_bf)
+#define WG_KERNEL_GZ(BM, KS, RT, S, RG)                                \
+    WG_KERNEL_ONE(BM, KS, RT, S, RG, false, false, true, _g##RG##_z)   \
+    WG_KERNEL_ONE(BM, KS, RT, S, RG, true, false, true, _g##RG##_z_bf)
 
 // The variants the host may launch (src/kernels.rs lists the same ones).
 WG_KERNEL(64, 2, 2, 4)
@@ -1143,6 +1183,9 @@ WG_KERNEL_Z(64, 4, 1, 4)
 WG_KERNEL_Z(64, 4, 2, 3)
 WG_KERNEL_Z(64, 2, 4, 4)
 WG_KERNEL_Z(128, 3, 1, 3)
+WG_KERNEL_G(128, 1, 1, 4, 2)
+WG_KERNEL_G(128, 2, 1, 3, 2)
+WG_KERNEL_GZ(128, 2, 1, 3, 2)
 
 // The activations of the wgmma kernels, tiled as their shared-memory
 // stages: xt[((mb·KC + kc)·BM + r)·64 + q] is row m = mb·BM + r (0 past M),

@@ -692,7 +692,8 @@ impl Cuda {
         // sums and one arrival counter per tile (zero between launches: the
         // last block of a tile resets it).
         let (ppart, pcnt) = if v.sk > 1 {
-            let tiles = mb * ty;
+            // (A tile is one row group's rows of a block.)
+            let tiles = mb * ty * v.rg as usize;
             let slab = (v.rt * v.bm / 2 * 128) as usize;
             let part = dptr(grow(&mut ws.part, self, tiles * v.sk as usize * slab)?, st);
             (part, dptr(grow(&mut ws.cnt, self, tiles)?, st))
@@ -1011,13 +1012,23 @@ pub fn pick_wg(n: usize, m: usize) -> Option<WgVariant> {
         // (14336x4096) faster than the fused kernel at 64 rows
         // (2026-12-04-wgmma-b256.md §7).
         (_, 33..=64) => Some(WgVariant::new(64, 4, 1, 4).split(2)),
-        (12288.., 65..=128) => Some(WgVariant::new(128, 2, 2, 4)),
+        // Two row groups of 64 weight rows sharing each activation stage
+        // (`_g2`): 1.06-1.18x the previous choice on the layers of >= 12288
+        // rows at 65-256 rows and on 8192-row layers at 193-256 rows, in two
+        // sweeps (2026-12-04-wgmma-groups.md). One K split per block (two
+        // blocks per SM) where a 128-row block count fills the GPU twice,
+        // else two.
+        (24576.., 65..=128) => Some(WgVariant::new(128, 1, 1, 4).grouped(2)),
+        (12288.., 65..=128) => Some(WgVariant::new(128, 2, 1, 3).grouped(2)),
         (8192.., 65..=128) => Some(WgVariant::new(128, 3, 1, 3)),
+        (12288.., 129..=256) => Some(WgVariant::new(128, 1, 1, 4).grouped(2)),
         // 256-row tiles (one dequantization for the whole batch) where the
         // layer has enough of them: 1-10 % faster than the best 64/128-row
         // variant at 192-256 rows, slower at 128 and 384
-        // (2026-12-04-wgmma-b256.md).
-        (8192.., 129..=256) => Some(WgVariant::new(256, 2, 1, 3)),
+        // (2026-12-04-wgmma-b256.md); from 193 rows on 8192-row layers the
+        // row groups above.
+        (8192.., 129..=192) => Some(WgVariant::new(256, 2, 1, 3)),
+        (8192.., 193..=256) => Some(WgVariant::new(128, 2, 1, 3).grouped(2)),
         (8192.., _) => Some(WgVariant::new(128, 2, 2, 4).pipelined()),
         (_, 65..=128) => Some(WgVariant::new(64, 4, 1, 4)),
         (_, 129..) => Some(WgVariant::new(128, 3, 1, 3)),
@@ -1247,8 +1258,10 @@ mod tests {
 
     #[test]
     fn dispatcher_picks_compiled_variants_covering_the_batch() {
-        for n in [64, 4096, 8192, 14336, 28672] {
-            for m in [1, 2, 8, 9, 16, 17, 32, 33, 64, 65, 256, 1000] {
+        for n in [64, 4096, 8192, 12288, 14336, 24576, 28672] {
+            for m in [
+                1, 2, 8, 9, 16, 17, 32, 33, 64, 65, 128, 129, 192, 193, 256, 257, 1000,
+            ] {
                 // Layers with narrower groups take the twin without `fs`.
                 for v in [pick_variant(n, m), pick_variant(n, m).without_fs()] {
                     assert!(kernels::W4_VARIANTS.contains(&v), "{n} {m}: {v:?}");

@@ -219,6 +219,10 @@ pub struct WgVariant {
     /// Blocks splitting K per output tile (grid z; the same kernel): their
     /// sums meet in a workspace, the last block of a tile stores them.
     pub sk: u32,
+    /// Row groups (`_g`): warpgroups side by side on different weight rows
+    /// of a block, sharing each K split's activation stages (the
+    /// activations cross L2 once per `64·rt·rg` weight rows).
+    pub rg: u32,
 }
 
 impl WgVariant {
@@ -230,7 +234,13 @@ impl WgVariant {
             st,
             pipe: false,
             sk: 1,
+            rg: 1,
         }
+    }
+
+    /// The same kernel shape with `rg` row groups per block.
+    pub const fn grouped(self, rg: u32) -> Self {
+        WgVariant { rg, ..self }
     }
 
     /// The same kernel with K split over `sk` blocks per output tile.
@@ -259,8 +269,13 @@ impl WgVariant {
         // K split across blocks: the `_z` kernel (the plain one would
         // ignore grid z and compute every block's whole K).
         let z = if self.sk > 1 { "_z" } else { "" };
+        let g = if self.rg > 1 {
+            format!("_g{}", self.rg)
+        } else {
+            String::new()
+        };
         format!(
-            "w4_wg_b{}_k{}_r{}_s{}{p}{z}",
+            "w4_wg_b{}_k{}_r{}_s{}{g}{p}{z}",
             self.bm, self.ks, self.rt, self.st
         )
     }
@@ -273,7 +288,7 @@ impl WgVariant {
 
     /// 16-row tiles one block covers.
     pub fn tiles(&self) -> usize {
-        (4 * self.rt) as usize
+        (4 * self.rt * self.rg) as usize
     }
 
     /// Batch rows one block covers.
@@ -283,18 +298,22 @@ impl WgVariant {
 
     /// Threads per block.
     pub fn threads(&self) -> u32 {
-        128 * self.ks
+        128 * self.ks * self.rg
     }
 
-    /// Dynamic shared memory, bytes: each warpgroup's ring (per stage the
-    /// activation tile, `bm` rows × 64 columns f16, and 768 bytes of codes
-    /// and scales per row tile) and its stages' mbarriers, reused for the
-    /// sums of warpgroups 1.. at the end.
+    /// Dynamic shared memory, bytes (the layout `w4.cu`'s `wg_xring_bytes`
+    /// and `wg_wring_bytes` describe): each K split's activation ring (per
+    /// stage `bm` rows × 64 columns f16), each warpgroup's ring of codes and
+    /// scales (768 bytes per row tile and stage) and the activation stages'
+    /// mbarriers, reused for the sums of K splits 1.. at the end.
     pub fn shared_bytes(&self) -> u32 {
-        let rings = self.ks * self.st * (self.bm * 128 + 4 * self.rt * 768);
+        let xrings = self.ks * self.st * self.bm * 128;
+        let wrings = self.ks * self.rg * 4 * self.st * self.rt * 768;
         let barriers = self.ks * self.st * 8;
-        let reduce = (self.ks - 1) * self.rt * (self.bm / 2) * 128 * 4;
-        (rings + barriers).max(reduce)
+        let reduce = (self.ks - 1) * self.rg * self.rt * (self.bm / 2) * 128 * 4;
+        // One word per row group for the split-K flag (w4.cu's
+        // wg_flags_offset), 16 bytes.
+        (xrings + wrings + barriers).max(reduce) + 16
     }
 
     /// The `lbo_sbo` argument: the fixed descriptor fields of the kernel's
@@ -327,6 +346,9 @@ pub const WG_VARIANTS: &[WgVariant] = &[
     WgVariant::new(64, 2, 4, 4).split(4),
     WgVariant::new(64, 2, 4, 4).split(8),
     WgVariant::new(128, 3, 1, 3).split(2),
+    WgVariant::new(128, 1, 1, 4).grouped(2),
+    WgVariant::new(128, 2, 1, 3).grouped(2),
+    WgVariant::new(128, 2, 1, 3).grouped(2).split(2),
 ];
 
 /// The other kernels of the module.
@@ -414,19 +436,26 @@ mod tests {
             assert!(src.contains(&mac), "{v:?}");
         }
         for v in WG_VARIANTS {
-            let args = format!("({}, {}, {}, {})", v.bm, v.ks, v.rt, v.st);
+            let mut args = format!("({}, {}, {}, {}", v.bm, v.ks, v.rt, v.st);
             // The macro of the variant's kind, and a symbol naming that
             // macro's kernel (a split variant under the plain kernel's name
             // would compute every block's whole K).
-            let (mac, suffix) = match (v.pipe, v.sk > 1) {
-                (false, false) => ("WG_KERNEL", ""),
-                (true, false) => ("WG_KERNEL_P", "_p"),
-                (false, true) => ("WG_KERNEL_Z", "_z"),
-                (true, true) => panic!("no pipelined split kernels: {v:?}"),
+            let g = format!("_g{}", v.rg);
+            let (mac, suffix) = match (v.pipe, v.sk > 1, v.rg > 1) {
+                (false, false, false) => ("WG_KERNEL", String::new()),
+                (true, false, false) => ("WG_KERNEL_P", "_p".to_string()),
+                (false, true, false) => ("WG_KERNEL_Z", "_z".to_string()),
+                (false, false, true) => ("WG_KERNEL_G", g),
+                (false, true, true) => ("WG_KERNEL_GZ", g + "_z"),
+                _ => panic!("no such kernel kind: {v:?}"),
             };
+            if v.rg > 1 {
+                args += &format!(", {}", v.rg);
+            }
+            args += ")";
             assert!(src.contains(&format!("{mac}{args}")), "{v:?}");
             let plain = format!("w4_wg_b{}_k{}_r{}_s{}", v.bm, v.ks, v.rt, v.st);
-            assert_eq!(v.symbol(), plain + suffix, "{v:?}");
+            assert_eq!(v.symbol(), plain + &suffix, "{v:?}");
         }
         for b in [2, 3, 4, 8] {
             assert!(src.contains(&format!("DEQUANT_KERNEL({b})")));
