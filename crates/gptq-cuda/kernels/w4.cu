@@ -1200,20 +1200,35 @@ extern "C" __global__ void wg_prep_x(const u16 *__restrict__ x, const int *__res
                                      int MB) {
     pdl_wait();
     pdl_launch();
-    const u64 idx = (u64)blockIdx.x * blockDim.x + threadIdx.x;
-    if (idx >= (u64)MB * BM * KC * 64) return;
-    const int q = (int)(idx & 63);
-    const u64 rowi = idx >> 6;
-    const int r = (int)(rowi % BM);
-    const u64 tile = rowi / BM;
-    const int kc = (int)(tile % KC);
-    const int m = (int)(tile / KC) * BM + r;
-    const int l = (((q >> 3) ^ (r & 7)) << 3) | (q & 7);
-    const int kk = l & 15;
-    const int col = kc * 64 + 16 * ((kk & 7) >> 1) + 4 * (l >> 4) + (kk & 1) + ((kk >> 3) << 1);
-    u16 v = 0;
-    if (m < M && col < K) v = x[(u64)m * K + (perm ? perm[col] : col)];
-    xt[idx] = v;
+    // One 16-byte piece per thread (32-bit index math: the host keeps
+    // MB·BM·KC·64 below 2^31). Physical piece pp of stage row (mb, kc, r)
+    // holds logical piece p = pp XOR r mod 8, whose positions e = 0..7 are
+    // k-indices kk = 8·(p mod 2) + e of k tile j = p/2: columns
+    // 4j + 2·(p mod 2) + 16·(e/2) + e mod 2 of the chunk.
+    const u32 pi = blockIdx.x * blockDim.x + threadIdx.x;
+    const u32 rowi = pi >> 3;
+    if (rowi >= (u32)MB * (u32)BM * (u32)KC) return;
+    const u32 r = rowi % (u32)BM;
+    const u32 tile = rowi / (u32)BM;
+    const u32 kc = tile % (u32)KC;
+    const u32 m = (tile / (u32)KC) * (u32)BM + r;
+    const u32 p = (pi & 7) ^ (r & 7);
+    const int base = (int)(kc * 64 + 4 * (p >> 1) + 2 * (p & 1));
+    const u16 *xr = x + (u64)m * K;
+    u32 w[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        u32 pair = 0;
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            const int col = base + 16 * i + e;
+            u16 v = 0;
+            if ((int)m < M && col < K) v = xr[perm ? perm[col] : col];
+            pair |= (u32)v << (16 * e);
+        }
+        w[i] = pair;
+    }
+    *(uint4 *)(xt + (u64)pi * 8) = make_uint4(w[0], w[1], w[2], w[3]);
 }
 
 // xp[m][p] = x[m][perm[p]]: activations in the order the act-order weights

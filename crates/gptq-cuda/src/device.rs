@@ -674,8 +674,9 @@ impl Cuda {
         let pp = w4.perm.as_ref().map(|p| dptr(p, st)).unwrap_or(0u64);
         let (mi, ki, kci, bmi, mbi) = (m as i32, l.k as i32, w4.kc as i32, v.bm as i32, mb as i32);
         let f = self.func(kernels::WG_PREP)?;
+        // One thread per 16 bytes (8 values) of the stages.
         let cfg = LaunchConfig {
-            grid_dim: ((need as u64).div_ceil(256) as u32, 1, 1),
+            grid_dim: ((need as u64 / 8).div_ceil(256) as u32, 1, 1),
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
