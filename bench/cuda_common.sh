@@ -17,3 +17,15 @@ cuda_suites() {
     GPTQ_STORIES_DIR=$S GPTQ_TEST_MODELS=tests/data/models $B/forward_gpu --ignored 2>&1 | grep -E "test result|panicked"
     GPTQ_STORIES_DIR=$S $B/decode_gpu --ignored 2>&1 | grep -E "test result|panicked"
 }
+# cuda_sweep_pairs REGEX: from a sweep's debug log $OUT/sw.log, every wgmma variant's time ($OUT/wg.txt), then per
+# shape and batch the best variant not matching REGEX and its µs, the best matching and its µs, and their ratio
+# (> 1: the matching ones faster), into $OUT/best.txt and printed.
+cuda_sweep_pairs() {
+    grep -ah " us" $OUT/sw.log | sed 's/.*DEBUG[^ ]* //' | grep "w4_wg" | grep -v "again:\|round" | sort > $OUT/wg.txt
+    awk -v re="$1" '{v=$3; sub(/:$/,"",v); key=$1" "$2; t=$4+0; g=(v ~ re);
+          if (g) { if (!(key in bt) || t < bt[key]) { bt[key]=t; bv[key]=v } }
+          else { if (!(key in st) || t < st[key]) { st[key]=t; sv[key]=v } } }
+         END {for (k in st) if (k in bt) printf "%s %s %.2f %s %.2f %.3f\n", k, sv[k], st[k], bv[k], bt[k], st[k]/bt[k]}' \
+        $OUT/wg.txt | sort -t' ' -k1,1 -k2,2V > $OUT/best.txt
+    cat $OUT/best.txt
+}

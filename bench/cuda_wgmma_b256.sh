@@ -7,12 +7,5 @@
 set -u; source bench/cuda_common.sh; cuda_unpack gptq
 cuda_check
 $B/gptq -v bench kernels --device cuda --batches ${BATCHES:-128,192,256,384} --samples 20 --sweep --markdown $OUT/sw.md > $OUT/sw.log 2>&1 || echo "sweep failed"
-grep -ah " us" $OUT/sw.log | sed 's/.*DEBUG[^ ]* //' | grep "w4_wg" | grep -v again: | sort > $OUT/wg.txt
-# shape M=m: best variant of 64/128 rows and its µs, best of 256 rows and its µs, their ratio (> 1: b256 faster).
-awk '{v=$3; sub(/:$/,"",v); key=$1" "$2; t=$4+0; big=(v ~ /_b256_/);
-      if (big) { if (!(key in bt) || t < bt[key]) { bt[key]=t; bv[key]=v } }
-      else { if (!(key in st) || t < st[key]) { st[key]=t; sv[key]=v } } }
-     END {for (k in st) if (k in bt) printf "%s %s %.2f %s %.2f %.3f\n", k, sv[k], st[k], bv[k], bt[k], st[k]/bt[k]}' \
-    $OUT/wg.txt | sort -t' ' -k1,1 -k2,2V > $OUT/best.txt
-cat $OUT/best.txt
+cuda_sweep_pairs "_b256_"
 grep -E "^### |^\| [0-9]+ \|" $OUT/sw.md | cut -d"|" -f1-4,6,7,10
