@@ -2,7 +2,8 @@
 """Paired per-seed perplexities of two quantizations (issue 5's GPU-vs-CPU comparison over calibration seeds).
 Reads the `seed S ...: ... ppl P` lines of bench/smollm2_seeds_cpu.sh logs and the `... seed S cuda: ... ppl P`
 lines of bench/cuda_seeds.sh, and prints per seed both values and their ratio, then mean, sd and the standard error
-of the mean per-seed ratio over the seeds both have.
+of the mean per-seed ratio over the seeds both have; then, unpaired, the ratio of the two means over every seed
+each side has.
     python3 bench/seed_pairs.py A_LOG B_LOG [A_LOG2 ...] -- B_LOG ...   (A: reference, B: compared)"""
 import re
 import statistics as st
@@ -35,6 +36,15 @@ def main():
         se = st.stdev(ratios) / len(ratios) ** 0.5
         print(f"B/A - 1 per seed: mean {100 * st.mean(ratios):+.2f} %, sd {100 * st.stdev(ratios):.2f} %, "
               f"standard error {100 * se:.2f} %, median {100 * st.median(ratios):+.2f} %")
+    # Unpaired, over every seed each side has (the per-seed pairs are uncorrelated when the quantizations differ
+    # chaotically, so all seeds of either side count): ratio of the means, its standard error to first order.
+    va, vb = list(a.values()), list(b.values())
+    if len(va) > 1 and len(vb) > 1:
+        ma, mb = st.mean(va), st.mean(vb)
+        rel = ((st.stdev(va) / ma) ** 2 / len(va) + (st.stdev(vb) / mb) ** 2 / len(vb)) ** 0.5
+        print(f"all seeds: A n {len(va)} mean {ma:.4f} sd {100 * st.stdev(va) / ma:.2f} %; "
+              f"B n {len(vb)} mean {mb:.4f} sd {100 * st.stdev(vb) / mb:.2f} %; "
+              f"mean B / mean A - 1 {100 * (mb / ma - 1):+.2f} % +- {100 * rel:.2f} % (standard error)")
 
 
 if __name__ == "__main__":
