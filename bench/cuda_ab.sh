@@ -15,9 +15,7 @@ for g in gptq gptq-old; do
   echo "$g wg_prep_x: $(grep -E "^ +Duration" $OUT/prep-$g.txt)"
 done
 paste -d'|' <(grep -E "^### |^\| [0-9]+ \|" $OUT/k-gptq.md | cut -d"|" -f1-4,7,11) <(grep -E "^### |^\| [0-9]+ \|" $OUT/k-gptq-old.md | cut -d"|" -f3,4,7,11)
-python3 scripts/research/synth_llama.py /tmp/l8b 8b 32 $S 2>&1 | tail -1
-$B/gptq quantize /tmp/l8b -o /tmp/q8b --method rtn --bits 4 --group-size 128 --dataset .device-bin/tinystories_val.txt \
-    --nsamples 4 --seqlen 128 --device cuda --overwrite > /tmp/q8b.log 2>&1 || { echo "quantize failed"; tail -3 /tmp/q8b.log; }
+cuda_q8b
 for i in $(seq ${RUNS:-3}); do for g in gptq-old gptq; do echo -n "$g: "
   $B/$g --threads 16 -v generate /tmp/q8b --max-new-tokens 256 --ignore-eos --device cuda 2>&1 | grep -E "generated|error"
 done; done

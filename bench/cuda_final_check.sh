@@ -11,8 +11,6 @@ grep -E "^### |^\| [0-9]+ \|" $OUT/k-f16.md | cut -d"|" -f1-4,6,7,10,11,12
 # DECODE=1: also the 8B-shaped w4 g128 model (synth_llama.py, RTN on the GPU; needs .device-bin/tinystories_val.txt)
 # decoded 256 tokens twice.
 if [ -n "${DECODE:-}" ]; then
-  python3 scripts/research/synth_llama.py /tmp/l8b 8b 32 $S 2>&1 | tail -1
-  $B/gptq quantize /tmp/l8b -o /tmp/q8b --method rtn --bits 4 --group-size 128 --dataset .device-bin/tinystories_val.txt \
-      --nsamples 4 --seqlen 128 --device cuda --overwrite > /tmp/q8b.log 2>&1 || { echo "quantize failed"; tail -3 /tmp/q8b.log; }
+  cuda_q8b
   for i in 1 2; do $B/gptq --threads 16 -v generate /tmp/q8b --max-new-tokens 256 --ignore-eos --device cuda 2>&1 | grep -E "generated|error"; done
 fi

@@ -849,7 +849,7 @@ __device__ __forceinline__ void wgmma_bm(float (&d)[BM / 2], u32 a0, u32 a1, u32
 // scale rings (4 warps × S stages × RT row tiles × 768), then the
 // activation stages' mbarriers (KS × S × 8). src/kernels.rs computes the
 // same (WgVariant::shared_bytes).
-template <int BM, int KS, int RT, int S>
+template <int BM, int KS, int S>
 __device__ constexpr int wg_xring_bytes() {
     return KS * S * BM * 128;
 }
@@ -861,7 +861,7 @@ __device__ constexpr int wg_wring_bytes() {
 // word per row group for the split-K flag (16 bytes).
 template <int BM, int KS, int RT, int S, int RG>
 __device__ constexpr int wg_flags_offset() {
-    return max(wg_xring_bytes<BM, KS, RT, S>() + wg_wring_bytes<BM, KS, RT, S, RG>() + KS * S * 8,
+    return max(wg_xring_bytes<BM, KS, S>() + wg_wring_bytes<BM, KS, RT, S, RG>() + KS * S * 8,
                (KS - 1) * RG * RT * (BM / 2) * 128 * 4);
 }
 
@@ -925,14 +925,14 @@ __device__ __forceinline__ void wg_body(const u32 *__restrict__ qw, const u32 *_
     const u32 base = smem0 + ks * (S * BSTAGE);
     // One mbarrier per stage and K split, after all the rings; row group
     // 0's warpgroup starts the copies, all RG wait on them.
-    const u32 bars = smem0 + wg_xring_bytes<BM, KS, RT, S>() +
+    const u32 bars = smem0 + wg_xring_bytes<BM, KS, S>() +
                      wg_wring_bytes<BM, KS, RT, S, RG>() + ks * S * 8;
     if (tid == 0 && rg == 0)
         for (int st = 0; st < S; st++) mbar_init(bars + st * 8, 1);
     mbar_init_fence();
     __syncthreads();
     const u32 wbase =
-        smem0 + wg_xring_bytes<BM, KS, RT, S>() + (wgi * 4 + (warp & 3)) * (S * WSTAGE);
+        smem0 + wg_xring_bytes<BM, KS, S>() + (wgi * 4 + (warp & 3)) * (S * WSTAGE);
     const u32 *qp[RT];
     const u32 *sp[RT];
 #pragma unroll

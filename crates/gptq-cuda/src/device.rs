@@ -1014,9 +1014,10 @@ pub fn pick_wg(n: usize, m: usize) -> Option<WgVariant> {
         // (2026-12-04-wgmma-b256.md §7).
         (_, 33..=64) => Some(WgVariant::new(64, 4, 1, 4).split(2)),
         // Two row groups of 64 weight rows sharing each activation stage
-        // (`_g2`): 1.06-1.18x the previous choice on the layers of >= 12288
-        // rows at 65-256 rows and on 8192-row layers at 193-256 rows, in two
-        // sweeps (2026-12-04-wgmma-groups.md). One K split per block (two
+        // (`_g2`): 1.03-1.14x the previous choice on the layers of >= 12288
+        // rows at 65-256 rows and 1.07-1.14x on 8192x8192 at 256 rows, in two
+        // sweeps (2026-12-04-wgmma-groups.md; on 28672x8192 at 256 rows
+        // 0.97-1.01x, a wash). One K split per block (two
         // blocks per SM) where a 128-row block count fills the GPU twice,
         // else two.
         (24576.., 65..=128) => Some(WgVariant::new(128, 1, 1, 4).grouped(2)),
