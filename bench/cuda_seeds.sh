@@ -12,6 +12,13 @@
 # (default 40) the WikiText-2 windows; EVAL_DEVICE=cpu evaluates on the host (the CPU backend's evaluator, the same
 # command as bench/smollm2_seeds_cpu.sh, so GPU checkpoints evaluated here compare with CPU ones evaluated elsewhere).
 # With EVAL_DEVICE set, each smol seed's evaluation runs while the next seeds quantize (EVAL_JOBS at once, default 2).
+#   bash bench/cuda_seeds.sh smol-batch "SEEDS"  as smol, for as many seeds as fit in DEADLINE seconds (default 480):
+#       QJOBS (default 2) GPU quantizations at once, each checkpoint evaluated on the GPU ($OUT/gpu-gpueval.txt), the
+#       first CAL (default 8) also on the host CPU ($OUT/gpu-hosteval.txt: the CPU evaluator of
+#       bench/smollm2_seeds_cpu.sh, to carry the VM's CPU seeds over to the GPU evaluator). Meanwhile CPU_SEEDS are
+#       quantized on the host CPU (--device cpu, CPU_THREADS threads, default 8) and evaluated both ways
+#       ($OUT/cpu-gpueval.txt, $OUT/cpu-hosteval.txt); the sha256 of each CPU checkpoint goes to $OUT/cpu-sha.txt
+#       (seed 0 made on the VM: 255bf485...). Checkpoints are deleted once evaluated.
 set -u
 PART=$1; SEEDS=${2:-"0 1 2 3 4 5 6 7"}
 mkdir -p /tmp/keep
@@ -57,6 +64,39 @@ smol)
     else smol_eval /tmp/m-s$s $s cuda; fi
   done
   wait
+  ;;
+smol-batch)
+  smol_model
+  T0=$(date +%s)
+  left() { [ $(( $(date +%s) - T0 )) -lt ${DEADLINE:-480} ]; }
+  WIN="--dataset .device-bin/wiki.test.raw --max-windows ${WINDOWS:-40}"
+  # ev DIR SEED TAG FILE DEVICE [THREADS]: one evaluation line into FILE.
+  ev() { echo "bits ${BITS:-4} group ${GROUP:-128} seed $2 $3: $($B/gptq --threads ${6:-16} eval $1 $WIN --device $5 2>&1 \
+    | grep -E ' ppl |rror')" >> $OUT/$4; }
+  ( for s in ${CPU_SEEDS:-}; do
+      [ $(( $(date +%s) - T0 )) -lt $(( ${DEADLINE:-480} - 120 )) ] || break  # a CPU seed takes ~1-2 min
+      $B/gptq --threads ${CPU_THREADS:-8} quantize $M -o /tmp/c-s$s --dataset data/calib/brown-excerpt.txt --nsamples 64 \
+        --seqlen 512 --group-size=${GROUP:-128} --bits ${BITS:-4} --seed $s --device cpu --overwrite > $OUT/c-s$s.log 2>&1 \
+        || { echo "cpu seed $s: quantize failed" >> $OUT/cpu-gpueval.txt; continue; }
+      echo "seed $s: $(sha256sum /tmp/c-s$s/model.safetensors | cut -c1-16) $(date +%T)" >> $OUT/cpu-sha.txt
+      ev /tmp/c-s$s $s cpu cpu-gpueval.txt cuda
+      ev /tmp/c-s$s $s cpu cpu-hosteval.txt cpu 4
+      rm -rf /tmp/c-s$s
+    done ) > /dev/null 2>&1 &
+  CPU_JOB=$!; disown
+  n=0
+  for s in $SEEDS; do
+    left || break
+    while [ "$(jobs -rp | wc -l)" -ge "${QJOBS:-2}" ]; do wait -n; done
+    n=$((n + 1))
+    ( smol_quant /tmp/m-s$s $s --device cuda
+      ev /tmp/m-s$s $s cuda gpu-gpueval.txt cuda
+      [ $n -le ${CAL:-8} ] && ev /tmp/m-s$s $s cuda gpu-hosteval.txt cpu 4
+      rm -rf /tmp/m-s$s ) &
+  done
+  wait
+  while kill -0 $CPU_JOB 2>/dev/null; do sleep 2; done
+  echo "$(date +%T): $(wc -l < $OUT/gpu-gpueval.txt) GPU seeds, $(cat $OUT/cpu-gpueval.txt 2>/dev/null | wc -l) host CPU seeds"
   ;;
 smol-host)
   smol_model

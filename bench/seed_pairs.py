@@ -4,7 +4,9 @@ Reads the `seed S ...: ... ppl P` lines of bench/smollm2_seeds_cpu.sh logs and t
 lines of bench/cuda_seeds.sh, and prints per seed both values and their ratio, then mean, sd and the standard error
 of the mean per-seed ratio over the seeds both have; then, unpaired, the ratio of the two means over every seed
 each side has.
-    python3 bench/seed_pairs.py A_LOG B_LOG [A_LOG2 ...] -- B_LOG ...   (A: reference, B: compared)"""
+    python3 bench/seed_pairs.py [--scale-a R] A_LOG [A_LOG2 ...] -- B_LOG ...   (A: reference, B: compared)
+--scale-a R multiplies every A perplexity by R: A scored by another evaluator, R = the mean ratio of the two
+evaluators on the same checkpoints (itself from this script: the same checkpoints' two evaluations as A and B)."""
 import re
 import statistics as st
 import sys
@@ -22,8 +24,12 @@ def read(paths):
 
 def main():
     args = sys.argv[1:]
+    scale = 1.0
+    if args[:1] == ["--scale-a"]:
+        scale, args = float(args[1]), args[2:]
     cut = args.index("--")
     a, b = read(args[:cut]), read(args[cut + 1:])
+    a = {s: v * scale for s, v in a.items()}
     seeds = sorted(set(a) & set(b))
     ratios = []
     for s in seeds:
