@@ -3,13 +3,17 @@
 Reads the `seed S ...: ... ppl P` lines of bench/smollm2_seeds_cpu.sh logs and the `... seed S cuda: ... ppl P`
 lines of bench/cuda_seeds.sh, and prints per seed both values and their ratio, then mean, sd and the standard error
 of the mean per-seed ratio over the seeds both have; then, unpaired, the ratio of the two means over every seed
-each side has.
+each side has, and bootstrap intervals of the ratios of the means and of the medians.
     python3 bench/seed_pairs.py [--scale-a R] A_LOG [A_LOG2 ...] -- B_LOG ...   (A: reference, B: compared)
 --scale-a R multiplies every A perplexity by R: A scored by another evaluator, R = the mean ratio of the two
 evaluators on the same checkpoints (itself from this script: the same checkpoints' two evaluations as A and B)."""
+import random
 import re
 import statistics as st
 import sys
+
+
+BOOT = 10000
 
 
 def read(paths):
@@ -51,6 +55,21 @@ def main():
         print(f"all seeds: A n {len(va)} mean {ma:.4f} sd {100 * st.stdev(va) / ma:.2f} %; "
               f"B n {len(vb)} mean {mb:.4f} sd {100 * st.stdev(vb) / mb:.2f} %; "
               f"mean B / mean A - 1 {100 * (mb / ma - 1):+.2f} % +- {100 * rel:.2f} % (standard error)")
+        # Percentile bootstrap (each side resampled on its own, fixed seed so reruns agree): 95 % intervals of the
+        # ratio of the means and of the medians. The perplexities have a heavy upper tail (a few seeds 10-15 %
+        # above the rest on either backend), which the mean feels and the median does not.
+        rng = random.Random(0)
+        boot = {"means": [], "medians": []}
+        for _ in range(BOOT):
+            ra, rb = rng.choices(va, k=len(va)), rng.choices(vb, k=len(vb))
+            boot["means"].append(st.mean(rb) / st.mean(ra) - 1)
+            boot["medians"].append(st.median(rb) / st.median(ra) - 1)
+        point = {"means": mb / ma - 1, "medians": st.median(vb) / st.median(va) - 1}
+        for k, v in boot.items():
+            v.sort()
+            lo, hi = v[int(0.025 * BOOT)], v[int(0.975 * BOOT) - 1]
+            print(f"ratio of the {k} - 1: {100 * point[k]:+.2f} %, 95 % bootstrap interval "
+                  f"[{100 * lo:+.2f} %, {100 * hi:+.2f} %]")
 
 
 if __name__ == "__main__":
