@@ -68,16 +68,16 @@ smol)
 smol-batch)
   smol_model
   T0=$(date +%s)
-  left() { [ $(( $(date +%s) - T0 )) -lt ${DEADLINE:-480} ]; }
+  # left [MARGIN]: whether MARGIN seconds (default 0) remain before DEADLINE.
+  left() { [ $(( $(date +%s) - T0 + ${1:-0} )) -lt ${DEADLINE:-480} ]; }
   WIN="--dataset .device-bin/wiki.test.raw --max-windows ${WINDOWS:-40}"
   # ev DIR SEED TAG FILE DEVICE [THREADS]: one evaluation line into FILE.
   ev() { echo "bits ${BITS:-4} group ${GROUP:-128} seed $2 $3: $($B/gptq --threads ${6:-16} eval $1 $WIN --device $5 2>&1 \
     | grep -E ' ppl |rror')" >> $OUT/$4; }
   ( for s in ${CPU_SEEDS:-}; do
-      [ $(( $(date +%s) - T0 )) -lt $(( ${DEADLINE:-480} - 120 )) ] || break  # a CPU seed takes ~1-2 min
-      $B/gptq --threads ${CPU_THREADS:-8} quantize $M -o /tmp/c-s$s --dataset data/calib/brown-excerpt.txt --nsamples 64 \
-        --seqlen 512 --group-size=${GROUP:-128} --bits ${BITS:-4} --seed $s --device cpu --overwrite > $OUT/c-s$s.log 2>&1 \
-        || { echo "cpu seed $s: quantize failed" >> $OUT/cpu-gpueval.txt; continue; }
+      left 120 || break  # a CPU seed takes ~1-2 min
+      smol_quant /tmp/c-s$s $s --device cpu --threads ${CPU_THREADS:-8}
+      [ -f /tmp/c-s$s/model.safetensors ] || { echo "cpu seed $s: quantize failed" >> $OUT/cpu-gpueval.txt; continue; }
       echo "seed $s: $(sha256sum /tmp/c-s$s/model.safetensors | cut -c1-16) $(date +%T)" >> $OUT/cpu-sha.txt
       ev /tmp/c-s$s $s cpu cpu-gpueval.txt cuda
       ev /tmp/c-s$s $s cpu cpu-hosteval.txt cpu 4
