@@ -71,7 +71,11 @@ __device__ __forceinline__ void store_hilo(u16 *__restrict__ hi, u16 *__restrict
 // j·blockDim.x, every load issued before the first use), so a row costs
 // about two memory round trips however wide it is: one-row decode steps are
 // latency-bound, not bandwidth-bound. The host launches at least
-// h / NORM_PER threads (`forward::norm_cfg`), at most 1024.
+// h / NORM_PER threads (`forward::norm_kernel`): up to 512 the kernels
+// below, whose bound lets ptxas give a thread 104 registers, none spilled;
+// wider rows (over 8192) the `_wide` twins, up to 1024 threads, where the
+// 64 registers a thread can have leave about 90 bytes of spills (at 1024
+// for every row the decoder's RMSNorm spilled so, 2026-12-05-norm-spill.md).
 #define NORM_PER 16
 template <bool LAYER>
 __device__ __forceinline__ void row_norm(float *__restrict__ x, const u16 *__restrict__ y,
@@ -127,20 +131,25 @@ __device__ __forceinline__ void row_norm(float *__restrict__ x, const u16 *__res
     }
 }
 
-extern "C" __global__ void __launch_bounds__(1024)
-    blk_rms_norm(float *__restrict__ x, const u16 *__restrict__ y, const float *__restrict__ w,
-                 float eps, int h, u16 *__restrict__ out, u16 *__restrict__ lo) {
-    pdl_wait();
-    pdl_launch();
-    row_norm<false>(x, y, w, nullptr, eps, h, out, lo, false);
-}
+#define RMS_NORM_KERNEL(NAME, THREADS)                                                   \
+    extern "C" __global__ void __launch_bounds__(THREADS)                                  \
+        NAME(float *__restrict__ x, const u16 *__restrict__ y, const float *__restrict__ w, \
+             float eps, int h, u16 *__restrict__ out, u16 *__restrict__ lo) {               \
+        pdl_wait();                                                                        \
+        pdl_launch();                                                                      \
+        row_norm<false>(x, y, w, nullptr, eps, h, out, lo, false);                         \
+    }
+RMS_NORM_KERNEL(blk_rms_norm, 512)
+RMS_NORM_KERNEL(blk_rms_norm_wide, 1024)
 
-extern "C" __global__ void __launch_bounds__(1024)
-    blk_layer_norm(float *__restrict__ x, const float *__restrict__ w,
-                   const float *__restrict__ b, float eps, int h, u16 *__restrict__ out,
-                   int write_x, u16 *__restrict__ lo) {
-    row_norm<true>(x, nullptr, w, b, eps, h, out, lo, write_x != 0);
-}
+#define LAYER_NORM_KERNEL(NAME, THREADS)                                                   \
+    extern "C" __global__ void __launch_bounds__(THREADS)                                  \
+        NAME(float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b, \
+             float eps, int h, u16 *__restrict__ out, int write_x, u16 *__restrict__ lo) {  \
+        row_norm<true>(x, nullptr, w, b, eps, h, out, lo, write_x != 0);                   \
+    }
+LAYER_NORM_KERNEL(blk_layer_norm, 512)
+LAYER_NORM_KERNEL(blk_layer_norm_wide, 1024)
 
 // y[r, c] += b[c] for y [rows, n].
 extern "C" __global__ void blk_add_bias(float *__restrict__ y, const float *__restrict__ b,

@@ -304,6 +304,19 @@ mod tests {
             for name in crate::forward::BLOCK_FUNCTIONS {
                 assert!(log.contains(name), "{arch}: no {name} in the ptxas report");
             }
+            // The plain norm kernels keep a row's values in registers
+            // (forward::norm_kernel): a spill would put them in local memory.
+            for name in ["blk_rms_norm", "blk_layer_norm"] {
+                let props = log
+                    .split(&format!("Function properties for {name}\n"))
+                    .nth(1)
+                    .and_then(|r| r.lines().next())
+                    .unwrap_or("");
+                assert!(
+                    props.contains("0 bytes spill stores, 0 bytes spill loads"),
+                    "{arch} {name}: {props}"
+                );
+            }
             let (image, log) = compile_cubin(W4_SOURCE, "w4.cu", arch, &["-Xptxas=-v"])
                 .unwrap_or_else(|e| panic!("{arch}: {e}"));
             assert!(image.len() > 1000, "{arch}: CUBIN of {} bytes", image.len());

@@ -50,6 +50,7 @@ use std::sync::Arc;
 /// The kernels of `block.cu` a decoder launches.
 const FUNCTIONS: &[&str] = &[
     "blk_rms_norm",
+    "blk_rms_norm_wide",
     "dec_embed",
     "dec_rope_kv",
     "dec_attention",
@@ -653,10 +654,12 @@ impl GpuDecoder {
         )?;
         // RMSNorm, with the residual add of `y` (device pointer, 0 = none).
         let norm = |x: u64, y: u64, w: u64, out: u64, rows: usize| -> Result<()> {
-            let f = funcs
-                .get("blk_rms_norm")
-                .ok_or_else(|| Error::Driver("no blk_rms_norm".into()))?;
-            crate::forward::rms_norm_rows(dev, f, x, y, w, dv.eps, h, out, 0, rows)
+            let func = |n: &str| {
+                funcs
+                    .get(n)
+                    .ok_or_else(|| Error::Driver(format!("kernel {n} is not in the module")))
+            };
+            crate::forward::rms_norm_rows(dev, func, x, y, w, dv.eps, h, out, 0, rows)
         };
         let (nhi, nkvi, di, capi) = (nh as i32, nkv as i32, d as i32, self.cap as i32);
         let (inter, interi) = (dv.inter, dv.inter as i32);

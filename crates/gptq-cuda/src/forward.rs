@@ -44,7 +44,9 @@ use staging::HostStates;
 /// Every kernel of `block.cu`.
 pub const BLOCK_FUNCTIONS: &[&str] = &[
     "blk_rms_norm",
+    "blk_rms_norm_wide",
     "blk_layer_norm",
+    "blk_layer_norm_wide",
     "blk_relu",
     "blk_add_bias",
     "blk_qkv_heads",
@@ -262,29 +264,47 @@ fn offsets(lens: &[usize]) -> Vec<usize> {
 /// (`NORM_PER` in `kernels/block.cu`).
 const NORM_PER: usize = 16;
 
-/// The launch of a norm kernel over `rows` rows `h` wide: a block of
-/// `h / NORM_PER` threads per row (32 to 1024), each thread holding its
+/// Threads per row of the plain norm kernels (their `__launch_bounds__`);
+/// wider rows take the `_wide` twins, up to 1024 threads.
+const NORM_THREADS: usize = 512;
+
+/// The norm kernel (`blk_layer_norm` if `layer`, else `blk_rms_norm`) for
+/// rows `h` wide and its launch over `rows` rows: a block of
+/// `h / NORM_PER` threads per row (at least 32), each thread holding its
 /// elements in registers, so a one-row decode step is a couple of memory
-/// round trips.
-fn norm_cfg(h: usize, rows: usize) -> Result<LaunchConfig> {
+/// round trips. Rows needing more than [`NORM_THREADS`] threads take the
+/// `_wide` kernel, which ptxas must fit in 64 registers a thread (it
+/// spills; the plain one does not).
+pub(crate) fn norm_kernel(
+    layer: bool,
+    h: usize,
+    rows: usize,
+) -> Result<(&'static str, LaunchConfig)> {
     if h > 1024 * NORM_PER {
         return Err(Error::Shape(format!(
             "hidden size {h} is over the norm kernels' {}",
             1024 * NORM_PER
         )));
     }
-    let threads = h.div_ceil(NORM_PER).next_multiple_of(32).clamp(32, 1024) as u32;
-    Ok(rows_cfg(rows, threads))
+    let threads = h.div_ceil(NORM_PER).next_multiple_of(32).max(32);
+    let name = match (layer, threads > NORM_THREADS) {
+        (false, false) => "blk_rms_norm",
+        (false, true) => "blk_rms_norm_wide",
+        (true, false) => "blk_layer_norm",
+        (true, true) => "blk_layer_norm_wide",
+    };
+    Ok((name, rows_cfg(rows, threads as u32)))
 }
 
-/// `blk_rms_norm` (`f`) over `rows` rows of the f32 stream at `x` (`h`
-/// wide) with weight `w` into f16 rows at `out` (device pointers). With
-/// `y` (f16 rows, a device pointer) not 0, `y` is added into `x` first;
-/// with `lo` not 0 the remainders of the f16 rounding go there.
+/// RMSNorm over `rows` rows of the f32 stream at `x` (`h` wide) with
+/// weight `w` into f16 rows at `out` (device pointers), the kernel
+/// [`norm_kernel`] names looked up by `func`. With `y` (f16 rows, a device
+/// pointer) not 0, `y` is added into `x` first; with `lo` not 0 the
+/// remainders of the f16 rounding go there.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn rms_norm_rows(
+pub(crate) fn rms_norm_rows<'a>(
     dev: &Cuda,
-    f: &CudaFunction,
+    func: impl FnOnce(&str) -> Result<&'a CudaFunction>,
     x: u64,
     y: u64,
     w: u64,
@@ -294,9 +314,11 @@ pub(crate) fn rms_norm_rows(
     lo: u64,
     rows: usize,
 ) -> Result<()> {
+    let (name, cfg) = norm_kernel(false, h, rows)?;
+    let f = func(name)?;
     let hi = h as i32;
     let args = &mut kargs![&x, &y, &w, &eps, &hi, &out, &lo];
-    unsafe { dev.launch(f, norm_cfg(h, rows)?, args, true, "blk_rms_norm") }
+    unsafe { dev.launch(f, cfg, args, true, name) }
 }
 
 /// Device pointer `p` advanced by `bytes`, or 0 (no buffer) if `p` is 0.
@@ -481,11 +503,11 @@ impl GpuCalibration {
 
     fn rms_norm(&self, lane: usize, w: &CudaSlice<f32>, eps: f32) -> Result<()> {
         let (x, a, _, _, _) = self.state(lane)?;
-        let f = self.func("blk_rms_norm")?;
         let h = self.hidden;
         let (px, pw, pa) = (self.p(x), self.p(w), self.p(a));
         let (pa_lo, _) = self.lo(lane);
-        rms_norm_rows(&self.dev, f, px, 0, pw, eps, h, pa, pa_lo, self.tokens)
+        let func = |n: &str| self.func(n);
+        rms_norm_rows(&self.dev, func, px, 0, pw, eps, h, pa, pa_lo, self.tokens)
     }
 
     /// Segment 1: attention of every sequence, from `a` (normed) into `b`
@@ -709,12 +731,10 @@ impl GpuCalibration {
         let (px, pw, pb, pa) = (self.p(x), self.p(w), self.p(b), self.p(a));
         let (hi, wx) = (h as i32, write_x as i32);
         let (pa_lo, _) = self.lo(lane);
-        let f = self.func("blk_layer_norm")?;
+        let (name, cfg) = norm_kernel(true, h, self.tokens)?;
+        let f = self.func(name)?;
         let args = &mut kargs![&px, &pw, &pb, &eps, &hi, &pa, &wx, &pa_lo];
-        unsafe {
-            self.dev
-                .launch(f, norm_cfg(h, self.tokens)?, args, false, "blk_layer_norm")
-        }
+        unsafe { self.dev.launch(f, cfg, args, false, name) }
     }
 
     /// The f16 input buffer of point `p` in lane `lane` and its width.
@@ -1438,5 +1458,30 @@ impl gptq_pipeline::BlockDevice for GpuCalibration {
 
     fn sync(&mut self) -> gptq_pipeline::Result<()> {
         self.dev.synchronize().map_err(to_pipeline)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn norm_kernel_takes_the_wide_twin_only_past_512_threads() {
+        let pick = |layer, h| {
+            let (name, cfg) = norm_kernel(layer, h, 3).unwrap();
+            (name, cfg.block_dim.0, cfg.grid_dim.0)
+        };
+        assert_eq!(pick(false, 64), ("blk_rms_norm", 32, 3));
+        assert_eq!(pick(false, 4096), ("blk_rms_norm", 256, 3));
+        assert_eq!(pick(true, 8192), ("blk_layer_norm", 512, 3));
+        // 8193 values need 513 threads, rounded up to a warp.
+        assert_eq!(pick(false, 8193), ("blk_rms_norm_wide", 544, 3));
+        assert_eq!(pick(true, 16384), ("blk_layer_norm_wide", 1024, 3));
+        assert!(norm_kernel(false, 16385, 1).is_err());
+        for layer in [false, true] {
+            for h in [64, 8193] {
+                assert!(BLOCK_FUNCTIONS.contains(&pick(layer, h).0));
+            }
+        }
     }
 }

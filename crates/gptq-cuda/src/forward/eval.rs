@@ -130,8 +130,8 @@ impl GpuCalibration {
                     self.p(&staged)
                 }
             };
-            let f = self.func("blk_rms_norm")?;
-            rms_norm_rows(&self.dev, f, px, 0, pn, head.eps, h, pa, 0, r)?;
+            let func = |n: &str| self.func(n);
+            rms_norm_rows(&self.dev, func, px, 0, pn, head.eps, h, pa, 0, r)?;
             gemm(
                 &self.dev,
                 (r, vocab, h),
