@@ -1,14 +1,17 @@
 #!/bin/bash
 # Decoding A/B of several builds (issue 6): GPU machine, repo root, .device-bin/ carried (each build's NAME.gz,
 # decode_gpu.gz, forward_gpu.gz of the first build, stories260K/, tinystories_val.txt). The GPU test suites of the
-# first build's test binaries, then the 8B-shaped w4 g128 model (cuda_q8b) decoded 256 tokens by every build of
-# BUILDS (default "gptq gptq-old"), round-robin, RUNS (default 3) times; then per build Nsight Compute's durations
-# of NCU_KERNEL (a regex, default blk_rms_norm) in 8 launches of a decode with graphs off, into $OUT/ncu-NAME.txt.
+# first build's test binaries (SUITES=decode: decode_gpu only, carried alone), then the 8B-shaped w4 g128 model
+# (cuda_q8b) decoded 256 tokens by every build of BUILDS (default "gptq gptq-old"), round-robin, RUNS (default 3)
+# times; then per build Nsight Compute's durations of NCU_KERNEL (a regex, default blk_rms_norm) in 8 launches of a
+# decode with graphs off, into $OUT/ncu-NAME.txt.
 #   BUILDS="gptq-new gptq gptq-old" bash bench/cuda_decode_ab.sh
 set -u; source bench/cuda_common.sh
 BUILDS=${BUILDS:-"gptq gptq-old"}
-cuda_unpack $BUILDS decode_gpu forward_gpu
-cuda_suites
+if [ "${SUITES:-all}" = decode ]; then
+  cuda_unpack $BUILDS decode_gpu
+  GPTQ_STORIES_DIR=$S $B/decode_gpu --ignored 2>&1 | grep -E "test result|panicked"
+else cuda_unpack $BUILDS decode_gpu forward_gpu; cuda_suites; fi
 cuda_q8b
 for i in $(seq ${RUNS:-3}); do for g in $BUILDS; do echo -n "$g: "
   $B/$g --threads 16 -v generate /tmp/q8b --max-new-tokens 256 --ignore-eos --device cuda 2>&1 | grep -E "generated|error" \

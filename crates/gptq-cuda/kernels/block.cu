@@ -72,10 +72,10 @@ __device__ __forceinline__ void store_hilo(u16 *__restrict__ hi, u16 *__restrict
 // about two memory round trips however wide it is: one-row decode steps are
 // latency-bound, not bandwidth-bound. The host launches at least
 // h / NORM_PER threads (`forward::norm_kernel`): up to 512 the kernels
-// below, whose bound lets ptxas give a thread 104 registers, none spilled;
+// below, whose bound lets ptxas give a thread 90-100 registers, no spills;
 // wider rows (over 8192) the `_wide` twins, up to 1024 threads, where the
-// 64 registers a thread can have leave about 90 bytes of spills (at 1024
-// for every row the decoder's RMSNorm spilled so, 2026-12-05-norm-spill.md).
+// 64 registers a thread can have leave 72-144 bytes of spills (with 1024
+// for every row the decoder's RMSNorm spilled, 2026-12-05-norm-spill.md).
 #define NORM_PER 16
 template <bool LAYER>
 __device__ __forceinline__ void row_norm(float *__restrict__ x, const u16 *__restrict__ y,
@@ -102,6 +102,14 @@ __device__ __forceinline__ void row_norm(float *__restrict__ x, const u16 *__res
             }
         }
     }
+    // The weights too, before the sums: their loads overlap the first ones'
+    // latency instead of adding a third round trip after the reduction.
+    float wv[NORM_PER];
+#pragma unroll
+    for (int j = 0; j < NORM_PER; j++) {
+        int c = threadIdx.x + j * blockDim.x;
+        wv[j] = c < h ? w[c] : 0.f;
+    }
     double mean = 0.0;
     if (LAYER) {
         double s = 0.0;
@@ -124,7 +132,7 @@ __device__ __forceinline__ void row_norm(float *__restrict__ x, const u16 *__res
     for (int j = 0; j < NORM_PER; j++) {
         int c = threadIdx.x + j * blockDim.x;
         if (c < h) {
-            float t = LAYER ? (float)(((double)v[j] - mean) * rd) * w[c] + b[c] : v[j] * r * w[c];
+            float t = LAYER ? (float)(((double)v[j] - mean) * rd) * wv[j] + b[c] : v[j] * r * wv[j];
             if (write_x) xr[c] = t;
             store_hilo(out, lo, o + c, t);
         }
