@@ -21,6 +21,14 @@ pub const GPTQ_SOURCE: &str = include_str!("../kernels/gptq.cu");
 /// The calibration forward's kernels (see `forward.rs`).
 pub const BLOCK_SOURCE: &str = include_str!("../kernels/block.cu");
 
+/// Every kernel source with the name its module is compiled under (the
+/// name is part of the CUBIN cache's file names).
+pub const SOURCES: &[(&str, &str)] = &[
+    ("w4.cu", W4_SOURCE),
+    ("gptq.cu", GPTQ_SOURCE),
+    ("block.cu", BLOCK_SOURCE),
+];
+
 /// The header every source includes as `"common.cuh"` (types, f16
 /// conversions, programmatic dependent launch), handed to NVRTC in memory.
 pub const COMMON_HEADER: &str = include_str!("../kernels/common.cuh");
