@@ -1,6 +1,6 @@
 #!/bin/bash
 # Decoding A/B of several builds (issue 6): GPU machine, repo root, .device-bin/ carried (each build's NAME.gz,
-# decode_gpu.gz, forward_gpu.gz of the first build, stories260K/, tinystories_val.txt). The GPU test suites of the
+# decode_gpu.gz, forward_gpu.gz of the first build, stories260K/). The GPU test suites of the
 # first build's test binaries (SUITES=decode: decode_gpu only, carried alone), then the 8B-shaped w4 g128 model
 # (cuda_q8b) decoded 256 tokens by every build of BUILDS (default "gptq gptq-old"), round-robin, RUNS (default 3)
 # times; then per build Nsight Compute's durations of NCU_KERNEL (a regex, default blk_rms_norm) in 8 launches of a
