@@ -19,14 +19,14 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (arch, driver) =
         match args.as_slice() {
-            [arch, driver] => {
-                match driver.parse::<i32>() {
-                    Ok(d) if d > 0 => (arch.as_str(), d),
-                    _ => return fail(&format!(
+            [arch, driver] => match driver.parse::<i32>() {
+                Ok(d) if d > 0 => (arch.as_str(), d),
+                _ => {
+                    return fail(&format!(
                         "driver version `{driver}` is not a positive integer (13000 for CUDA 13.0)"
-                    )),
+                    ))
                 }
-            }
+            },
             _ => return fail(
                 "usage: GPTQ_CUBIN_CACHE=DIR precompile ARCH DRIVER_VERSION (e.g. sm_90a 13000)",
             ),
