@@ -16,11 +16,13 @@
 #       QJOBS (default 2) GPU quantizations at once, each checkpoint evaluated on the GPU ($OUT/gpu-gpueval.txt), the
 #       first CAL (default 8) also on the host CPU ($OUT/gpu-hosteval.txt: the CPU evaluator of
 #       bench/smollm2_seeds_cpu.sh, to carry the VM's CPU seeds over to the GPU evaluator). Meanwhile CPU_SEEDS are
-#       quantized on the host CPU (--device cpu, CPU_THREADS threads, default 8) and evaluated both ways
+#       quantized on the host CPU (--device cpu, CPU_JOBS at once, default 1, of CPU_THREADS threads, default 8;
+#       with SEEDS "" the call makes CPU seeds only, e.g. CPU_JOBS=7 CPU_THREADS=2; none starts later than
+#       CPU_MARGIN seconds, default 120, before DEADLINE) and evaluated both ways (CPU_HOSTEVAL=0: on the GPU only)
 #       ($OUT/cpu-gpueval.txt, $OUT/cpu-hosteval.txt); the sha256 of each CPU checkpoint goes to $OUT/cpu-sha.txt
 #       (seed 0 made on the VM: 255bf485...). Checkpoints are deleted once evaluated.
 set -u
-PART=$1; SEEDS=${2:-"0 1 2 3 4 5 6 7"}
+PART=$1; SEEDS=${2-"0 1 2 3 4 5 6 7"}
 mkdir -p /tmp/keep
 if [ "$PART" = stash ]; then cp .device-bin/smol.aa /tmp/keep/; exit 0; fi
 B=/tmp/bin; mkdir -p $B
@@ -74,15 +76,20 @@ smol-batch)
   # ev DIR SEED TAG FILE DEVICE [THREADS]: one evaluation line into FILE.
   ev() { echo "bits ${BITS:-4} group ${GROUP:-128} seed $2 $3: $($B/gptq --threads ${6:-16} eval $1 $WIN --device $5 2>&1 \
     | grep -E ' ppl |rror')" >> $OUT/$4; }
+  # cpu_seed S: one host-CPU seed, quantized, hashed, evaluated both ways.
+  cpu_seed() {
+    smol_quant /tmp/c-s$1 $1 --device cpu --threads ${CPU_THREADS:-8}
+    [ -f /tmp/c-s$1/model.safetensors ] || { echo "cpu seed $1: quantize failed" >> $OUT/cpu-gpueval.txt; return; }
+    echo "seed $1: $(sha256sum /tmp/c-s$1/model.safetensors | cut -c1-16) $(date +%T)" >> $OUT/cpu-sha.txt
+    ev /tmp/c-s$1 $1 cpu cpu-gpueval.txt cuda
+    [ "${CPU_HOSTEVAL:-1}" = 1 ] && ev /tmp/c-s$1 $1 cpu cpu-hosteval.txt cpu 4
+    rm -rf /tmp/c-s$1
+  }
   ( for s in ${CPU_SEEDS:-}; do
-      left 120 || break  # a CPU seed takes ~1-2 min
-      smol_quant /tmp/c-s$s $s --device cpu --threads ${CPU_THREADS:-8}
-      [ -f /tmp/c-s$s/model.safetensors ] || { echo "cpu seed $s: quantize failed" >> $OUT/cpu-gpueval.txt; continue; }
-      echo "seed $s: $(sha256sum /tmp/c-s$s/model.safetensors | cut -c1-16) $(date +%T)" >> $OUT/cpu-sha.txt
-      ev /tmp/c-s$s $s cpu cpu-gpueval.txt cuda
-      ev /tmp/c-s$s $s cpu cpu-hosteval.txt cpu 4
-      rm -rf /tmp/c-s$s
-    done ) > /dev/null 2>&1 &
+      left ${CPU_MARGIN:-120} || break  # a CPU seed takes ~2-4 min
+      while [ "$(jobs -rp | wc -l)" -ge "${CPU_JOBS:-1}" ]; do wait -n; done
+      cpu_seed $s &
+    done; wait ) > /dev/null 2>&1 &
   CPU_JOB=$!; disown
   n=0
   for s in $SEEDS; do
@@ -96,7 +103,7 @@ smol-batch)
   done
   wait
   while kill -0 $CPU_JOB 2>/dev/null; do sleep 2; done
-  echo "$(date +%T): $(wc -l < $OUT/gpu-gpueval.txt) GPU seeds, $(cat $OUT/cpu-gpueval.txt 2>/dev/null | wc -l) host CPU seeds"
+  echo "$(date +%T): $(cat $OUT/gpu-gpueval.txt 2>/dev/null | wc -l) GPU seeds, $(cat $OUT/cpu-gpueval.txt 2>/dev/null | wc -l) host CPU seeds"
   ;;
 smol-host)
   smol_model
