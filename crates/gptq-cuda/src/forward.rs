@@ -33,6 +33,7 @@ use cudarc::driver::{CudaFunction, CudaModule, CudaSlice, LaunchConfig, PushKern
 use gptq_core::{QLinear, Tensor};
 use gptq_models::BlockRunner;
 use gptq_quant::{CrossTerm, GptqParams, GptqResult, Hessian};
+use half::f16;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -319,6 +320,30 @@ pub(crate) fn rms_norm_rows<'a>(
     let hi = h as i32;
     let args = &mut kargs![&x, &y, &w, &eps, &hi, &out, &lo];
     unsafe { dev.launch(f, cfg, args, true, name) }
+}
+
+/// LayerNorm over `rows` rows of the f32 stream at `x` (`h` wide) with
+/// weight `w` and bias `b` into f16 rows at `out`, as [`rms_norm_rows`];
+/// with `write_x` the result also replaces `x` (post-LN blocks).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn layer_norm_rows<'a>(
+    dev: &Cuda,
+    func: impl FnOnce(&str) -> Result<&'a CudaFunction>,
+    x: u64,
+    w: u64,
+    b: u64,
+    eps: f32,
+    h: usize,
+    out: u64,
+    write_x: bool,
+    lo: u64,
+    rows: usize,
+) -> Result<()> {
+    let (name, cfg) = norm_kernel(true, h, rows)?;
+    let f = func(name)?;
+    let (hi, wx) = (h as i32, write_x as i32);
+    let args = &mut kargs![&x, &w, &b, &eps, &hi, &out, &wx, &lo];
+    unsafe { dev.launch(f, cfg, args, false, name) }
 }
 
 /// Device pointer `p` advanced by `bytes`, or 0 (no buffer) if `p` is 0.
@@ -727,14 +752,47 @@ impl GpuCalibration {
         write_x: bool,
     ) -> Result<()> {
         let (x, a, _, _, _) = self.state(lane)?;
-        let h = self.hidden;
         let (px, pw, pb, pa) = (self.p(x), self.p(w), self.p(b), self.p(a));
-        let (hi, wx) = (h as i32, write_x as i32);
         let (pa_lo, _) = self.lo(lane);
-        let (name, cfg) = norm_kernel(true, h, self.tokens)?;
-        let f = self.func(name)?;
-        let args = &mut kargs![&px, &pw, &pb, &eps, &hi, &pa, &wx, &pa_lo];
-        unsafe { self.dev.launch(f, cfg, args, false, name) }
+        let func = |n: &str| self.func(n);
+        let (h, rows) = (self.hidden, self.tokens);
+        layer_norm_rows(
+            &self.dev, func, px, pw, pb, eps, h, pa, write_x, pa_lo, rows,
+        )
+    }
+
+    /// The norm kernels on their own (for tests): `f16(RMSNorm(x)·w)` of
+    /// the rows of `x` (`[rows, h]`, `h = w.len()`), or with a bias `b`
+    /// `f16(LayerNorm(x)·w + b)`, through the kernel choice and launch of
+    /// the forward and the decoder ([`norm_kernel`]).
+    pub fn norm_rows(&self, x: &[f32], w: &[f32], b: Option<&[f32]>, eps: f32) -> Result<Vec<f16>> {
+        let h = w.len();
+        if h == 0 || !x.len().is_multiple_of(h) || b.is_some_and(|b| b.len() != h) {
+            return Err(Error::Shape(format!(
+                "norm rows of {} values with a weight of {h} and a bias of {:?}",
+                x.len(),
+                b.map(|b| b.len())
+            )));
+        }
+        let rows = x.len() / h;
+        let (dx, dw) = (self.dev.upload(x)?, self.dev.upload(w)?);
+        let out = self.dev.zeros::<u16>(x.len())?;
+        let (px, pw, po) = (self.p(&dx), self.p(&dw), self.p(&out));
+        let func = |n: &str| self.func(n);
+        match b {
+            None => rms_norm_rows(&self.dev, func, px, 0, pw, eps, h, po, 0, rows)?,
+            Some(b) => {
+                let db = self.dev.upload(b)?;
+                let pb = self.p(&db);
+                layer_norm_rows(&self.dev, func, px, pw, pb, eps, h, po, false, 0, rows)?
+            }
+        }
+        Ok(self
+            .dev
+            .download(&out)?
+            .into_iter()
+            .map(f16::from_bits)
+            .collect())
     }
 
     /// The f16 input buffer of point `p` in lane `lane` and its width.

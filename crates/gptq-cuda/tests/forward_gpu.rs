@@ -365,3 +365,59 @@ fn gpu_perplexity_matches_cpu() {
         assert!(e < 1e-3, "chunks {chunk:?}: NLL {} vs {want}", got.nll);
     }
 }
+
+/// The norm kernels alone against f64, at widths on both sides of the plain
+/// kernels' 8192 (wider rows take the `_wide` twins) and not multiples of
+/// the 16 values a thread holds. The kernels sum in f64, scale in f32 and
+/// round once to f16: each output is within half an f16 ulp (relative
+/// 2⁻¹¹ ≈ 4.9e-4) of the exact value plus f32 roundings (≈ 1e-7), so 1e-3
+/// relative with a 1e-6 floor passes a right kernel and fails a wrong
+/// column, row or weight (errors of order one).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn norm_kernels_match_f64() {
+    let cal = GpuCalibration::new(Arc::new(Cuda::new(0).expect("a CUDA GPU"))).unwrap();
+    // Values in [-1, 1] from the tokens' LCG.
+    let vals = |n: usize, seed: u64| -> Vec<f32> {
+        tokens(n, 2001, seed)
+            .into_iter()
+            .map(|t| t as f32 / 1000.0 - 1.0)
+            .collect()
+    };
+    for h in [64, 100, 4096, 8192, 8200, 12288, 16384] {
+        let rows = 3;
+        // A few large channels, as in real residual streams.
+        let x: Vec<f32> = vals(rows * h, 1)
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v * if i % h % 97 == 5 { 20.0 } else { 1.0 })
+            .collect();
+        let w: Vec<f32> = vals(h, 2).iter().map(|v| 1.0 + 0.5 * v).collect();
+        let b: Vec<f32> = vals(h, 3).iter().map(|v| 0.1 * v).collect();
+        for layer in [false, true] {
+            let got = cal
+                .norm_rows(&x, &w, layer.then_some(&b[..]), 1e-5)
+                .unwrap();
+            assert_eq!(got.len(), rows * h);
+            for r in 0..rows {
+                let xr: Vec<f64> = x[r * h..(r + 1) * h].iter().map(|&v| v as f64).collect();
+                let mean = if layer {
+                    xr.iter().sum::<f64>() / h as f64
+                } else {
+                    0.0
+                };
+                let var = xr.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / h as f64;
+                let rs = 1.0 / (var + 1e-5).sqrt();
+                for c in 0..h {
+                    let want =
+                        (xr[c] - mean) * rs * w[c] as f64 + if layer { b[c] as f64 } else { 0.0 };
+                    let g = got[r * h + c].to_f64();
+                    assert!(
+                        (g - want).abs() <= 1e-3 * want.abs() + 1e-6,
+                        "h {h} layer {layer} row {r} column {c}: {g} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+}
