@@ -159,6 +159,14 @@ pub struct Args {
 /// calibration.
 const ASYM_KEY: &str = "asym_calibration";
 
+/// Research switch: `1` feeds the calibration samples in reverse order. The
+/// samples and the arithmetic are the same; only the order of the f32 sums
+/// that build the Hessians (and the asymmetric cross terms) changes, so two
+/// runs differ by last bits alone — how far GPTQ carries such differences
+/// into the codes and the perplexity is the yardstick for comparing two
+/// backends (bench/results/2026-12-05-sum-order.md).
+const CALIB_REVERSE_ENV: &str = "GPTQ_CALIB_REVERSE";
+
 /// Checkpoint format flag.
 #[derive(Clone, Copy, clap::ValueEnum)]
 pub enum FormatArg {
@@ -351,7 +359,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if !a.calib_text.is_empty() {
         sources.push(CalibSource::Texts(a.calib_text.clone()));
     }
-    let samples = calib::samples(&tok, &sources, a.nsamples, seqlen, a.seed)?;
+    let mut samples = calib::samples(&tok, &sources, a.nsamples, seqlen, a.seed)?;
+    if std::env::var(CALIB_REVERSE_ENV).is_ok_and(|v| v == "1") {
+        samples.reverse();
+        eprintln!("calibration samples in reverse order ({CALIB_REVERSE_ENV}=1)");
+    }
     // The tokenized corpus is gone; give its memory back before the
     // activations are allocated.
     crate::release_free_memory();
