@@ -5,6 +5,8 @@
 # default), so its perplexities are not comparable with the GPU evaluation of bench/cuda_seeds.sh smol.
 #   bash bench/smollm2_seeds_cpu.sh GPTQ_BIN SMOL_GGUF OUT_DIR SEED...
 # BITS (default 4), GROUP (default 128; -1 per channel) and WINDOWS (default 40) change the setting.
+# GPTQ_CALIB_REVERSE=1 in the environment feeds the same samples in reverse order (the same arithmetic with its f32
+# sums in another order: bench/results/2026-12-05-sum-order.md).
 set -u
 BIN=$1; M=$2; OUT=$3; shift 3
 mkdir -p $OUT
