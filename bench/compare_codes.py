@@ -45,6 +45,8 @@ def main():
     by_block = collections.defaultdict(lambda: [0, 0])
     by_kind = collections.defaultdict(lambda: [0, 0])
     for k in sorted(a[1]):
+        if k.endswith(".scales") or k.endswith(".qzeros"):
+            continue
         x, y = read(a, k), read(b, k)
         if k.endswith(".qweight"):
             if len(x) != len(y):
@@ -58,7 +60,7 @@ def main():
             for acc, key in ((by_block, block), (by_kind, parts[-2])):
                 acc[key][0] += d
                 acc[key][1] += n
-        elif not (k.endswith(".scales") or k.endswith(".qzeros")):
+        else:
             same_other &= x == y
     pct = lambda acc, key: f"{key}:{100 * acc[key][0] / max(acc[key][1], 1):.1f}"
     order = sorted(by_block, key=lambda s: (not s.isdigit(), int(s) if s.isdigit() else 0))
