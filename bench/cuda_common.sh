@@ -1,6 +1,10 @@
 # Sourced by the CUDA benchmark scripts (device machine, repo root, .device-bin/ carried; $OUT set by the caller):
 #   cuda_unpack NAME...  .device-bin/NAME.gz to $B/NAME (B=/tmp/bin), then the library path (bench/cuda_env.sh)
 #   cuda_check           the kernel check (every case along every path, f16 and bf16) into $OUT/check.txt, summarised
+#   cuda_tables          torch's tinygemm (bench/torch_int4.py), then `gptq bench kernels` with bf16 and f16 activations
+#                        at batches 1, 16, 64, 256 against it, into $OUT/{torch.json,torch.log,k-bf16.md,k-f16.md}
+# With END set (a `date +%s` time), cuda_check and cuda_tables run each command under `timeout` until END and skip
+# what would start with less than a minute left.
 #   cuda_suites          the GPU test suites (forward_gpu, decode_gpu: unpack them first)
 B=/tmp/bin
 S=.device-bin/stories260K
@@ -9,9 +13,27 @@ cuda_unpack() {
     for f in "$@"; do gunzip -c .device-bin/$f.gz > $B/$f; chmod +x $B/$f; done
     source bench/cuda_env.sh /tmp > /dev/null
 }
+# limit: the `timeout` prefix that stops a command at END (nothing without END); fails with under 60 s left.
+limit() {
+    [ -z "${END:-}" ] && return 0
+    local rest=$(( END - $(date +%s) ))
+    [ $rest -ge 60 ] && echo "timeout $rest"
+}
 cuda_check() {
-    $B/gptq bench kernels --device cuda --check-only > $OUT/check.txt 2>&1
+    local t; t=$(limit) || { echo "check skipped: out of time"; return; }
+    $t $B/gptq bench kernels --device cuda --check-only > $OUT/check.txt 2>&1 || echo "check failed or cut"
     grep -E "rows" $OUT/check.txt | cut -c1-60; grep FAILED $OUT/check.txt | head
+}
+cuda_tables() {
+    local t; t=$(limit) || { echo "tables skipped: out of time"; return; }
+    PYTHONUNBUFFERED=1 $t python3 bench/torch_int4.py --out $OUT/torch.json --batches 1,16,64,256 \
+        > $OUT/torch.log 2>&1 || tail -3 $OUT/torch.log
+    for act in bf16 f16; do
+        t=$(limit) || { echo "$act table skipped: out of time"; break; }
+        $t $B/gptq bench kernels --device cuda --act $act --batches 1,16,64,256 --torch-json $OUT/torch.json \
+            --markdown $OUT/k-$act.md > /dev/null 2>&1 || echo "$act table failed or cut"
+    done
+    grep -h -A9 "### Targets" $OUT/k-bf16.md $OUT/k-f16.md 2>/dev/null
 }
 cuda_suites() {
     GPTQ_STORIES_DIR=$S GPTQ_TEST_MODELS=tests/data/models $B/forward_gpu --ignored 2>&1 | grep -E "test result|panicked"

@@ -9,39 +9,22 @@
 #   3. torch's tinygemm (bench/torch_int4.py), then `gptq bench kernels` with bf16 and f16 activations, batches 1, 16,
 #      64, 256 (the issue's table: ours, cuBLAS, the int4 floor, tinygemm), into $OUT/k-bf16.md, $OUT/k-f16.md
 #   4. the kernel check (every case along every path, f16 and bf16) into $OUT/check.txt
-# Everything after step 1 stops starting new work once DEADLINE seconds (default 540) have passed.
+# Everything after step 1 runs until DEADLINE seconds (default 540) after the start (END, see bench/cuda_common.sh).
 #   export OUT; bash bench/cuda_issue6_final.sh
 set -u; source bench/cuda_common.sh
-T0=$(date +%s)
-left() { [ $(( $(date +%s) - T0 + ${1:-0} )) -lt ${DEADLINE:-540} ]; }
+END=$(( $(date +%s) + ${DEADLINE:-540} ))
 cuda_unpack gptq gptq-old decode_gpu forward_gpu
 echo "== suites $(date -u +%T)"; cuda_suites
 echo "== decode $(date -u +%T)"; cuda_q8b
 for i in $(seq ${RUNS:-2}); do
   for cfg in gptq gptq-old gptq+pdl; do
-    left 30 || break 2
+    [ $(( END - $(date +%s) )) -ge 30 ] || break 2
     g=${cfg%+pdl}; pdl=0; [ "$cfg" != "$g" ] && pdl=1
     echo -n "$cfg: "
     GPTQ_CUDA_PDL=$pdl timeout 60 $B/$g --threads 16 -v generate /tmp/q8b --max-new-tokens 256 --ignore-eos --device cuda \
       2>&1 | grep -E "generated|error" | sed 's/.*generated/generated/'
   done
 done
-echo "== tables $(date -u +%T)"
-if left 200; then
-  PYTHONUNBUFFERED=1 timeout 120 python3 bench/torch_int4.py --out $OUT/torch.json --batches 1,16,64,256 \
-    > $OUT/torch.log 2>&1 || tail -3 $OUT/torch.log
-  for act in bf16 f16; do
-    left 60 || break
-    timeout $(( ${DEADLINE:-540} - $(date +%s) + T0 )) $B/gptq bench kernels --device cuda --act $act \
-      --batches 1,16,64,256 --torch-json $OUT/torch.json --markdown $OUT/k-$act.md > /dev/null 2>&1 \
-      || echo "$act table failed or cut"
-  done
-  grep -h -A9 "### Targets" $OUT/k-bf16.md $OUT/k-f16.md 2>/dev/null
-fi
-echo "== check $(date -u +%T)"
-if left 60; then
-  timeout $(( ${DEADLINE:-540} - $(date +%s) + T0 )) $B/gptq bench kernels --device cuda --check-only \
-    > $OUT/check.txt 2>&1 || echo "check failed or cut"
-  grep -E "rows" $OUT/check.txt | cut -c1-60; grep FAILED $OUT/check.txt | head
-fi
+echo "== tables $(date -u +%T)"; cuda_tables
+echo "== check $(date -u +%T)"; cuda_check
 echo "== done $(date -u +%T)"
