@@ -16,6 +16,4 @@ for g in gptq gptq-old; do
 done
 paste -d'|' <(grep -E "^### |^\| [0-9]+ \|" $OUT/k-gptq.md | cut -d"|" -f1-4,7,11) <(grep -E "^### |^\| [0-9]+ \|" $OUT/k-gptq-old.md | cut -d"|" -f3,4,7,11)
 cuda_q8b
-for i in $(seq ${RUNS:-3}); do for g in gptq-old gptq; do echo -n "$g: "
-  $B/$g --threads 16 -v generate /tmp/q8b --max-new-tokens 256 --ignore-eos --device cuda 2>&1 | grep -E "generated|error"
-done; done
+for i in $(seq ${RUNS:-3}); do for g in gptq-old gptq; do echo -n "$g: "; cuda_decode $g; done; done

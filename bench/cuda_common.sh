@@ -6,6 +6,9 @@
 # With END set (a `date +%s` time), cuda_check and cuda_tables run each command under `timeout` until END and skip
 # what would start with less than a minute left.
 #   cuda_suites          the GPU test suites (forward_gpu, decode_gpu: unpack them first)
+#   cuda_decode NAME [VAR=VALUE...]
+#                        $B/NAME decodes 256 tokens of /tmp/q8b (cuda_q8b) with the variables set, under `timeout
+#                        $DECODE_TIMEOUT` if that is set; prints its "generated ... tok/s" line or the error
 B=/tmp/bin
 S=.device-bin/stories260K
 cuda_unpack() {
@@ -56,4 +59,9 @@ cuda_sweep_pairs() {
 # quantization of the bf16 model used before 2026-12-05, without writing and quantizing 15 GB of bf16).
 cuda_q8b() {
     python3 scripts/research/synth_llama.py /tmp/q8b 8b 32 $S --w4 2>&1 | tail -1
+}
+cuda_decode() {
+    local g=$1; shift
+    env "$@" ${DECODE_TIMEOUT:+timeout $DECODE_TIMEOUT} $B/$g --threads 16 -v generate /tmp/q8b --max-new-tokens 256 \
+        --ignore-eos --device cuda 2>&1 | grep -E "generated|error" | sed 's/.*generated/generated/'
 }

@@ -13,10 +13,7 @@ if [ "${SUITES:-all}" = decode ]; then
   GPTQ_STORIES_DIR=$S $B/decode_gpu --ignored 2>&1 | grep -E "test result|panicked"
 else cuda_unpack $BUILDS decode_gpu forward_gpu; cuda_suites; fi
 cuda_q8b
-for i in $(seq ${RUNS:-3}); do for g in $BUILDS; do echo -n "$g: "
-  $B/$g --threads 16 -v generate /tmp/q8b --max-new-tokens 256 --ignore-eos --device cuda 2>&1 | grep -E "generated|error" \
-    | sed 's/.*generated/generated/'
-done; done
+for i in $(seq ${RUNS:-3}); do for g in $BUILDS; do echo -n "$g: "; cuda_decode $g; done; done
 for g in $BUILDS; do
   GPTQ_CUDA_GRAPH=0 /usr/local/cuda/bin/ncu --clock-control none -k "regex:${NCU_KERNEL:-blk_rms_norm}" --launch-skip 64 \
     --launch-count 8 --section SpeedOfLight $B/$g generate /tmp/q8b --max-new-tokens 8 --ignore-eos --device cuda \

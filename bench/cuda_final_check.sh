@@ -12,5 +12,5 @@ grep -E "^### |^\| [0-9]+ \|" $OUT/k-f16.md | cut -d"|" -f1-4,6,7,10,11,12
 # decoded 256 tokens twice.
 if [ -n "${DECODE:-}" ]; then
   cuda_q8b
-  for i in 1 2; do $B/gptq --threads 16 -v generate /tmp/q8b --max-new-tokens 256 --ignore-eos --device cuda 2>&1 | grep -E "generated|error"; done
+  for i in 1 2; do cuda_decode gptq; done
 fi

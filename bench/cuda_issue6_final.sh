@@ -20,9 +20,7 @@ for i in $(seq ${RUNS:-2}); do
   for cfg in gptq gptq-old gptq+pdl; do
     [ $(( END - $(date +%s) )) -ge 30 ] || break 2
     g=${cfg%+pdl}; pdl=0; [ "$cfg" != "$g" ] && pdl=1
-    echo -n "$cfg: "
-    GPTQ_CUDA_PDL=$pdl timeout 60 $B/$g --threads 16 -v generate /tmp/q8b --max-new-tokens 256 --ignore-eos --device cuda \
-      2>&1 | grep -E "generated|error" | sed 's/.*generated/generated/'
+    echo -n "$cfg: "; DECODE_TIMEOUT=60 cuda_decode $g GPTQ_CUDA_PDL=$pdl
   done
 done
 echo "== tables $(date -u +%T)"; cuda_tables

@@ -10,6 +10,4 @@ cuda_suites
 python3 scripts/research/synth_llama.py /tmp/l8b 8b 32 $S 2>&1 | tail -1
 $B/gptq quantize /tmp/l8b -o /tmp/q8b --method rtn --bits 4 --group-size 128 --dataset $S/../tinystories_val.txt \
     --nsamples 4 --seqlen 128 --device cuda --overwrite > /tmp/q8b.log 2>&1 || { echo "quantize failed"; tail -3 /tmp/q8b.log; }
-for i in 1 2 3; do for g in gptq-old gptq; do echo -n "$g: "
-  $B/$g --threads 16 -v generate /tmp/q8b --max-new-tokens 256 --ignore-eos --device cuda 2>&1 | grep -E "generated|error"
-done; done
+for i in 1 2 3; do for g in gptq-old gptq; do echo -n "$g: "; cuda_decode $g; done; done
